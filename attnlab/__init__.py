@@ -1,0 +1,1 @@
+"""attnlab: attention models in JAX/Flax, from char-RNN to CLIP."""

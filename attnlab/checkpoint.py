@@ -1,0 +1,88 @@
+"""Checkpoints: orbax `CheckpointManager` over the train state and the data
+iterator, saved asynchronously, keeping the newest `keep_ckpts`.
+
+A checkpoint that cannot be read (a killed copy, a truncated file) is moved
+to `workdir/corrupt_checkpoints/` with a warning and the previous one is
+used: nothing is deleted and nothing silently restarts from scratch.
+"""
+import os
+import shutil
+
+from absl import logging
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+
+  def __init__(self, workdir, keep, async_save=True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.corrupt_dir = os.path.abspath(os.path.join(workdir, "corrupt_checkpoints"))
+    self._keep, self._async = keep, async_save
+    self._manager = self._make_manager()
+
+  def _make_manager(self):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=self._keep, create=True,
+        enable_async_checkpointing=self._async)
+    return ocp.CheckpointManager(self.directory, options=options,
+                                 item_names=("state", "data"))
+
+  def steps(self):
+    return sorted(self._manager.all_steps())
+
+  def save(self, step, state, data_iter, force=False):
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return self._manager.save(step, args=ocp.args.Composite(**items),
+                              force=force)
+
+  def restore_newest(self, abstract_state, data_iter):
+    """Restores the newest readable checkpoint; returns the state or None.
+
+    `abstract_state` is a tree of `jax.ShapeDtypeStruct` with shardings, so
+    arrays come back already sharded on this mesh.
+    """
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(step, abstract_state, data_iter)
+      except Exception as e:  # orbax/tensorstore raise many types
+        self._set_aside(step, e)
+    return None
+
+  def restore(self, step, abstract_state, data_iter=None):
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+
+  def _set_aside(self, step, error):
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    logging.warning("checkpoint %d is unreadable (%s); moving it to %s and "
+                    "trying the previous one", step, reason, self.corrupt_dir)
+    print(f"WARNING: checkpoint {step} is unreadable ({reason}); using the "
+          "previous one", flush=True)
+    self._manager.close()
+    if jax.process_index() == 0:
+      os.makedirs(self.corrupt_dir, exist_ok=True)
+      target = os.path.join(self.corrupt_dir, str(step))
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    _sync("attnlab_ckpt_aside")
+    self._manager = self._make_manager()
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _sync(name):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

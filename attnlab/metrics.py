@@ -1,0 +1,129 @@
+"""Metrics out of a run: TensorBoard events, `metrics.jsonl`, a progress line.
+
+clu's metric writers import TensorFlow, which attnlab does not depend on
+(DESIGN.md), so TensorBoard events are written with tensorboard's own
+TF-free event writer (the one PyTorch uses too).
+"""
+import io
+import json
+import os
+import time
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class MetricsWriter:
+  """Writes scalars to `metrics.jsonl` and TensorBoard; images to TB only.
+
+  Only process 0 writes (every process computes the same global metrics).
+  """
+
+  def __init__(self, workdir, enabled=True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if enabled:
+      self._tb = EventFileWriter(os.path.join(workdir, "tb"))
+      self._jsonl = open(self.path, "a")
+
+  def write_scalars(self, step, scalars):
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._jsonl.flush()
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=v)
+              for k, v in scalars.items()]
+    self._add(step, summary_pb2.Summary(value=values))
+
+  def write_png(self, step, tag, png_bytes, height, width):
+    if not self.enabled:
+      return
+    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=4,
+                                      encoded_image_string=png_bytes)
+    self._add(step, summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=tag, image=image)]))
+
+  def write_figure(self, step, tag, figure, path=None):
+    """Saves a matplotlib figure as PNG (to `path` if given) and to TB."""
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=100)
+    png = buf.getvalue()
+    if self.enabled and path:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "wb") as f:
+        f.write(png)
+    width, height = (figure.get_size_inches() * 100).astype(int)
+    self.write_png(step, tag, png, int(height), int(width))
+
+  def write_text(self, step, tag, text):
+    if not self.enabled:
+      return
+    from tensorboard.plugins.text import metadata as text_metadata
+    from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2
+    tensor = tensor_pb2.TensorProto(
+        dtype=7, string_val=[text.encode()],  # 7 = DT_STRING
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
+    meta = text_metadata.create_summary_metadata(display_name=tag,
+                                                 description="")
+    self._add(step, summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+        tag=tag, metadata=meta, tensor=tensor)]))
+
+  def _add(self, step, summary):
+    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                       summary=summary))
+
+  def flush(self):
+    if self.enabled:
+      self._tb.flush()
+      self._jsonl.flush()
+
+  def close(self):
+    if self.enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def read_jsonl(path):
+  """Rows of a metrics.jsonl; on resume the latest row of a step wins."""
+  rows = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          row = json.loads(line)
+          rows.setdefault(row["step"], {}).update(row)
+  return [rows[s] for s in sorted(rows)]
+
+
+class Progress:
+  """`step 120/3000 (4%) loss 2.3100 | 3.10 steps/s | ETA 15m20s`.
+
+  The rate counts from `start()` (after compilation), so the ETA is honest.
+  """
+
+  def __init__(self, total_steps):
+    self.total = total_steps
+    self.t0, self.first = None, 0
+
+  def start(self, step):
+    self.t0, self.first = time.time(), step
+
+  def line(self, step, loss):
+    rate = float("nan")
+    if self.t0 is not None and step > self.first:
+      rate = (step - self.first) / (time.time() - self.t0)
+    eta = (self.total - step) / rate if rate > 0 else None
+    return (f"step {step}/{self.total} ({100 * step // self.total}%) "
+            f"loss {loss:.4f} | {rate:.2f} steps/s | ETA {format_time(eta)}")
+
+
+def format_time(seconds):
+  if seconds is None:
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

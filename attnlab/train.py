@@ -1,0 +1,318 @@
+"""The trainer: one loop for every experiment.
+
+An experiment (experiments/<name>.py) gives the objective; the trainer gives
+the mesh, sharded state, the jitted step, gradient accumulation, clipping,
+the NaN guard, metrics, evals, checkpoints and resumption. The train state is
+a dict:
+
+  step      completed steps (int32)
+  params    trained parameters
+  opt_state optax state
+  carry     per-example state with a leading batch axis, split like the
+            batch (e.g. an RNN's hidden state carried across windows)
+  extra     other non-trained state (e.g. a DINO teacher); replicated
+  rng       base key; step s uses fold_in(rng, s)
+  bad_step  first step whose loss or gradient was not finite, else -1
+"""
+import json
+import os
+import signal
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from attnlab import checkpoint as ckpt_lib
+from attnlab import metrics as metrics_lib
+from attnlab import optim as optim_lib
+from attnlab import sharding as sharding_lib
+from attnlab import viz
+
+
+class NonFiniteError(RuntimeError):
+  pass
+
+
+def log(msg):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def _microbatches(tree, k):
+  """[B, ...] -> [k, B/k, ...] taking every k-th row, so each microbatch
+  keeps its rows on the devices that hold them (no resharding)."""
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1),
+      tree)
+
+
+def _unmicrobatch(tree):
+  return jax.tree.map(
+      lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
+def make_train_step(loss_fn, tx, lr_schedule, grad_accum):
+  """jit-able `(state, batch) -> (state, metrics)`.
+
+  `loss_fn(params, carry, extra, batch, rng) -> (loss, (metrics, carry,
+  extra))` is the experiment's objective on one (micro)batch.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step_fn(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    params = state["params"]
+    if grad_accum == 1:
+      (loss, (metrics, carry, extra)), grads = grad_fn(
+          params, state["carry"], state["extra"], batch, rng)
+    else:
+      def one(acc, xs):
+        grads_sum, extra, i = acc
+        mb, mc = xs
+        (l, (m, c, extra)), g = grad_fn(params, mc, extra, mb,
+                                        jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, grads_sum, g), extra, i + 1), (l, m, c)
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (grads, extra, _), (losses, metrics, carry) = jax.lax.scan(
+          one, (zeros, state["extra"], 0),
+          (_microbatches(batch, grad_accum),
+           _microbatches(state["carry"], grad_accum)))
+      grads = jax.tree.map(lambda g: g / grad_accum, grads)
+      loss = losses.mean()
+      metrics = jax.tree.map(lambda m: m.mean(0), metrics)
+      carry = _unmicrobatch(carry)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # NaN guard: a non-finite step changes nothing, and remembers where.
+    keep = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = dict(
+        step=state["step"] + 1,
+        params=keep(new_params, params),
+        opt_state=keep(opt_state, state["opt_state"]),
+        carry=keep(carry, state["carry"]),
+        extra=keep(extra, state["extra"]),
+        rng=state["rng"],
+        bad_step=jnp.where((state["bad_step"] < 0) & ~finite, state["step"],
+                           state["bad_step"]))
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
+               "param_norm": optax.global_norm(new_params),
+               "lr": lr_schedule(state["step"])}
+    return new_state, metrics
+  return step_fn
+
+
+class Trainer:
+  """Builds the mesh and sharded state for an experiment and trains it."""
+
+  def __init__(self, config, experiment, workdir):
+    self.config, self.exp, self.workdir = config, experiment, workdir
+    self.mesh = sharding_lib.make_mesh(config.mesh)
+    self.local_batch = sharding_lib.local_batch_size(config.batch_size, self.mesh)
+    self.tx, self.lr = optim_lib.make_optimizer(config.optim, config.total_steps)
+    self.writer = metrics_lib.MetricsWriter(workdir, jax.process_index() == 0)
+    self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_ckpts)
+    self._stop_requested = False
+
+  # --- state -------------------------------------------------------------
+  def _init_state(self, rng):
+    params, carry, extra = self.exp.init(rng, self.config.batch_size)
+    return dict(step=jnp.zeros((), jnp.int32), params=params,
+                opt_state=self.tx.init(params), carry=carry, extra=extra,
+                rng=jax.random.fold_in(rng, 1), bad_step=-jnp.ones((), jnp.int32))
+
+  def state_shardings(self, abstract):
+    rules = [tuple(r) for r in self.config.param_sharding]
+    shard = lambda tree: sharding_lib.param_shardings(tree, self.mesh, rules)
+    rep = sharding_lib.replicated(self.mesh)
+    return dict(step=rep, params=shard(abstract["params"]),
+                opt_state=shard(abstract["opt_state"]),
+                carry=jax.tree.map(lambda _: sharding_lib.batch_sharding(self.mesh),
+                                   abstract["carry"]),
+                extra=shard(abstract["extra"]), rng=rep, bad_step=rep)
+
+  def abstract_state(self):
+    rng = jax.random.PRNGKey(self.config.seed)
+    abstract = jax.eval_shape(self._init_state, rng)
+    shardings = self.state_shardings(abstract)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, shardings), shardings
+
+  def create_state(self):
+    """Params and optimizer state created already sharded (no host copy)."""
+    _, shardings = self.abstract_state()
+    rng = jax.random.PRNGKey(self.config.seed)
+    return jax.jit(self._init_state, out_shardings=shardings)(rng)
+
+  def restore_params(self, step=None):
+    """Params (and the rest of the state) of the newest or a given step."""
+    abstract, _ = self.abstract_state()
+    if step is None:
+      return self.ckpt.restore_newest(abstract, None)
+    return self.ckpt.restore(step, abstract)
+
+  # --- loop --------------------------------------------------------------
+  def train(self):
+    config, exp = self.config, self.exp
+    devices = self.mesh.devices.size
+    log(f"devices: {jax.device_count()} total, {devices} in mesh "
+        f"{dict(self.mesh.shape)}, {jax.process_count()} process(es)")
+    log(f"batch: global {config.batch_size}, per host {self.local_batch}, "
+        f"per device {config.batch_size // devices}, accumulation "
+        f"{config.grad_accum} x {config.batch_size // config.grad_accum}")
+    t_start = time.time()
+    data = exp.train_iter(self.local_batch, jax.process_index(),
+                          jax.process_count())
+    abstract, shardings = self.abstract_state()
+    state = self.ckpt.restore_newest(abstract, data)
+    if state is None:
+      state = self.create_state()
+      log(f"initialised new run in {self.workdir}")
+    else:
+      log(f"resumed from checkpoint at step {int(state['step'])}")
+    if jax.process_index() == 0:
+      from clu import parameter_overview
+      logging.info("params:\n%s",
+                   parameter_overview.get_parameter_overview(state["params"]))
+    log(f"params: {param_count(state['params']):,}")
+
+    step_fn = make_train_step(exp.loss, self.tx, self.lr, config.grad_accum)
+    train_step = jax.jit(step_fn, donate_argnums=(0,),
+                         out_shardings=(shardings, sharding_lib.replicated(self.mesh)))
+    step = int(state["step"])
+    self._install_signal_handlers()
+    first_batch = sharding_lib.global_batch(next(data), self.mesh)
+    compiled = train_step.lower(state, first_batch).compile()
+    flops, how = step_flops(compiled), "XLA cost analysis"
+    if hasattr(exp, "flops_per_step"):
+      flops, how = exp.flops_per_step(config.batch_size), "analytic"
+    peak = config.peak_flops or measured_peak_flops()
+    log(f"compiled train step in {time.time() - t_start:.1f}s from start; "
+        f"{flops / 1e9:.2f} GFLOP/step ({how}), "
+        f"peak {peak / 1e9:.1f} GFLOP/s/device for MFU")
+    progress = metrics_lib.Progress(config.total_steps)
+    batch, window_t0, window_steps = first_batch, time.time(), 0
+    items_per_step = exp.items_per_step(config.batch_size)
+
+    while step < config.total_steps:
+      state, metrics = compiled(state, batch)
+      step += 1
+      window_steps += 1
+      if step == 1 or step == int(config.total_steps) or step % config.log_every == 0:
+        metrics = jax.device_get(metrics)
+        self._check_finite(state, step)
+        dt = time.time() - window_t0
+        sps = window_steps / dt
+        scalars = {f"train/{k}": v for k, v in metrics.items()}
+        scalars.update({
+            "train/steps_per_sec": sps,
+            f"train/{exp.item_name}_per_sec": sps * items_per_step,
+            "train/mfu": sps * flops / (peak * devices)})
+        if step == 1:
+          scalars["time/first_step_sec"] = time.time() - t_start
+          progress.start(step)
+        self.writer.write_scalars(step, scalars)
+        log(progress.line(step, float(metrics["loss"])) +
+            f" | {sps * items_per_step:,.0f} {exp.item_name}/s"
+            f" | MFU {100 * scalars['train/mfu']:.1f}%")
+        window_t0, window_steps = time.time(), 0
+      if config.eval_every and (step % config.eval_every == 0
+                                or step == config.total_steps):
+        self.evaluate(state, step)
+        window_t0, window_steps = time.time(), 0  # rates exclude evals
+      stop = self._stop_requested_everywhere()
+      if stop or step == config.total_steps or (
+          config.ckpt_every and step % config.ckpt_every == 0):
+        self._check_finite(state, step)
+        self.ckpt.save(step, state, data, force=True)
+      if stop:
+        log(f"stopped by signal at step {step}; checkpoint saved. Rerun the "
+            "same command to resume.")
+        break
+      if step < config.total_steps:
+        batch = sharding_lib.global_batch(next(data), self.mesh)
+    self.ckpt.close()
+    if jax.process_index() == 0:
+      viz.plot_curves(self.writer, step)
+    self.writer.close()
+    return state
+
+  def evaluate(self, state, step):
+    t0 = time.time()
+    results = self.exp.evaluate(state, self.mesh, step, self.writer)
+    self.writer.write_scalars(step, results)
+    log(f"eval at step {step}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in results.items()) +
+        f" ({time.time() - t0:.1f}s)")
+    return results
+
+  def _check_finite(self, state, step):
+    bad = int(state["bad_step"])
+    if bad >= 0:
+      self.ckpt.wait()
+      raise NonFiniteError(
+          f"loss or gradient became NaN/Inf at step {bad + 1}; training "
+          f"stopped at step {step}, the last good checkpoint is "
+          f"{self.ckpt.steps()[-1] if self.ckpt.steps() else 'none'}. Lower "
+          "--config.optim.lr or set --config.optim.clip_norm.")
+
+  # --- signals -----------------------------------------------------------
+  def _install_signal_handlers(self):
+    def handler(signum, frame):
+      del frame
+      log(f"received signal {signum}; saving after this step")
+      self._stop_requested = True
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+  def _stop_requested_everywhere(self):
+    if jax.process_count() == 1:
+      return self._stop_requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(self._stop_requested))
+    return bool(np.any(flags))
+
+
+def param_count(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def step_flops(compiled):
+  """FLOPs of one compiled step from XLA's cost analysis (0 if unknown)."""
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost.get("flops", 0.0))
+  except Exception:  # some backends do not implement it
+    return 0.0
+
+
+_PEAK = {}
+
+
+def measured_peak_flops(n=1024, dtype=jnp.float32):
+  """FLOP/s of one device on a large matmul: the denominator of MFU when
+  `config.peak_flops` is 0 (no published peak for a laptop CPU)."""
+  if dtype not in _PEAK:
+    x = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(5):
+      f(x).block_until_ready()
+    _PEAK[dtype] = 5 * 2 * n ** 3 / (time.perf_counter() - t0)
+  return _PEAK[dtype]
+
+
+def write_config(config, workdir):
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")

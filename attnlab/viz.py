@@ -1,0 +1,74 @@
+"""Figures: learning curves and text coloured by a neuron's activation.
+PNG files in the workdir, the same images in TensorBoard."""
+import html
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from attnlab import metrics as metrics_lib  # noqa: E402
+
+
+def plot_curves(writer, step):
+  """plots/curves.png: train and eval loss, learning rate, grad norm."""
+  rows = metrics_lib.read_jsonl(writer.path)
+  if not rows:
+    return
+  panels = [("loss", ["train/loss", "eval/loss"]), ("learning rate", ["train/lr"]),
+            ("gradient norm", ["train/grad_norm"])]
+  fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+  for ax, (title, keys) in zip(axes, panels):
+    for key in keys:
+      pts = [(r["step"], r[key]) for r in rows if key in r]
+      if pts:
+        ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None,
+                label=key, markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  writer.write_figure(step, "curves", fig,
+                      os.path.join(os.path.dirname(writer.path), "plots",
+                                   "curves.png"))
+  plt.close(fig)
+
+
+def text_heatmap(text, values, title, path_base, width=100):
+  """Text with each character's background coloured by `values` in [-1, 1]
+  (blue negative, red positive), as PNG and HTML (`path_base` + ext)."""
+  values = np.clip(np.asarray(values, np.float64), -1, 1)
+  cmap = plt.get_cmap("coolwarm")
+  lines, cur = [], []
+  for c, v in zip(text, values):
+    if c == "\n" or len(cur) >= width:
+      lines.append(cur)
+      cur = []
+      if c == "\n":
+        continue
+    cur.append((c, v))
+  lines.append(cur)
+  lines = lines[:40]
+  fig = plt.figure(figsize=(width * 0.09, len(lines) * 0.2 + 0.6))
+  ax = fig.add_axes([0, 0, 1, 1])
+  ax.set_xlim(0, width)
+  ax.set_ylim(len(lines) + 1.5, 0)
+  ax.axis("off")
+  ax.text(0.2, 0.8, title, fontsize=9, weight="bold")
+  for y, line in enumerate(lines, start=2):
+    for x, (c, v) in enumerate(line):
+      ax.add_patch(plt.Rectangle((x, y - 0.8), 1, 1, color=cmap((v + 1) / 2)))
+      ax.text(x + 0.5, y - 0.3, c, fontsize=7, family="monospace",
+              ha="center", va="center")
+  fig.savefig(path_base + ".png", dpi=110)
+  plt.close(fig)
+  spans = "".join(
+      "<br>" if c == "\n" else
+      '<span style="background:rgb({},{},{})">{}</span>'.format(
+          *[int(255 * x) for x in cmap((v + 1) / 2)[:3]], html.escape(c))
+      for c, v in zip(text, values))
+  with open(path_base + ".html", "w") as f:
+    f.write(f"<html><body><h3>{html.escape(title)}</h3>"
+            f'<div style="font-family:monospace">{spans}</div></body></html>\n')

@@ -1,0 +1,209 @@
+"""Language modelling objective: next-character prediction with truncated
+backprop through time (the hidden state is carried across consecutive
+windows of each stream; gradients stop at the window border).
+
+Evaluations: held-out loss in nats/char (and bits/char) on text never
+trained on; a sample written to workdir/samples/; at the end, the
+interpretable-cell figures of Karpathy, Johnson & Fei-Fei (2015).
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from attnlab import config as config_lib
+from attnlab import decode
+from attnlab import sharding as sharding_lib
+from attnlab import viz
+from attnlab.data import text as text_lib
+from attnlab.models import rnn_lm
+from attnlab.nn import rnn as rnn_lib
+
+
+def validate(config):
+  text_lib.validate(config.data)
+  config_lib.check_choice(config, "model.cell", set(rnn_lib.CELLS))
+  for key in ("hidden", "num_layers", "embed"):
+    config_lib.check(config.model[key] > 0, f"model.{key}",
+                     f"{config.model[key]} must be > 0",
+                     f"set --config.model.{key} to a positive integer")
+  config_lib.check(0 <= config.model.dropout < 1, "model.dropout",
+                   f"{config.model.dropout} is not in [0, 1)", "e.g. 0.1")
+  config_lib.check(config.data.seq_len > 1, "data.seq_len",
+                   f"{config.data.seq_len} must be > 1", "e.g. 128")
+  config_lib.check(config.sample.temperature >= 0, "sample.temperature",
+                   "must be >= 0", "use 0 for greedy, ~0.8 for samples")
+
+
+class Experiment:
+  item_name = "tokens"
+
+  def __init__(self, config, workdir=None):
+    self.config, self.workdir = config, workdir
+    data = config.data
+    vocab_path = os.path.join(workdir, "vocab.json") if workdir else None
+    self.vocab = text_lib.CharVocab.load_or_build(
+        vocab_path, lambda: text_lib.load_text(data, data.train_split))
+    m = config.model
+    self.model = rnn_lm.RNNLM(
+        vocab_size=len(self.vocab), cell=m.cell, hidden=m.hidden,
+        num_layers=m.num_layers, embed=m.embed, dropout=m.dropout,
+        dtype=jnp.dtype(m.dtype))
+    self._eval_step = None
+
+  # --- what the trainer needs --------------------------------------------
+  def items_per_step(self, batch_size):
+    return batch_size * self.config.data.seq_len
+
+  def flops_per_step(self, batch_size):
+    """Matmul FLOPs of a train step: 3x the forward (the backward costs 2x).
+    XLA's cost analysis counts a scan's body once, not once per step."""
+    m = self.config.model
+    per_token = rnn_lib.matmul_flops_per_token(m.cell, m.embed, m.hidden,
+                                               m.num_layers)
+    per_token += 2 * m.hidden * len(self.vocab)
+    return 3 * per_token * self.items_per_step(batch_size)
+
+  def train_iter(self, local_batch, process_index, process_count):
+    del process_count
+    data = self.config.data
+    ids = self.vocab.encode(text_lib.load_text(data, data.train_split))
+    return iter(text_lib.train_dataset(
+        ids, data.seq_len, self.config.batch_size, local_batch,
+        process_index, self.config.total_steps, self.config.seed,
+        stateful=data.stateful))
+
+  def init(self, rng, batch_size):
+    tokens = jnp.zeros((batch_size, self.config.data.seq_len), jnp.int32)
+    carry = self.model.zero_carry(batch_size)
+    params = self.model.init(rng, tokens, carry)["params"]
+    return params, carry, {}
+
+  def loss(self, params, carry, extra, batch, rng):
+    if not self.config.data.stateful:
+      carry = jax.tree.map(jnp.zeros_like, carry)
+    # Truncated BPTT: the carried state is an input, not a path for gradients.
+    carry = jax.lax.stop_gradient(carry)
+    logits, aux = self.model.apply({"params": params}, batch["inputs"], carry,
+                                   train=True, rngs={"dropout": rng})
+    nll = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["targets"]).mean()
+    return nll, ({"bits_per_char": nll / jnp.log(2.0)}, aux["carry"], extra)
+
+  # --- evaluation ---------------------------------------------------------
+  def held_out_loss(self, params, mesh):
+    """Mean nats/char over the eval split's streams (carry across windows)."""
+    config, data = self.config, self.config.data
+    local = sharding_lib.local_batch_size(config.batch_size, mesh)
+    ids = self.vocab.encode(text_lib.load_text(data, data.eval_split))
+    windows = text_lib.eval_windows(ids, data.seq_len, config.batch_size,
+                                    local, jax.process_index(), data.eval_chars)
+    if self._eval_step is None:
+      def eval_step(params, carry, batch):
+        logits, aux = self.model.apply({"params": params}, batch[:, :-1], carry)
+        nll = optax.softmax_cross_entropy_with_integer_labels(
+            logits, batch[:, 1:]).sum()
+        return aux["carry"], nll
+      self._eval_step = jax.jit(eval_step)
+    carry = jax.device_put(self.model.zero_carry(config.batch_size),
+                           sharding_lib.batch_sharding(mesh))
+    total = 0.0
+    for w in windows:
+      carry, nll = self._eval_step(params, carry,
+                                   sharding_lib.global_batch(w, mesh))
+      total += float(nll)
+    return total / (windows.shape[0] * config.batch_size * data.seq_len)
+
+  def evaluate(self, state, mesh, step, writer):
+    nats = self.held_out_loss(state["params"], mesh)
+    sample = self.sample(state["params"], self.config.sample.prompt,
+                         self.config.sample.length,
+                         self.config.sample.temperature, seed=step)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
+      with open(os.path.join(self.workdir, "samples", f"step_{step}.txt"),
+                "w") as f:
+        f.write(sample)
+      writer.write_text(step, "samples", sample)
+      print(f"--- sample at step {step} ---\n{sample}\n---", flush=True)
+    return {"eval/loss": nats, "eval/bits_per_char": nats / np.log(2)}
+
+  def sample(self, params, prompt, length, temperature, seed=0):
+    """Feeds the prompt, then samples `length` characters."""
+    ids = self.vocab.encode(prompt or "\n")
+    carry = self.model.zero_carry(1)
+    logits, aux = self.model.apply({"params": params}, jnp.asarray(ids)[None],
+                                   carry)
+    rng = jax.random.PRNGKey(seed)
+
+    def step(carry, token):
+      logits, aux = self.model.apply({"params": params}, token[:, None], carry)
+      return aux["carry"], logits[:, -1]
+    first = jax.random.categorical(rng, logits[:, -1] / max(temperature, 1e-6))
+    if temperature == 0:
+      first = jnp.argmax(logits[:, -1], -1)
+    out, _ = jax.jit(decode.sample, static_argnums=(0, 3, 5))(
+        step, aux["carry"], first.astype(jnp.int32), length - 1,
+        jax.random.fold_in(rng, 1), temperature)
+    return prompt + self.vocab.decode([int(first[0])] + list(np.asarray(out[0])))
+
+  # --- interpretable cells (Karpathy et al. 2015, figures 2-3) -------------
+  def cell_activations(self, params, text):
+    """[len(text), layers * hidden] cell states while reading `text`."""
+    ids = jnp.asarray(self.vocab.encode(text))[None]
+    _, aux = jax.jit(self.model.apply)({"params": params}, ids,
+                                       self.model.zero_carry(1))
+    return np.concatenate([np.asarray(c[0]) for c in aux["cells"]], axis=-1)
+
+  def cell_report(self, params, workdir, chars=20_000):
+    """Ranks cells by |correlation| with interpretable features of the text
+    and renders the best cell of each feature over a passage."""
+    text = text_lib.load_text(self.config.data, self.config.data.eval_split)
+    text = text[:chars]
+    acts = self.cell_activations(params, text)
+    features = text_features(text)
+    out_dir = os.path.join(workdir, "plots")
+    os.makedirs(out_dir, exist_ok=True)
+    lines = []
+    for name, values in features.items():
+      corr = correlations(acts, values)
+      order = np.argsort(-np.abs(corr))
+      best = int(order[0])
+      lines.append(f"{name}: best cells " + ", ".join(
+          f"#{int(i)} (r={corr[i]:+.2f})" for i in order[:5]))
+      passage = slice(0, 1500)
+      viz.text_heatmap(text[passage], acts[passage, best],
+                       f"cell {best}, r={corr[best]:+.2f} with '{name}'",
+                       os.path.join(out_dir, f"cell_{name}"))
+    report = "\n".join(lines)
+    with open(os.path.join(out_dir, "cells.txt"), "w") as f:
+      f.write(report + "\n")
+    return report
+
+
+def text_features(text):
+  """Per-character features the paper found cells for."""
+  inside_quotes = np.zeros(len(text))
+  position_in_line = np.zeros(len(text))
+  inside_brackets = np.zeros(len(text))
+  quoted = bracket = 0
+  col = 0
+  for i, c in enumerate(text):
+    if c == '"':
+      quoted ^= 1
+    bracket = 1 if c in "[(" else (0 if c in "])" else bracket)
+    inside_quotes[i], inside_brackets[i] = quoted, bracket
+    position_in_line[i] = col
+    col = 0 if c == "\n" else col + 1
+  return {"inside_quotes": inside_quotes, "position_in_line": position_in_line,
+          "inside_brackets": inside_brackets}
+
+
+def correlations(acts, values):
+  """Pearson r of every column of acts [N, C] with values [N]."""
+  a = acts - acts.mean(0)
+  v = values - values.mean()
+  denom = np.sqrt((a ** 2).sum(0) * (v ** 2).sum()) + 1e-12
+  return (a * v[:, None]).sum(0) / denom

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# attnlab launcher: sets up .venv on first use, then runs a command.
+#   ./launch.sh                      set up, fetch Shakespeare, train the default char-LSTM
+#   ./launch.sh test [pytest args]   set up, then the whole test suite
+#   ./launch.sh train CONFIG[:args] --workdir DIR [--config.KEY=VALUE ...]
+#   ./launch.sh sample WORKDIR [--prompt P --length N --temperature T]
+#   ./launch.sh eval WORKDIR
+#   ./launch.sh tpu NAME --zone Z [--project P] [--dry_run] train CONFIG ...
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing requirements.txt into .venv (first run takes a few minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  if [ "${ATTNLAB_ACCELERATOR:-}" = tpu ]; then
+    .venv/bin/python -m pip install -q "jax[tpu]==$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
+  fi
+  echo "$want" > "$stamp"
+fi
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/attnlab/jax}
+export PYTHONUNBUFFERED=1
+PYBIN=.venv/bin/python
+
+cmd=${1:-default}
+case "$cmd" in
+  default)
+    shift || true
+    exec "$PYBIN" -m attnlab.main train --config configs/charlm.py \
+      --workdir "${WORKDIR:-runs/charlm}" "$@"
+    ;;
+  test)
+    shift
+    exec "$PYBIN" -m pytest -q tests "$@"
+    ;;
+  train|prepare|sample|eval|tpu)
+    shift
+    if [ "$cmd" = train ] || [ "$cmd" = prepare ]; then
+      [ $# -ge 1 ] && [ "${1#-}" = "$1" ] && set -- --config "$@"
+    fi
+    exec "$PYBIN" -m attnlab.main "$cmd" "$@"
+    ;;
+  *)
+    echo "unknown command '$cmd': use test, train, sample, eval or tpu (see README.md)" >&2
+    exit 2
+    ;;
+esac
