@@ -3,8 +3,12 @@ iterator, saved asynchronously, keeping the newest `keep_ckpts`.
 
 A checkpoint that cannot be read (a killed copy, a truncated file) is moved
 to `workdir/corrupt_checkpoints/` with a warning and the previous one is
-used: nothing is deleted and nothing silently restarts from scratch.
+used: nothing is deleted and nothing silently restarts from scratch. Orbax
+only detects damage to the files a restore happens to read, so each finished
+checkpoint is sealed with the size of every file it holds, checked before
+restoring.
 """
+import json
 import os
 import shutil
 
@@ -12,6 +16,9 @@ from absl import logging
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+
+MANIFEST = "attnlab_manifest.json"
 
 
 class Checkpointer:
@@ -36,8 +43,39 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return self._manager.save(step, args=ocp.args.Composite(**items),
-                              force=force)
+    saved = self._manager.save(step, args=ocp.args.Composite(**items),
+                               force=force)
+    # orbax finishes the previous async save before starting this one.
+    self._seal(below=step)
+    return saved
+
+  def _seal(self, below=None):
+    """Writes `MANIFEST` (file -> size) into each finished checkpoint."""
+    if jax.process_index() != 0:
+      return
+    for step in self.steps():
+      folder = os.path.join(self.directory, str(step))
+      path = os.path.join(folder, MANIFEST)
+      if (below is not None and step >= below) or os.path.exists(path):
+        continue
+      sizes = {os.path.relpath(os.path.join(d, f), folder):
+               os.path.getsize(os.path.join(d, f))
+               for d, _, files in os.walk(folder) for f in files}
+      with open(path + ".tmp", "w") as f:
+        json.dump(sizes, f, indent=0, sort_keys=True)
+      os.replace(path + ".tmp", path)
+
+  def _verify(self, step):
+    path = os.path.join(self.directory, str(step), MANIFEST)
+    if not os.path.exists(path):
+      return  # killed before sealing: orbax's own commit marker must do
+    with open(path) as f:
+      sizes = json.load(f)
+    for name, size in sizes.items():
+      full = os.path.join(self.directory, str(step), name)
+      actual = os.path.getsize(full) if os.path.exists(full) else None
+      if actual != size:
+        raise IOError(f"{name} has {actual} bytes, {size} were written")
 
   def restore_newest(self, abstract_state, data_iter):
     """Restores the newest readable checkpoint; returns the state or None.
@@ -53,6 +91,7 @@ class Checkpointer:
     return None
 
   def restore(self, step, abstract_state, data_iter=None):
+    self._verify(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -76,9 +115,10 @@ class Checkpointer:
 
   def wait(self):
     self._manager.wait_until_finished()
+    self._seal()
 
   def close(self):
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
 

@@ -84,7 +84,7 @@ def make_train_step(loss_fn, tx, lr_schedule, grad_accum):
       loss = losses.mean()
       metrics = jax.tree.map(lambda m: m.mean(0), metrics)
       carry = _unmicrobatch(carry)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -101,7 +101,7 @@ def make_train_step(loss_fn, tx, lr_schedule, grad_accum):
         bad_step=jnp.where((state["bad_step"] < 0) & ~finite, state["step"],
                            state["bad_step"]))
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
-               "param_norm": optax.global_norm(new_params),
+               "param_norm": optax.tree.norm(new_params),
                "lr": lr_schedule(state["step"])}
     return new_state, metrics
   return step_fn

@@ -1,0 +1,44 @@
+"""Helpers shared by tests: run the CLI in a subprocess, read checkpoints."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, env=None, devices=1, **kwargs):
+  """Popen of `python -m attnlab.main ARGS` with `devices` fake devices."""
+  full_env = dict(os.environ)
+  full_env.update({"JAX_NUM_CPU_DEVICES": str(devices),
+                   "PYTHONUNBUFFERED": "1"})
+  full_env.update(env or {})
+  return subprocess.Popen([sys.executable, "-m", "attnlab.main", *args],
+                          cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def run_cli(*args, timeout=240, **kwargs):
+  p = cli(*args, **kwargs)
+  out, _ = p.communicate(timeout=timeout)
+  return p.returncode, out
+
+
+def load_state(workdir, step=None):
+  """The saved train state of a run, as numpy arrays (no target needed)."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  with ocp.CheckpointManager(directory, item_names=("state", "data")) as m:
+    step = m.latest_step() if step is None else step
+    restored = m.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+  return jax.tree.map(np.asarray, restored.state)
+
+
+def assert_trees_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(x, y)

@@ -1,0 +1,82 @@
+"""A run killed at any moment resumes bit-identically when rerun."""
+import os
+import random
+import signal
+
+from conftest import tiny_overrides
+from helpers import assert_trees_equal, cli, load_state, run_cli
+
+STEPS = 24
+
+
+def args(workdir, folder):
+  return ["train", "--config", "configs/charlm.py:runlocal=True",
+          "--workdir", str(workdir), *tiny_overrides(
+              folder, total_steps=STEPS, ckpt_every=4, log_every=1,
+              eval_every=0, keep_ckpts=10)]
+
+
+def reference(tmp_path, folder):
+  rc, out = run_cli(*args(tmp_path / "ref", folder))
+  assert rc == 0, out
+  return load_state(tmp_path / "ref")
+
+
+def run_until_step(workdir, folder, step, sig):
+  """Starts a run and sends `sig` once it has printed `step N/`."""
+  p = cli(*args(workdir, folder))
+  lines = []
+  for line in p.stdout:
+    lines.append(line)
+    if line.startswith(f"step {step}/"):
+      p.send_signal(sig)
+      break
+  out = "".join(lines) + p.communicate(timeout=120)[0]
+  return p.returncode, out
+
+
+def test_kill_9_then_rerun_is_bit_identical(tmp_path, text_folder):
+  ref = reference(tmp_path, text_folder)
+  kill_at = random.Random().randint(2, STEPS - 3)
+  wd = tmp_path / "killed"
+  rc, out = run_until_step(wd, text_folder, kill_at, signal.SIGKILL)
+  assert rc == -signal.SIGKILL, out
+  rc, out = run_cli(*args(wd, text_folder))
+  assert rc == 0, out
+  if kill_at >= 4:
+    assert "resumed from checkpoint at step" in out, out
+  assert_trees_equal(load_state(wd), ref)
+
+
+def test_sigterm_saves_exits_0_and_resumes(tmp_path, text_folder):
+  ref = reference(tmp_path, text_folder)
+  wd = tmp_path / "term"
+  rc, out = run_until_step(wd, text_folder, 10, signal.SIGTERM)
+  assert rc == 0, out
+  stopped = int(out.split("stopped by signal at step ")[1].split(";")[0])
+  assert 10 <= stopped < STEPS
+  assert str(stopped) in os.listdir(wd / "checkpoints")
+  rc, out = run_cli(*args(wd, text_folder))
+  assert rc == 0, out
+  assert f"resumed from checkpoint at step {stopped}" in out
+  assert_trees_equal(load_state(wd), ref)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path,
+                                                            text_folder):
+  wd = tmp_path / "run"
+  rc, out = run_cli(*args(wd, text_folder))
+  assert rc == 0, out
+  ref = load_state(wd)
+  newest = wd / "checkpoints" / str(STEPS)
+  files = [os.path.join(d, f) for d, _, fs in os.walk(newest / "state")
+           for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  rc, out = run_cli(*args(wd, text_folder))
+  assert rc == 0, out
+  assert f"checkpoint {STEPS} is unreadable" in out, out
+  assert f"resumed from checkpoint at step {STEPS - 4}" in out, out
+  assert os.path.isdir(wd / "corrupt_checkpoints" / str(STEPS))  # kept
+  assert_trees_equal(load_state(wd), ref)
