@@ -14,8 +14,10 @@ import ml_collections
 class ConfigError(ValueError):
   """A bad config value; str() is the one line shown to the user."""
 
-  def __init__(self, key, problem, fix):
-    super().__init__(f"config.{key}: {problem}; {fix}")
+  def __init__(self, key, problem=None, fix=None):
+    # absl re-creates errors raised while parsing a flag from the message.
+    super().__init__(key if problem is None else
+                     f"config.{key}: {problem}; {fix}")
     self.key = key
 
 

@@ -63,9 +63,17 @@ def parse_config(argv):
   # values object given to DEFINE_config_file; parse in two passes so the
   # overrides exist when they are read.
   known = [a for a in argv if not a.startswith("--config.")]
+  for i, a in enumerate(known):
+    path = (a.split("=", 1)[1] if a.startswith("--config=") else
+            known[i + 1] if a == "--config" and i + 1 < len(known) else None)
+    if path is not None and not os.path.isfile(path.split(":")[0]):
+      fail(f"--config {path}: no such file; give a config file such as "
+           "configs/charlm.py")
   try:
     values(["attnlab"] + known)
     config = values.config
+    if config is not None:
+      config.keys()  # a config that failed to load raises only when used
   except config_lib.ConfigError as e:
     fail(str(e))
   except (flags.Error, OSError, AttributeError, KeyError, TypeError,

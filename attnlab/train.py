@@ -314,5 +314,7 @@ def measured_peak_flops(n=1024, dtype=jnp.float32):
 def write_config(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    path = os.path.join(workdir, "config.json")
+    with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    os.replace(path + ".tmp", path)

@@ -33,6 +33,14 @@ def validate(config):
                    f"{config.model.dropout} is not in [0, 1)", "e.g. 0.1")
   config_lib.check(config.data.seq_len > 1, "data.seq_len",
                    f"{config.data.seq_len} must be > 1", "e.g. 128")
+  if config.data.source == "folder":
+    n = len(text_lib.load_text(config.data, config.data.train_split))
+    need = 2 * config.data.seq_len * config.batch_size
+    config_lib.check(n >= need, "data.folder",
+                     f"its training text ({n} characters) is too short for "
+                     f"{config.batch_size} streams of {config.data.seq_len}",
+                     f"give at least {need} characters or lower "
+                     "batch_size / data.seq_len")
   config_lib.check(config.sample.temperature >= 0, "sample.temperature",
                    "must be >= 0", "use 0 for greedy, ~0.8 for samples")
 

@@ -30,10 +30,16 @@ def run_cli(*args, timeout=240, **kwargs):
 def load_state(workdir, step=None):
   """The saved train state of a run, as numpy arrays (no target needed)."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  with ocp.CheckpointManager(directory, item_names=("state", "data")) as m:
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.CheckpointManager(
+      directory, item_handlers={"state": ocp.StandardCheckpointHandler()}) as m:
     step = m.latest_step() if step is None else step
+    meta = m.item_metadata(step)["state"]
+    # Saved on any topology, read back onto one local device.
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), meta)
     restored = m.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
+        state=ocp.args.StandardRestore(target)))
   return jax.tree.map(np.asarray, restored.state)
 
 

@@ -125,9 +125,10 @@ class CharVocab:
     vocab = cls.from_text(text_fn())
     if path:
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path + ".tmp", "w") as f:
+      tmp = f"{path}.{os.getpid()}.tmp"  # every process writes the same file
+      with open(tmp, "w") as f:
         json.dump({"chars": vocab.chars}, f)
-      os.replace(path + ".tmp", path)
+      os.replace(tmp, path)
     return vocab
 
   def __len__(self):
