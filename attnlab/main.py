@@ -10,6 +10,7 @@ Every config problem is one line on stderr and exit code 2, before any
 compile.
 """
 import importlib
+import importlib.util
 import json
 import os
 import shlex
@@ -19,7 +20,6 @@ import sys
 from absl import flags
 from absl import logging
 import ml_collections
-from ml_collections import config_flags
 
 from attnlab import config as config_lib
 
@@ -49,47 +49,54 @@ def _setup_jax():
 
 
 def parse_config(argv):
-  """`--config FILE[:arg] --workdir DIR --config.K=V ...` -> (config, flags).
+  """`--config FILE[:arg] --workdir DIR --config.K=V ...` -> (config, workdir).
 
-  Uses ml_collections' own override parsing; turns its errors into one line.
+  `FILE` defines `get_config(arg)` (big_vision / ml_collections style);
+  overrides keep the type the config declared.
   """
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", flag_values=values,
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "run folder", flag_values=values)
-  flags.DEFINE_integer("devices", None, "devices to compile for",
-                       flag_values=values)
-  # config_flags registers `--config.*` overrides while parsing, on the flag
-  # values object given to DEFINE_config_file; parse in two passes so the
-  # overrides exist when they are read.
-  known = [a for a in argv if not a.startswith("--config.")]
-  for i, a in enumerate(known):
-    path = (a.split("=", 1)[1] if a.startswith("--config=") else
-            known[i + 1] if a == "--config" and i + 1 < len(known) else None)
-    if path is not None and not os.path.isfile(path.split(":")[0]):
-      fail(f"--config {path}: no such file; give a config file such as "
-           "configs/charlm.py")
+  spec = workdir = None
+  overrides = []
+  it = iter(argv)
+  for a in it:
+    name, eq, value = a.partition("=")
+    if name in ("--config", "--workdir"):
+      if not eq:
+        value = next(it, None)
+        if value is None:
+          fail(f"{name} needs a value")
+      if name == "--config":
+        spec = value
+      else:
+        workdir = value
+    elif a.startswith("--config."):
+      if not eq:
+        fail(f"{a}: write overrides as --config.KEY=VALUE")
+      overrides.append((name[len("--config."):], value))
+    else:
+      fail(f"unexpected argument {a!r}: use --config FILE[:args], --workdir "
+           "DIR and --config.KEY=VALUE")
+  if spec is None:
+    fail("--config is required: e.g. --config configs/charlm.py")
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    fail(f"--config {spec}: no such file; give a config file such as "
+         "configs/charlm.py")
   try:
-    values(["attnlab"] + known)
-    config = values.config
-    if config is not None:
-      config.keys()  # a config that failed to load raises only when used
+    module_spec = importlib.util.spec_from_file_location(
+        "attnlab_config_" + os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
   except config_lib.ConfigError as e:
     fail(str(e))
-  except (flags.Error, OSError, AttributeError, KeyError, TypeError,
-          ValueError, SyntaxError) as e:
-    fail(_one_line(e, "the --config file"))
-  if config is None:
-    fail("--config is required: e.g. --config configs/charlm.py")
-  for override in (a for a in argv if a.startswith("--config.")):
-    key, sep, value = override[len("--config."):].partition("=")
-    if not sep:
-      fail(f"{override}: write overrides as --config.KEY=VALUE")
-    try:
+  except Exception as e:  # a broken config file: say where, in one line
+    fail(f"--config {spec}: {type(e).__name__}: {_one_line(e, '')}")
+  try:
+    for key, value in overrides:
       _override(config, key, value)
-    except config_lib.ConfigError as e:
-      fail(str(e))
-  return config, values
+  except config_lib.ConfigError as e:
+    fail(str(e))
+  return config, workdir
 
 
 def _override(config, key, text):
@@ -165,29 +172,29 @@ def load_run(workdir):
 
 # --- commands ----------------------------------------------------------------
 def cmd_train(argv):
-  config, values = parse_config(argv)
-  if not values.workdir:
+  config, workdir = parse_config(argv)
+  if not workdir:
     fail("--workdir is required: e.g. --workdir runs/charlm")
   jax = _setup_jax()
   module = validate(config, jax)
   from attnlab import train
   from attnlab.data import text
   text.prepare(config.data)
-  if os.path.exists(os.path.join(values.workdir, "config.json")):
-    old = load_run(values.workdir)
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    old = load_run(workdir)
     if old.to_json(sort_keys=True) != ml_collections.ConfigDict(
         json.loads(config.to_json_best_effort())).to_json(sort_keys=True):
-      fail(f"{values.workdir} holds a run with another config (see its "
+      fail(f"{workdir} holds a run with another config (see its "
            "config.json): use a new --workdir, or the same config to resume")
-  train.write_config(config, values.workdir)
-  exp = module.Experiment(config, values.workdir)
-  trainer = train.Trainer(config, exp, values.workdir)
+  train.write_config(config, workdir)
+  exp = module.Experiment(config, workdir)
+  trainer = train.Trainer(config, exp, workdir)
   try:
-    trainer.train()
+    state = trainer.train()
   except train.NonFiniteError as e:
     fail(str(e), code=1)
   if hasattr(exp, "finish"):
-    exp.finish(trainer)
+    exp.finish(state)
 
 
 def cmd_prepare(argv):
@@ -231,9 +238,9 @@ def cmd_eval(argv):
   _, exp, trainer, state = _restore(workdir)
   step = int(state["step"])
   trainer.evaluate(state, step)
-  if hasattr(exp, "cell_report"):
-    print(exp.cell_report(state["params"], workdir))
   trainer.writer.close()
+  if hasattr(exp, "finish"):
+    exp.finish(state)
 
 
 def _workdir_arg(argv, values):
@@ -276,7 +283,9 @@ def cmd_tpu(argv):
   if len(rest) != 1 or not values.zone or not train_args:
     fail("usage: launch.sh tpu NAME --zone ZONE [--project P] [--dry_run] "
          "train CONFIG --workdir DIR [...]")
-  parse_config(train_args)  # a bad config fails here, not on the pod
+  # A bad config fails here, not on the pod (`train CONFIG` as in launch.sh).
+  parse_config(train_args if train_args[0].startswith("-")
+               else ["--config"] + train_args)
   for cmd in tpu_commands(rest[0], values.zone, values.project, train_args):
     print(shlex.join(cmd), flush=True)
     if not values.dry_run:

@@ -157,6 +157,12 @@ class Experiment:
         jax.random.fold_in(rng, 1), temperature)
     return prompt + self.vocab.decode([int(first[0])] + list(np.asarray(out[0])))
 
+  def finish(self, state):
+    """After training (and on `launch.sh eval`): the cell figures."""
+    if jax.process_index() == 0:
+      report = self.cell_report(jax.device_get(state["params"]), self.workdir)
+      print(f"interpretable cells (plots/cell_*.png):\n{report}", flush=True)
+
   # --- interpretable cells (Karpathy et al. 2015, figures 2-3) -------------
   def cell_activations(self, params, text):
     """[len(text), layers * hidden] cell states while reading `text`."""

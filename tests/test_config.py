@@ -64,6 +64,7 @@ BAD = [
     ("unknown_group", ["--config.nope.x=1"], ["nope.x", "unknown key"]),
     ("wrong_type", ["--config.optim.lr=abc"], ["optim.lr", "not a float"]),
     ("float_for_int", ["--config.total_steps=1.5"], ["total_steps", "not a int"]),
+    ("unexpected_arg", ["--lr=3"], ["unexpected argument"]),
     ("no_value", ["--config.seed"], ["--config.KEY=VALUE"]),
     ("negative_lr", ["--config.optim.lr=-1"], ["optim.lr", "must be > 0"]),
     ("zero_steps", ["--config.total_steps=0"], ["total_steps", "> 0"]),

@@ -65,8 +65,9 @@ class StackedRNN(nn.Module):
   def __call__(self, x, carry, train=False):
     new_carry, states = [], []
     for i in range(self.num_layers):
-      cell = _CarryAsOutput(self.cell, self.hidden, self.dtype)
-      layer_carry, seq = nn.RNN(cell, return_carry=True, name=f"layer_{i}")(
+      cell = _CarryAsOutput(self.cell, self.hidden, self.dtype,
+                            name=f"layer_{i}")
+      layer_carry, seq = nn.RNN(cell, return_carry=True)(
           x, initial_carry=carry[i])
       x = seq[1] if self.cell == "lstm" else seq
       new_carry.append(layer_carry)

@@ -1,0 +1,39 @@
+"""The char-LM experiment's analysis: interpretable-cell search."""
+import os
+
+import numpy as np
+
+from attnlab import main as main_lib
+from conftest import tiny_overrides
+from experiments import lm
+
+
+def test_correlations_match_numpy():
+  rng = np.random.default_rng(0)
+  acts = rng.normal(size=(200, 6))
+  values = acts[:, 2] * 0.5 + rng.normal(size=200)
+  r = lm.correlations(acts, values)
+  want = [np.corrcoef(acts[:, j], values)[0, 1] for j in range(6)]
+  np.testing.assert_allclose(r, want, rtol=1e-9)
+  assert int(np.argmax(np.abs(r))) == 2
+
+
+def test_text_features():
+  f = lm.text_features('ab "cd" e\nfg')
+  np.testing.assert_array_equal(f["position_in_line"],
+                                [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+  np.testing.assert_array_equal(f["inside_quotes"],
+                                [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+
+
+def test_eval_writes_cell_figures_and_ranks_cells(tmp_path, text_folder, capsys):
+  wd = str(tmp_path / "run")
+  main_lib.main(["train", "--config", "configs/charlm.py:runlocal=True",
+                 "--workdir", wd, *tiny_overrides(text_folder, total_steps=3)])
+  capsys.readouterr()
+  main_lib.main(["eval", wd])
+  out = capsys.readouterr().out
+  assert "eval/loss" in out and "position_in_line: best cells #" in out
+  for name in ("inside_quotes", "position_in_line", "inside_brackets"):
+    assert os.path.getsize(os.path.join(wd, "plots", f"cell_{name}.png")) > 1000
+    assert os.path.exists(os.path.join(wd, "plots", f"cell_{name}.html"))
