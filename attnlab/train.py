@@ -213,7 +213,8 @@ class Trainer:
         scalars.update({
             "train/steps_per_sec": sps,
             f"train/{exp.item_name}_per_sec": sps * items_per_step,
-            "train/mfu": sps * flops / (peak * devices)})
+            "train/mfu": sps * flops / (peak * devices),
+            "time/wall_sec": time.time() - t_start})
         if step == 1:
           scalars["time/first_step_sec"] = time.time() - t_start
           progress.start(step)

@@ -32,17 +32,17 @@ def test_one_step_smoke_per_config(tmp_path, text_folder, cell):
     assert np.isfinite(rows[0][key]), key
   # An untrained model predicts ~uniformly: loss ~ log(vocab size).
   vocab = json.load(open(tmp_path / cell / "vocab.json"))["chars"]
-  assert abs(rows[0]["train/loss"] - np.log(len(vocab))) < 0.1
+  assert abs(rows[0]["train/loss"] - np.log(len(vocab))) < 0.25
 
 
 def test_workdir_contents_and_learning(tmp_path, text_folder):
   wd = tmp_path / "run"
-  train(wd, text_folder, total_steps=30, log_every=10, eval_every=15,
+  train(wd, text_folder, total_steps=60, log_every=10, eval_every=30,
         ckpt_every=10, **{"optim.lr": 1e-2, "optim.warmup_steps": 0})
   for name in ("config.json", "metrics.jsonl", "vocab.json",
-               "plots/curves.png", "samples/step_30.txt"):
+               "plots/curves.png", "samples/step_60.txt"):
     assert os.path.exists(wd / name), name
-  assert sorted(os.listdir(wd / "checkpoints")) == ["10", "20", "30"]
+  assert sorted(os.listdir(wd / "checkpoints")) == ["40", "50", "60"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tb"))
   rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
   losses = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -50,7 +50,7 @@ def test_workdir_contents_and_learning(tmp_path, text_folder):
   evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
   assert len(evals) == 2 and evals[-1] < evals[0]
   config = json.load(open(wd / "config.json"))
-  assert config["total_steps"] == 30 and config["data"]["source"] == "folder"
+  assert config["total_steps"] == 60 and config["data"]["source"] == "folder"
 
 
 def test_tensorboard_events_readable(tmp_path, text_folder):
