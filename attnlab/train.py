@@ -217,6 +217,7 @@ class Trainer:
             "time/wall_sec": time.time() - t_start})
         if step == 1:
           scalars["time/first_step_sec"] = time.time() - t_start
+          scalars["model/params"] = param_count(state["params"])
           progress.start(step)
         self.writer.write_scalars(step, scalars)
         log(progress.line(step, float(metrics["loss"])) +

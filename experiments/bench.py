@@ -1,0 +1,144 @@
+"""Benchmarks that print numbers (never timed asserts in tests).
+
+  python -m experiments.bench charlm [CONFIG_ARGS]   step tokens/s + MFU,
+      input pipeline examples/s vs what a step consumes, cold start
+  python -m experiments.bench compare WORKDIR...     table of finished runs
+
+Each prints the command that made it, so README numbers can be re-made.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def header():
+  import jax
+  print(f"$ python -m experiments.bench {' '.join(sys.argv[1:])}")
+  print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} "
+        f"device(s), {os.cpu_count()} CPU cores")
+
+
+def bench_charlm(arg):
+  """The train step and the input pipeline of configs/charlm.py:ARG."""
+  import jax
+  from attnlab import main as main_lib
+  from attnlab import sharding as sharding_lib
+  from attnlab import train as train_lib
+  from experiments import lm
+
+  spec = "configs/charlm.py" + (f":{arg}" if arg else "")
+  config, _ = main_lib.parse_config(["--config", spec])
+  workdir = tempfile.mkdtemp()
+  exp = lm.Experiment(config, workdir)
+  trainer = train_lib.Trainer(config, exp, workdir)
+  tokens_per_step = exp.items_per_step(config.batch_size)
+
+  # Input pipeline alone: batches/s of the grain iterator.
+  data = exp.train_iter(trainer.local_batch, 0, 1)
+  next(data)
+  n, t0 = 2000, time.perf_counter()
+  for _ in range(n):
+    next(data)
+  pipe = n / (time.perf_counter() - t0)
+
+  # The jitted train step alone, on device-resident batches.
+  state = trainer.create_state()
+  step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr,
+                                           config.grad_accum),
+                 donate_argnums=(0,))
+  batch = sharding_lib.global_batch(next(data), trainer.mesh)
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  n, t0 = 20, time.perf_counter()
+  for _ in range(n):
+    state, m = step(state, batch)
+  jax.block_until_ready(m)
+  sps = n / (time.perf_counter() - t0)
+  flops = exp.flops_per_step(config.batch_size)
+  peak = train_lib.measured_peak_flops()
+  print(f"config {spec}: {config.model.cell} hidden {config.model.hidden} x "
+        f"{config.model.num_layers}, batch {config.batch_size} x "
+        f"{config.data.seq_len}, {train_lib.param_count(state['params']):,} params")
+  print(f"train step: {sps:.2f} steps/s = {sps * tokens_per_step:,.0f} tokens/s, "
+        f"{flops / 1e9:.1f} GFLOP/step (analytic), "
+        f"MFU {100 * sps * flops / peak:.1f}% of a measured "
+        f"{peak / 1e9:.1f} GFLOP/s f32 matmul")
+  print(f"input pipeline: {pipe:,.0f} batches/s = {pipe * config.batch_size:,.0f} "
+        f"examples/s = {pipe * tokens_per_step:,.0f} tokens/s, "
+        f"{pipe / sps:,.0f}x what the step consumes")
+  shutil.rmtree(workdir)
+
+  # Cold start: a fresh process, from `python -m attnlab.main` to step 1.
+  for label, cache in (("empty compile cache", tempfile.mkdtemp()),
+                       ("warm compile cache", None)):
+    runs = 2 if cache is None else 1
+    for _ in range(runs):
+      wd = tempfile.mkdtemp()
+      env = dict(os.environ)
+      env["JAX_COMPILATION_CACHE_DIR"] = cache or os.path.join(
+          tempfile.gettempdir(), "attnlab-bench-cache")
+      t0 = time.perf_counter()
+      p = subprocess.Popen(
+          [sys.executable, "-m", "attnlab.main", "train", "--config", spec,
+           "--workdir", wd, "--config.eval_every=0"], cwd=ROOT, env=env,
+          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for line in p.stdout:
+        if line.startswith("step 1/"):
+          first = time.perf_counter() - t0
+          break
+      p.kill()
+      p.wait()
+      shutil.rmtree(wd)
+    print(f"cold start to first step ({label}): {first:.1f}s")
+
+
+def compare(workdirs):
+  """One row per finished run, from its config.json and metrics.jsonl."""
+  import json
+  import jax
+  from attnlab import metrics as metrics_lib
+  from experiments import lm
+  print(f"{'run':<22}{'cell':<6}{'hidden':>7}{'params':>10}{'steps':>7}"
+        f"{'wall min':>10}{'tok/s':>8}{'MFU':>6}{'held-out nats/char':>20}"
+        f"{'bits/char':>10}")
+  for wd in workdirs:
+    config = json.load(open(os.path.join(wd, "config.json")))
+    rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+    last = lambda key: [r[key] for r in rows if key in r][-1]
+    speeds = [r["train/tokens_per_sec"] for r in rows if "train/tokens_per_sec" in r]
+    mfus = [r["train/mfu"] for r in rows if "train/mfu" in r]
+    m = config["model"]
+    vocab = len(json.load(open(os.path.join(wd, "vocab.json")))["chars"])
+    model = lm.rnn_lm.RNNLM(vocab_size=vocab, cell=m["cell"], hidden=m["hidden"],
+                            num_layers=m["num_layers"], embed=m["embed"])
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jax.numpy.zeros((1, 2), "int32"),
+        model.zero_carry(1)))
+    params = sum(x.size for x in jax.tree.leaves(shapes))
+    print(f"{os.path.basename(wd.rstrip('/')):<22}{m['cell']:<6}{m['hidden']:>7}"
+          f"{params:>10,}{rows[-1]['step']:>7}"
+          f"{last('time/wall_sec') / 60:>10.1f}"
+          f"{sorted(speeds)[len(speeds) // 2]:>8,.0f}"
+          f"{100 * sorted(mfus)[len(mfus) // 2]:>5.0f}%"
+          f"{last('eval/loss'):>20.3f}{last('eval/bits_per_char'):>10.3f}")
+
+
+def main():
+  sys.path.insert(0, ROOT)
+  what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
+  header()
+  if what == "charlm":
+    bench_charlm(sys.argv[2] if len(sys.argv) > 2 else "")
+  elif what == "compare":
+    compare(sys.argv[2:])
+  else:
+    sys.exit(f"unknown benchmark {what!r}: use charlm or compare")
+
+
+if __name__ == "__main__":
+  main()
