@@ -179,7 +179,10 @@ def cmd_train(argv):
   module = validate(config, jax)
   from attnlab import train
   from attnlab.data import text
-  text.prepare(config.data)
+  try:
+    text.prepare(config.data)
+  except config_lib.ConfigError as e:
+    fail(str(e))
   if os.path.exists(os.path.join(workdir, "config.json")):
     old = load_run(workdir)
     if old.to_json(sort_keys=True) != ml_collections.ConfigDict(
@@ -200,7 +203,10 @@ def cmd_train(argv):
 def cmd_prepare(argv):
   config, _ = parse_config(argv)
   from attnlab.data import text
-  text.prepare(config.data)
+  try:
+    text.prepare(config.data)
+  except config_lib.ConfigError as e:
+    fail(str(e))
 
 
 def _restore(workdir):

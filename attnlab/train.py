@@ -13,6 +13,15 @@ a dict:
   extra     other non-trained state (e.g. a DINO teacher); replicated
   rng       base key; step s uses fold_in(rng, s)
   bad_step  first step whose loss or gradient was not finite, else -1
+
+An experiment object provides:
+  init(rng, batch_size) -> (params, carry, extra)
+  loss(params, carry, extra, batch, rng) -> (loss, (metrics, carry, extra))
+  train_iter(local_batch, process_index, process_count) -> grain iterator of
+      this process's rows (dicts of numpy arrays)
+  evaluate(state, mesh, step, writer) -> {"eval/...": float}
+  items_per_step(batch_size), item_name ("tokens", "examples", ...)
+  flops_per_step(batch_size), optional: when XLA's count is wrong (scans)
 """
 import json
 import os
@@ -200,11 +209,13 @@ class Trainer:
     batch, window_t0, window_steps = first_batch, time.time(), 0
     items_per_step = exp.items_per_step(config.batch_size)
 
+    first_step = step + 1  # of this process: logged, and starts the ETA clock
     while step < config.total_steps:
       state, metrics = compiled(state, batch)
       step += 1
       window_steps += 1
-      if step == 1 or step == int(config.total_steps) or step % config.log_every == 0:
+      if (step == first_step or step == config.total_steps
+          or step % config.log_every == 0):
         metrics = jax.device_get(metrics)
         self._check_finite(state, step)
         dt = time.time() - window_t0
@@ -215,7 +226,7 @@ class Trainer:
             f"train/{exp.item_name}_per_sec": sps * items_per_step,
             "train/mfu": sps * flops / (peak * devices),
             "time/wall_sec": time.time() - t_start})
-        if step == 1:
+        if step == first_step:
           scalars["time/first_step_sec"] = time.time() - t_start
           scalars["model/params"] = param_count(state["params"])
           progress.start(step)

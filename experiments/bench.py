@@ -3,6 +3,8 @@
   python -m experiments.bench charlm [CONFIG_ARGS]   step tokens/s + MFU,
       input pipeline examples/s vs what a step consumes, cold start
   python -m experiments.bench compare WORKDIR...     table of finished runs
+  python -m experiments.bench gradflow WORKDIR...    how far back gradients
+      reach: |d loss_T / d state_{T-d}| for trained char-LMs, and a plot
 
 Each prints the command that made it, so README numbers can be re-made.
 """
@@ -128,6 +130,66 @@ def compare(workdirs):
           f"{last('eval/loss'):>20.3f}{last('eval/bits_per_char'):>10.3f}")
 
 
+def gradflow(workdirs, distances=(1, 2, 4, 8, 16, 32, 64, 100), windows=8):
+  """Norm of the gradient of the loss at the last character with respect to
+  the recurrent state d characters earlier (Bengio et al. 1994; Pascanu et
+  al. 2013): it vanishes geometrically in a vanilla RNN."""
+  import json
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+  import optax
+  from attnlab import train as train_lib
+  from attnlab.data import text as text_lib
+  from experiments import lm
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  print(f"{'run':<16}" + "".join(f"{'d=' + str(d):>10}" for d in distances))
+  for wd in workdirs:
+    config = ml_collections.ConfigDict(json.load(open(os.path.join(wd, "config.json"))))
+    exp = lm.Experiment(config, wd)
+    params = train_lib.Trainer(config, exp, wd).restore_params()["params"]
+    params = jax.device_get(params)
+    text = text_lib.load_text(config.data, config.data.eval_split)
+    model = exp.model
+
+    @jax.jit
+    def grad_norm(carry, tokens, target):
+      def loss(c):
+        logits, _ = model.apply({"params": params}, tokens, c)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits[:, -1], target).sum()
+      g = jax.grad(loss)(carry)
+      return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(g)))
+
+    norms = []
+    for d in distances:
+      vals = []
+      for w in range(windows):
+        start = 5000 + w * 1000
+        ids = jnp.asarray(exp.vocab.encode(text[start:start + 200 + d + 1]))[None]
+        _, aux = model.apply({"params": params}, ids[:, :200], model.zero_carry(1))
+        vals.append(float(grad_norm(aux["carry"], ids[:, 200:200 + d],
+                                    ids[:, 200 + d])))
+      norms.append(np.mean(vals))
+    name = f"{config.model.cell} ({os.path.basename(wd.rstrip('/'))})"
+    print(f"{config.model.cell:<16}" + "".join(f"{n:>10.2e}" for n in norms))
+    ax.semilogy(distances, norms, marker="o", label=name)
+  ax.set_xlabel("distance d (characters)")
+  ax.set_ylabel("|d loss_T / d state_{T-d}|")
+  ax.set_title("How far back the gradient reaches")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  out = os.path.join(os.path.dirname(workdirs[0].rstrip("/")), "gradflow.png")
+  fig.savefig(out, dpi=100)
+  print(f"plot: {out}")
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -136,8 +198,10 @@ def main():
     bench_charlm(sys.argv[2] if len(sys.argv) > 2 else "")
   elif what == "compare":
     compare(sys.argv[2:])
+  elif what == "gradflow":
+    gradflow(sys.argv[2:])
   else:
-    sys.exit(f"unknown benchmark {what!r}: use charlm or compare")
+    sys.exit(f"unknown benchmark {what!r}: use charlm, compare or gradflow")
 
 
 if __name__ == "__main__":

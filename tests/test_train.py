@@ -126,3 +126,18 @@ def test_sampling_reproducible_under_seed(tmp_path, text_folder, capsys):
   main_lib.main(["sample", str(wd), "--prompt", "KING:", "--length", "30",
                  "--temperature", "0", "--seed", "7"])
   assert capsys.readouterr().out == greedy  # greedy ignores the seed
+
+
+def test_default_source_smoke_on_tfds_mock_data(tmp_path):
+  """The default config's own tfds source (Shakespeare) end to end, on
+  tfds.testing.mock_data, so no test fetches anything."""
+  import tensorflow_datasets as tfds
+  wd = tmp_path / "run"
+  with tfds.testing.mock_data(num_examples=60):
+    main_lib.main(["train", "--config", CONFIG, "--workdir", str(wd),
+                   "--config.total_steps=1",
+                   f"--config.data.data_dir={tmp_path / 'tfds'}"])
+  state = load_state(wd)
+  assert int(state["step"]) == 1
+  rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+  assert np.isfinite(rows[-1]["eval/loss"])
