@@ -1,0 +1,310 @@
+"""Attention: every variant of the lectures, one calling convention.
+
+Single-head scores of the RNN era take q [B, Tq, Dq] and k [B, Tk, Dk] and
+return scores [B, Tq, Tk]:
+  dot_score         q . k                          (Luong "dot")
+  scaled_dot_score  q . k / sqrt(d)                (Vaswani et al. 2017)
+  BilinearScore     q^T W k                        (Luong "general")
+  AdditiveScore     v^T tanh(W q + U k)            (Bahdanau et al. 2015; Luong "concat")
+`attend(scores, values, mask)` turns scores into weights and a context.
+
+Multi-head attention takes q [B, Tq, H, D], k and v [B, Tk, H, D] and a
+structured `Mask` (padding, causal, a local window, packed segments), so
+that the memory-efficient implementation never builds a [Tq, Tk] mask:
+  "naive"    einsum + softmax; can return the weights
+  "xla"      jax.nn.dot_product_attention (the fast path)
+  "chunked"  blocks of queries and keys with an online softmax (Rabe &
+             Staats 2021; Dao et al. 2022) and a recomputing backward pass:
+             O(n) memory for forward and gradients
+"""
+import dataclasses
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Finite, so a row with no visible key gives zeros instead of NaN.
+NEG_INF = -1e30
+
+
+# --- single-head scores (RNN-era attention) ----------------------------------
+def dot_score(q, k):
+  """[B, Tq, D] x [B, Tk, D] -> [B, Tq, Tk]."""
+  return jnp.einsum("bqd,bkd->bqk", q, k)
+
+
+def scaled_dot_score(q, k):
+  return dot_score(q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+
+
+class BilinearScore(nn.Module):
+  """Luong et al. (2015) "general": q^T W k."""
+
+  @nn.compact
+  def __call__(self, q, k):
+    w = self.param("W", nn.initializers.lecun_normal(), (q.shape[-1], k.shape[-1]))
+    return jnp.einsum("bqd,de,bke->bqk", q, w, k)
+
+
+class AdditiveScore(nn.Module):
+  """Bahdanau et al. (2015) eq. 6 / Luong "concat": v^T tanh(W q + U k).
+
+  `keys_projected` lets a decoder project the encoder states U k once per
+  sentence instead of once per output step (Bahdanau et al., appendix A).
+  """
+  hidden: int
+
+  @nn.compact
+  def __call__(self, q, k, keys_projected=None):
+    wq = nn.Dense(self.hidden, use_bias=False, name="W")(q)
+    uk = nn.Dense(self.hidden, name="U")(k) if keys_projected is None else keys_projected
+    v = self.param("v", nn.initializers.lecun_normal(), (self.hidden, 1))
+    e = jnp.tanh(wq[:, :, None, :] + uk[:, None, :, :])
+    return (e @ v)[..., 0]
+
+
+def masked_softmax(scores, mask=None):
+  """Softmax over the last axis; masked entries (False) get weight 0, and a
+  row with nothing visible gets all zeros."""
+  if mask is None:
+    return jax.nn.softmax(scores, axis=-1)
+  scores = jnp.where(mask, scores, NEG_INF)
+  return jax.nn.softmax(scores, axis=-1) * mask
+
+
+def attend(scores, values, mask=None):
+  """weights = softmax(scores) [.., Tq, Tk]; context = weights @ values."""
+  weights = masked_softmax(scores, mask)
+  return jnp.einsum("...qk,...kd->...qd", weights, values), weights
+
+
+# --- masks ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Mask:
+  """Which keys each query may see. Every field is optional.
+
+  kv_valid     [B, Tk] bool, False for padding keys
+  causal       query i sees keys j <= i (+ q_offset)
+  window       restricted attention: |i - j| <= window (Vaswani et al.,
+               Table 1, "Self-Attention (restricted)")
+  q_segments   [B, Tq] int and kv_segments [B, Tk] int: packed examples;
+               a query sees only keys of its own segment
+  q_offset     position of query 0 among the keys (decoding with a cache)
+  """
+  kv_valid: Optional[jax.Array] = None
+  causal: bool = False
+  window: Optional[int] = None
+  q_segments: Optional[jax.Array] = None
+  kv_segments: Optional[jax.Array] = None
+  q_offset: int = 0
+
+  def block(self, q_pos, k_pos, kv_valid=None, q_seg=None, kv_seg=None):
+    """Bool mask [B or 1, 1, len(q_pos), len(k_pos)] for these positions."""
+    m = jnp.ones((1, 1, q_pos.shape[0], k_pos.shape[0]), bool)
+    qp, kp = q_pos[:, None] + self.q_offset, k_pos[None, :]
+    if self.causal:
+      m &= qp >= kp
+    if self.window is not None:
+      m &= jnp.abs(qp - kp) <= self.window
+    if kv_valid is not None:
+      m &= kv_valid[:, None, None, :]
+    if q_seg is not None:
+      m &= q_seg[:, None, :, None] == kv_seg[:, None, None, :]
+    return m
+
+  def dense(self, q_len, kv_len):
+    return self.block(jnp.arange(q_len), jnp.arange(kv_len), self.kv_valid,
+                      self.q_segments, self.kv_segments)
+
+
+# --- multi-head dot-product attention: three implementations -----------------
+def dot_product_attention(q, k, v, mask=None, *, implementation="xla",
+                          return_weights=False, q_chunk=256, kv_chunk=256):
+  """q [B, Tq, H, D], k/v [B, Tk, H, D] -> out [B, Tq, H, D] (, weights
+  [B, H, Tq, Tk] when `return_weights`, which uses the naive path)."""
+  mask = mask or Mask()
+  if return_weights or implementation == "naive":
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    weights = masked_softmax(scores, mask.dense(q.shape[1], k.shape[1]))
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return (out, weights) if return_weights else out
+  if implementation == "xla":
+    dense = mask.dense(q.shape[1], k.shape[1])
+    out = jax.nn.dot_product_attention(q, k, v, mask=dense)
+    # jax gives a fully masked row the mean of the values; make it zero.
+    return out * jnp.any(dense, -1).transpose(0, 2, 1)[..., None]
+  if implementation == "chunked":
+    return chunked_attention(q, k, v, mask, q_chunk=q_chunk, kv_chunk=kv_chunk)
+  raise ValueError(f"unknown attention implementation {implementation!r}: "
+                   "use naive, xla or chunked")
+
+
+def chunked_attention(q, k, v, mask=None, *, q_chunk=256, kv_chunk=256):
+  """Memory-efficient attention: never more than a [q_chunk, kv_chunk] block
+  of scores at once, forward or backward."""
+  mask = mask or Mask()
+  B, Tq, H, D = q.shape
+  Tk = k.shape[1]
+  cq, ck = min(q_chunk, Tq), min(kv_chunk, Tk)
+  nq, nk = -(-Tq // cq), -(-Tk // ck)
+  pad_q, pad_k = nq * cq - Tq, nk * ck - Tk
+  kv_valid = jnp.ones((B, Tk), bool) if mask.kv_valid is None else mask.kv_valid
+  kv_valid = jnp.pad(kv_valid, ((0, 0), (0, pad_k)))
+  segmented = mask.q_segments is not None
+  q_seg = jnp.pad(mask.q_segments, ((0, 0), (0, pad_q))) if segmented else jnp.zeros((B, nq * cq), jnp.int32)
+  kv_seg = jnp.pad(mask.kv_segments, ((0, 0), (0, pad_k))) if segmented else jnp.zeros((B, nk * ck), jnp.int32)
+  qp = jnp.pad(q, ((0, 0), (0, pad_q), (0, 0), (0, 0)))
+  kp = jnp.pad(k, ((0, 0), (0, pad_k), (0, 0), (0, 0)))
+  vp = jnp.pad(v, ((0, 0), (0, pad_k), (0, 0), (0, 0)))
+  static = _Static(mask.causal, mask.window, mask.q_offset, cq, ck, segmented)
+  out = _flash(static, qp, kp, vp, kv_valid, q_seg, kv_seg)
+  return out[:, :Tq]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  causal: bool
+  window: Optional[int]
+  q_offset: int
+  cq: int
+  ck: int
+  segmented: bool
+
+  def mask(self, i, j, kv_valid, q_seg, kv_seg):
+    m = Mask(causal=self.causal, window=self.window, q_offset=self.q_offset)
+    return m.block(i * self.cq + jnp.arange(self.cq), j * self.ck + jnp.arange(self.ck),
+                   kv_valid, q_seg if self.segmented else None,
+                   kv_seg if self.segmented else None)
+
+
+def _blocks(x, n, c):
+  """[B, n * c, ...] -> [n, B, c, ...]."""
+  return jnp.moveaxis(x.reshape(x.shape[0], n, c, *x.shape[2:]), 1, 0)
+
+
+def _unblocks(x):
+  return jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def _forward(st, q, k, v, kv_valid, q_seg, kv_seg):
+  """Online softmax over key blocks, for each query block.
+  Returns out [B, Tq, H, D] and the log-sum-exp of each row [B, H, Tq]."""
+  nq, nk = q.shape[1] // st.cq, k.shape[1] // st.ck
+  scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  kb, vb = _blocks(k, nk, st.ck), _blocks(v, nk, st.ck)
+  validb, kvsegb = _blocks(kv_valid, nk, st.ck), _blocks(kv_seg, nk, st.ck)
+
+  def one_query_block(args):
+    i, qi, qsegi = args
+    B, _, H, D = qi.shape
+
+    def step(carry, xs):
+      m, l, acc = carry
+      j, kj, vj, validj, kvsegj = xs
+      mask = st.mask(i, j, validj, qsegi, kvsegj)
+      s = jnp.einsum("bqhd,bkhd->bhqk", qi, kj).astype(jnp.float32) * scale
+      s = jnp.where(mask, s, NEG_INF)
+      m_new = jnp.maximum(m, s.max(-1))
+      p = jnp.exp(s - m_new[..., None]) * mask
+      corr = jnp.exp(m - m_new)
+      l = l * corr + p.sum(-1)
+      acc = acc * corr[..., None] + jnp.einsum("bhqk,bkhd->bhqd", p, vj.astype(jnp.float32))
+      return (m_new, l, acc), None
+
+    init = (jnp.full((B, H, st.cq), NEG_INF, jnp.float32),
+            jnp.zeros((B, H, st.cq), jnp.float32),
+            jnp.zeros((B, H, st.cq, D), jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(step, init, (jnp.arange(nk), kb, vb, validb, kvsegb))
+    safe_l = jnp.where(l > 0, l, 1.0)
+    out = (acc / safe_l[..., None]).transpose(0, 2, 1, 3)
+    return out.astype(q.dtype), m + jnp.log(safe_l)
+
+  outs, lses = jax.lax.map(one_query_block, (
+      jnp.arange(nq), _blocks(q, nq, st.cq), _blocks(q_seg, nq, st.cq)))
+  return _unblocks(outs), jnp.moveaxis(lses, 0, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(st, q, k, v, kv_valid, q_seg, kv_seg):
+  return _forward(st, q, k, v, kv_valid, q_seg, kv_seg)[0]
+
+
+def _flash_fwd(st, q, k, v, kv_valid, q_seg, kv_seg):
+  out, lse = _forward(st, q, k, v, kv_valid, q_seg, kv_seg)
+  return out, (q, k, v, kv_valid, q_seg, kv_seg, out, lse)
+
+
+def _flash_bwd(st, residuals, dout):
+  """Recomputes each block's probabilities from the saved log-sum-exp
+  (Dao et al. 2022, algorithm 2): memory stays O(n)."""
+  q, k, v, kv_valid, q_seg, kv_seg, out, lse = residuals
+  nq, nk = q.shape[1] // st.cq, k.shape[1] // st.ck
+  scale = 1.0 / jnp.sqrt(q.shape[-1]).astype(jnp.float32)
+  # D_i = rowsum(dO * O), [B, H, Tq]
+  delta = jnp.einsum("bqhd,bqhd->bhq", dout.astype(jnp.float32), out.astype(jnp.float32))
+  qb, dob, qsegb = _blocks(q, nq, st.cq), _blocks(dout, nq, st.cq), _blocks(q_seg, nq, st.cq)
+  lseb = jnp.moveaxis(lse.reshape(lse.shape[0], lse.shape[1], nq, st.cq), 2, 0)
+  deltab = jnp.moveaxis(delta.reshape(delta.shape[0], delta.shape[1], nq, st.cq), 2, 0)
+
+  def one_key_block(dq, xs):
+    j, kj, vj, validj, kvsegj = xs
+
+    def step(carry, ys):
+      dk, dv = carry
+      i, qi, doi, qsegi, lsei, deltai = ys
+      mask = st.mask(i, j, validj, qsegi, kvsegj)
+      s = jnp.einsum("bqhd,bkhd->bhqk", qi, kj).astype(jnp.float32) * scale
+      p = jnp.exp(jnp.where(mask, s, NEG_INF) - lsei[..., None]) * mask
+      dv = dv + jnp.einsum("bhqk,bqhd->bkhd", p, doi.astype(jnp.float32))
+      dp = jnp.einsum("bqhd,bkhd->bhqk", doi, vj).astype(jnp.float32)
+      ds = p * (dp - deltai[..., None]) * scale
+      dqi = jnp.einsum("bhqk,bkhd->bqhd", ds, kj.astype(jnp.float32))
+      dk = dk + jnp.einsum("bhqk,bqhd->bkhd", ds, qi.astype(jnp.float32))
+      return (dk, dv), dqi
+
+    zeros = jnp.zeros(kj.shape, jnp.float32)
+    (dk, dv), dqs = jax.lax.scan(step, (zeros, zeros), (
+        jnp.arange(nq), qb, dob, qsegb, lseb, deltab))
+    return dq + dqs, (dk, dv)
+
+  dq0 = jnp.zeros((nq,) + qb.shape[1:], jnp.float32)
+  dq, (dk, dv) = jax.lax.scan(one_key_block, dq0, (
+      jnp.arange(nk), _blocks(k, nk, st.ck), _blocks(v, nk, st.ck),
+      _blocks(kv_valid, nk, st.ck), _blocks(kv_seg, nk, st.ck)))
+  return (_unblocks(dq).astype(q.dtype), _unblocks(dk).astype(k.dtype),
+          _unblocks(dv).astype(v.dtype), None, None, None)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention (Vaswani et al. 2017, section 3.2.2).
+
+  Parameters are laid out as in flax's `nn.MultiHeadDotProductAttention`
+  (query/key/value [D, H, D/H], out [H, D/H, D]), so the two modules agree
+  given the same parameters. Returns (out [B, Tq, D], weights or None).
+  """
+  num_heads: int
+  features: Optional[int] = None
+  implementation: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_q, x_kv=None, mask=None, *, return_weights=False):
+    x_kv = x_q if x_kv is None else x_kv
+    features = self.features or x_q.shape[-1]
+    head_dim = features // self.num_heads
+    dense = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim),
+                              dtype=self.dtype)
+    q = dense(name="query")(x_q)
+    k = dense(name="key")(x_kv)
+    v = dense(name="value")(x_kv)
+    result = dot_product_attention(q, k, v, mask, implementation=self.implementation,
+                                   return_weights=return_weights)
+    out, weights = result if return_weights else (result, None)
+    out = nn.DenseGeneral(x_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
+                          name="out")(out)
+    return out, weights

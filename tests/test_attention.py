@@ -1,0 +1,166 @@
+"""Attention variants against independent references and their properties."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnlab.nn import attention as att
+
+B, T, H, D = 2, 13, 2, 4
+
+
+def qkv(seed=0, tq=T, tk=T):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return (jax.random.normal(ks[0], (B, tq, H, D)),
+          jax.random.normal(ks[1], (B, tk, H, D)),
+          jax.random.normal(ks[2], (B, tk, H, D)))
+
+
+def naive_reference(q, k, v, allowed):
+  """Written out with numpy loops over batch, head and query."""
+  q, k, v, allowed = map(np.asarray, (q, k, v, allowed))
+  out = np.zeros_like(q, dtype=np.float64)
+  for b in range(q.shape[0]):
+    for h in range(q.shape[2]):
+      for i in range(q.shape[1]):
+        cols = [j for j in range(k.shape[1]) if allowed[b, i, j]]
+        if not cols:
+          continue
+        s = np.array([q[b, i, h] @ k[b, j, h] for j in cols]) / np.sqrt(q.shape[-1])
+        w = np.exp(s - s.max())
+        w /= w.sum()
+        out[b, i, h] = sum(wj * v[b, j, h] for wj, j in zip(w, cols))
+  return out
+
+
+def masks():
+  valid = jnp.arange(T)[None, :] < jnp.array([[T], [9]])
+  seg = jnp.array([[0] * 5 + [1] * 8, [0] * 7 + [1] * 6])
+  return {
+      "none": att.Mask(),
+      "padding": att.Mask(kv_valid=valid),
+      "causal": att.Mask(causal=True),
+      "causal_padding": att.Mask(causal=True, kv_valid=valid),
+      "window": att.Mask(window=2),
+      "segments": att.Mask(q_segments=seg, kv_segments=seg, causal=True),
+  }
+
+
+@pytest.mark.parametrize("name", list(masks()))
+@pytest.mark.parametrize("impl", ["naive", "xla", "chunked"])
+def test_implementations_match_a_loop_reference(name, impl):
+  mask = masks()[name]
+  q, k, v = qkv()
+  allowed = np.broadcast_to(np.asarray(mask.dense(T, T))[:, 0], (B, T, T))
+  out = att.dot_product_attention(q, k, v, mask, implementation=impl,
+                                  q_chunk=4, kv_chunk=5)
+  np.testing.assert_allclose(out, naive_reference(q, k, v, allowed),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(masks()))
+def test_chunked_gradients_equal_naive(name):
+  mask = masks()[name]
+  q, k, v = qkv(1)
+  w = jax.random.normal(jax.random.PRNGKey(9), (B, T, H, D))
+
+  def loss(impl):
+    return lambda q, k, v: jnp.sum(w * att.dot_product_attention(
+        q, k, v, mask, implementation=impl, q_chunk=4, kv_chunk=3))
+  g_naive = jax.grad(loss("naive"), argnums=(0, 1, 2))(q, k, v)
+  g_chunk = jax.grad(loss("chunked"), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_naive, g_chunk):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_rows_sum_to_one_and_masked_rows_to_zero():
+  q, k, v = qkv()
+  valid = jnp.arange(T)[None, :] < jnp.array([[T], [0]])  # batch 1: no keys
+  _, w = att.dot_product_attention(q, k, v, att.Mask(kv_valid=valid, causal=True),
+                                   return_weights=True)
+  np.testing.assert_allclose(w[0].sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(w[1], 0.0)
+  assert float(jnp.abs(jnp.triu(w[0, 0], 1)).max()) == 0.0
+
+
+def test_local_window_covering_everything_is_global():
+  q, k, v = qkv()
+  for impl in ("naive", "chunked"):
+    local = att.dot_product_attention(q, k, v, att.Mask(window=T), implementation=impl)
+    full = att.dot_product_attention(q, k, v, implementation=impl)
+    np.testing.assert_allclose(local, full, rtol=1e-6, atol=1e-6)
+
+
+def mha_and_params(impl="xla", heads=2, dim=8):
+  x = jax.random.normal(jax.random.PRNGKey(3), (B, T, dim))
+  model = att.MultiHeadAttention(num_heads=heads, implementation=impl)
+  return x, model, model.init(jax.random.PRNGKey(0), x)
+
+
+def test_multi_head_equals_flax_module():
+  x, model, params = mha_and_params()
+  mask = att.Mask(causal=True)
+  ours, _ = model.apply(params, x, mask=mask)
+  flax_mha = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
+  theirs = flax_mha.apply(params, x, x, mask=mask.dense(T, T))
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["naive", "xla", "chunked"])
+def test_self_attention_is_permutation_equivariant(impl):
+  x, model, params = mha_and_params(impl)
+  perm = np.random.default_rng(0).permutation(T)
+  out, _ = model.apply(params, x)
+  out_perm, _ = model.apply(params, x[:, perm])
+  np.testing.assert_allclose(out_perm, out[:, perm], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["naive", "xla", "chunked"])
+def test_causal_mask_blocks_gradient_from_the_future(impl):
+  x, model, params = mha_and_params(impl)
+  i = 5
+  jac = jax.grad(lambda x: model.apply(params, x, mask=att.Mask(causal=True))[0][:, i].sum())(x)
+  assert float(jnp.abs(jac[:, i + 1:]).max()) == 0.0
+  assert float(jnp.abs(jac[:, :i + 1]).max()) > 0.0
+
+
+@pytest.mark.parametrize("impl", ["naive", "xla", "chunked"])
+def test_padding_never_changes_real_positions(impl):
+  x, model, params = mha_and_params(impl)
+  valid = jnp.arange(T)[None, :] < 9
+  mask = att.Mask(kv_valid=jnp.broadcast_to(valid, (B, T)))
+  out, _ = model.apply(params, x, mask=mask)
+  noisy = x.at[:, 9:].set(100.0)
+  out2, _ = model.apply(params, noisy, mask=mask)
+  np.testing.assert_allclose(out[:, :9], out2[:, :9], rtol=1e-5, atol=1e-5)
+
+
+def test_additive_score_is_bahdanau_eq6():
+  q = jax.random.normal(jax.random.PRNGKey(0), (B, 3, 5))
+  k = jax.random.normal(jax.random.PRNGKey(1), (B, 4, 6))
+  score = att.AdditiveScore(hidden=7)
+  params = score.init(jax.random.PRNGKey(2), q, k)
+  got = score.apply(params, q, k)
+  p = jax.tree.map(np.asarray, params["params"])
+  for b in range(B):
+    for i in range(3):
+      for j in range(4):
+        e = np.tanh(np.asarray(q[b, i]) @ p["W"]["kernel"]
+                    + np.asarray(k[b, j]) @ p["U"]["kernel"] + p["U"]["bias"])
+        np.testing.assert_allclose(got[b, i, j], e @ p["v"][:, 0], rtol=1e-5)
+
+
+def test_bilinear_and_dot_scores():
+  q = jax.random.normal(jax.random.PRNGKey(0), (B, 3, 5))
+  k = jax.random.normal(jax.random.PRNGKey(1), (B, 4, 5))
+  score = att.BilinearScore()
+  params = score.init(jax.random.PRNGKey(2), q, k)
+  w = np.asarray(params["params"]["W"])
+  np.testing.assert_allclose(score.apply(params, q, k),
+                             np.einsum("bqd,de,bke->bqk", q, w, k), rtol=1e-5)
+  np.testing.assert_allclose(att.scaled_dot_score(q, k) * np.sqrt(5),
+                             att.dot_score(q, k), rtol=1e-5)
+  ctx, w = att.attend(att.dot_score(q, k), k)
+  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(ctx, np.einsum("bqk,bkd->bqd", w, k), rtol=1e-5)
