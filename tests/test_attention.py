@@ -164,3 +164,51 @@ def test_bilinear_and_dot_scores():
   ctx, w = att.attend(att.dot_score(q, k), k)
   np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(ctx, np.einsum("bqk,bkd->bqd", w, k), rtol=1e-5)
+
+
+def test_graves_window_is_the_mixture_formula_and_moves_forward():
+  K, U, Dm = 3, 9, 4
+  h = jax.random.normal(jax.random.PRNGKey(0), (B, 5))
+  memory = jax.random.normal(jax.random.PRNGKey(1), (B, U, Dm))
+  model = att.GravesAttention(num_components=K)
+  kappa0 = jnp.ones((B, K))
+  params = model.init(jax.random.PRNGKey(2), h, kappa0, memory)
+  w, kappa, phi = model.apply(params, h, kappa0, memory)
+  p = params["params"]["window"]
+  a_hat, b_hat, k_hat = np.split(np.asarray(h) @ p["kernel"] + p["bias"], 3, -1)
+  want_kappa = 1 + np.exp(k_hat)
+  np.testing.assert_allclose(kappa, want_kappa, rtol=1e-5)
+  assert bool(jnp.all(kappa > kappa0))  # monotonic
+  for b in range(B):
+    for u in range(U):
+      want = np.sum(np.exp(a_hat[b]) * np.exp(-np.exp(b_hat[b]) * (want_kappa[b] - u) ** 2))
+      np.testing.assert_allclose(phi[b, u], want, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(w, np.einsum("bu,bud->bd", phi, memory), rtol=1e-5)
+
+
+def test_hard_attention_samples_follow_the_weights_and_average_to_soft():
+  weights = jnp.broadcast_to(jnp.array([0.1, 0.6, 0.3]), (4000, 1, 3))
+  values = jnp.broadcast_to(jnp.array([[1.0], [2.0], [3.0]]), (4000, 3, 1))
+  ctx, index, log_prob = att.hard_attention(jax.random.PRNGKey(0), weights, values)
+  freq = np.bincount(np.asarray(index).ravel(), minlength=3) / 4000
+  np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=0.025)
+  np.testing.assert_allclose(log_prob, np.log(np.array([0.1, 0.6, 0.3]))[index], rtol=1e-5)
+  soft, _ = att.attend(jnp.log(weights), values)
+  np.testing.assert_allclose(ctx.mean(), soft.mean(), atol=0.03)
+
+
+def test_reinforce_estimator_is_unbiased():
+  """Mean of the surrogate's gradient over samples == d E[reward] / d theta,
+  computed exactly for a 4-location toy problem."""
+  theta = jnp.array([0.2, -0.4, 1.0, 0.0])
+  rewards = jnp.array([1.0, 3.0, -2.0, 0.5])
+  exact = jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * rewards))(theta)
+
+  def surrogate(t, rng):
+    w = jax.nn.softmax(t)[None, None]
+    _, index, log_prob = att.hard_attention(rng, jnp.broadcast_to(w, (20000, 1, 4)),
+                                            jnp.zeros((20000, 4, 1)))
+    loss, _ = att.reinforce_surrogate(log_prob, rewards[index[:, 0]], 0.5, w)
+    return -loss
+  estimate = jax.grad(surrogate)(theta, jax.random.PRNGKey(1))
+  np.testing.assert_allclose(estimate, exact, atol=0.05)

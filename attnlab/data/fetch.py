@@ -56,3 +56,68 @@ def pip_sdist(name, version, filename, expected_sha256, dest):
     _checked(found[0], expected_sha256)
     os.replace(found[0], path)
   return path
+
+
+def apt_deb(name, version, expected_sha256, dest):
+  """`apt-get download name=version` into `dest`; returns the .deb path.
+
+  Debian versions that get security updates can disappear: then the newest
+  version is taken with a warning (its sha256 cannot be checked).
+  """
+  os.makedirs(dest, exist_ok=True)
+  pinned = os.path.join(dest, f"{name}_{version.split(':')[-1]}_all.deb")
+  if os.path.exists(pinned):
+    return _checked(pinned, expected_sha256)
+
+  def download(spec):
+    return subprocess.run(["apt-get", "download", spec], cwd=dest, text=True,
+                          capture_output=True, timeout=600)
+  try:
+    result = download(f"{name}={version}")
+    if result.returncode != 0:  # the package lists may be missing or stale
+      subprocess.run(["apt-get", "update", "-qq"], capture_output=True,
+                     timeout=600)
+      result = download(f"{name}={version}")
+  except (OSError, subprocess.SubprocessError) as e:
+    raise FetchError(
+        f"could not run apt-get for {name}={version} ({e}); run `apt-get "
+        f"download {name}={version}` on a Debian machine and put the .deb in "
+        f"{dest}") from e
+  if result.returncode == 0 and os.path.exists(pinned):
+    return _checked(pinned, expected_sha256)
+  result = download(name)
+  found = sorted(glob.glob(os.path.join(dest, f"{name}_*.deb")))
+  if result.returncode != 0 or not found:
+    raise FetchError(
+        f"apt-get could not download {name} ({result.stderr.strip()[-200:]}); "
+        f"run `apt-get download {name}={version}` where Debian's archive is "
+        f"reachable and put the .deb in {dest}")
+  print(f"WARNING: {name} {version} is gone from the archive; using "
+        f"{os.path.basename(found[-1])} (sha256 {sha256(found[-1])})",
+        file=sys.stderr)
+  return found[-1]
+
+
+def deb_member(deb_path, member):
+  """Bytes of one file of a .deb's data archive (ar + tar, no dpkg needed)."""
+  import io
+  import tarfile
+  with open(deb_path, "rb") as f:
+    if f.read(8) != b"!<arch>\n":
+      raise FetchError(f"{deb_path} is not a .deb archive")
+    while True:
+      header = f.read(60)
+      if len(header) < 60:
+        raise FetchError(f"{deb_path} has no data.tar.*")
+      name = header[:16].decode().strip().rstrip("/")
+      size = int(header[48:58].decode().strip())
+      body = f.read(size)
+      f.read(size % 2)  # ar pads members to even offsets
+      if name.startswith("data.tar"):
+        break
+  want = "./" + member.lstrip("/")
+  with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+    for info in tar:
+      if info.name in (want, want[2:]):
+        return tar.extractfile(info).read()
+  raise FetchError(f"{deb_path} holds no {member}")

@@ -308,3 +308,64 @@ class MultiHeadAttention(nn.Module):
     out = nn.DenseGeneral(x_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
                           name="out")(out)
     return out, weights
+
+
+# --- location-based attention (Graves 2013) ----------------------------------
+class GravesAttention(nn.Module):
+  """Gaussian-mixture window over a memory, for monotonic alignment
+  (Graves 2013, "Generating Sequences With RNNs", eqs. 46-51):
+
+    (a^, b^, k^) = W h_t + b;  alpha = exp(a^), beta = exp(b^)
+    kappa_t = kappa_{t-1} + exp(k^)             (the window only moves on)
+    phi(t, u) = sum_k alpha_k exp(-beta_k (kappa_k - u)^2)
+    w_t = sum_u phi(t, u) c_u
+
+  The weights phi are not normalised (as in the paper). Returns (w_t [B, D],
+  kappa_t [B, K], phi [B, U]).
+  """
+  num_components: int = 10
+
+  @nn.compact
+  def __call__(self, h, kappa_prev, memory, memory_valid=None):
+    params = nn.Dense(3 * self.num_components, name="window")(h)
+    a_hat, b_hat, k_hat = jnp.split(params, 3, axis=-1)
+    alpha, beta = jnp.exp(a_hat), jnp.exp(b_hat)
+    kappa = kappa_prev + jnp.exp(k_hat)
+    u = jnp.arange(memory.shape[1], dtype=h.dtype)
+    phi = jnp.sum(alpha[:, :, None] * jnp.exp(
+        -beta[:, :, None] * (kappa[:, :, None] - u[None, None, :]) ** 2), axis=1)
+    if memory_valid is not None:
+      phi = phi * memory_valid
+    return jnp.einsum("bu,bud->bd", phi, memory), kappa, phi
+
+
+# --- hard (stochastic) attention (Xu et al. 2015) ----------------------------
+def hard_attention(rng, weights, values):
+  """Samples one location per query from `weights` [B, Tq, Tk] and returns
+  its value as the context [B, Tq, D], the index [B, Tq] and log p(index).
+  The deterministic counterpart ("soft" attention) is `attend`'s context,
+  the expectation of this one."""
+  logits = jnp.log(jnp.maximum(weights, 1e-30))
+  index = jax.random.categorical(rng, logits, axis=-1)
+  log_prob = jnp.take_along_axis(logits, index[..., None], -1)[..., 0]
+  context = jnp.take_along_axis(values, index[..., None], axis=1)
+  return context, index, log_prob
+
+
+def reinforce_surrogate(log_prob, reward, baseline, weights,
+                        entropy_weight=0.0, baseline_decay=0.9):
+  """Surrogate loss whose gradient is Xu et al.'s (2015, eq. 12) estimator:
+  the score function (reward - baseline) * d log p(s) with a moving-average
+  baseline, plus an entropy bonus on the attention weights.
+
+  log_prob [B, ...] of the sampled locations, reward [B] (e.g. the sample's
+  log-likelihood of the target), weights [B, ..., Tk]. Returns (loss,
+  new_baseline): add the loss to the likelihood loss, carry the baseline.
+  """
+  advantage = jax.lax.stop_gradient(reward - baseline)
+  log_prob = log_prob.reshape(log_prob.shape[0], -1).sum(-1)
+  entropy = -jnp.sum(weights * jnp.log(jnp.maximum(weights, 1e-30)), -1)
+  loss = -jnp.mean(advantage * log_prob) - entropy_weight * jnp.mean(entropy)
+  new_baseline = baseline_decay * baseline + (1 - baseline_decay) * jnp.mean(
+      jax.lax.stop_gradient(reward))
+  return loss, new_baseline
