@@ -24,3 +24,76 @@ def sample(step, state, first_token, length, rng, temperature=1.0):
   (state, _), tokens = jax.lax.scan(body, (state, first_token),
                                     jax.random.split(rng, length))
   return jnp.swapaxes(tokens, 0, 1), state
+
+
+def length_penalty(length, alpha):
+  """GNMT (Wu et al. 2016, eq. 14): lp(Y) = ((5 + |Y|) / 6)^alpha."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def beam_search(step, state, bos, eos, beam, max_len, alpha=0.6):
+  """Batched beam search; returns tokens [B, beam, max_len] (best first,
+  EOS then zeros) and scores [B, beam] (log-prob / length penalty).
+
+  `state` has a leading batch axis; `step(state, tokens [N]) -> (state,
+  logits [N, V])` is called on batch * beam rows. A hypothesis ends at EOS;
+  the search stops when no live hypothesis can beat the finished ones.
+  """
+  batch = jax.tree.leaves(state)[0].shape[0]
+  tile = lambda x: jnp.repeat(x, beam, axis=0)
+  state = jax.tree.map(tile, state)
+  neg = jnp.float32(-1e9)
+  init = dict(
+      t=jnp.int32(0), state=state,
+      tokens=jnp.full((batch * beam,), bos, jnp.int32),
+      seqs=jnp.zeros((batch, beam, max_len), jnp.int32),
+      logp=jnp.tile(jnp.array([0.0] + [neg] * (beam - 1)), (batch, 1)),
+      done_seqs=jnp.zeros((batch, beam, max_len), jnp.int32),
+      done_scores=jnp.full((batch, beam), neg))
+
+  def not_finished(c):
+    # Best a live beam could still reach: its log-prob (only falls) over the
+    # largest length penalty (alpha >= 0) it could have.
+    best_live = c["logp"][:, 0] / length_penalty(max_len, alpha)
+    worst_done = c["done_scores"][:, -1]
+    return (c["t"] < max_len) & jnp.any(best_live > worst_done)
+
+  def body(c):
+    t = c["t"]
+    state, logits = step(c["state"], c["tokens"])
+    vocab = logits.shape[-1]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, beam, vocab)
+    cand = (c["logp"][:, :, None] + logp).reshape(batch, beam * vocab)
+    top_logp, top_idx = jax.lax.top_k(cand, 2 * beam)  # >= beam not ending
+    src_beam, token = top_idx // vocab, top_idx % vocab
+    seqs = jnp.take_along_axis(c["seqs"], src_beam[:, :, None], axis=1)
+    seqs = seqs.at[:, :, t].set(token)
+    ended = token == eos
+    # Finished: merge hypotheses that just ended with the old finished ones.
+    new_scores = jnp.where(ended, top_logp / length_penalty(t + 1, alpha), neg)
+    all_scores = jnp.concatenate([c["done_scores"], new_scores], 1)
+    all_seqs = jnp.concatenate([c["done_seqs"], seqs], 1)
+    done_scores, keep = jax.lax.top_k(all_scores, beam)
+    done_seqs = jnp.take_along_axis(all_seqs, keep[:, :, None], axis=1)
+    # Alive: the best `beam` hypotheses that did not end.
+    alive_logp, alive = jax.lax.top_k(jnp.where(ended, neg, top_logp), beam)
+    rows = jnp.take_along_axis(src_beam, alive, 1)
+    flat = (rows + jnp.arange(batch)[:, None] * beam).reshape(-1)
+    return dict(t=t + 1, state=jax.tree.map(lambda x: x[flat], state),
+                tokens=jnp.take_along_axis(token, alive, 1).reshape(-1),
+                seqs=jnp.take_along_axis(seqs, alive[:, :, None], axis=1),
+                logp=alive_logp, done_seqs=done_seqs, done_scores=done_scores)
+
+  c = jax.lax.while_loop(not_finished, body, init)
+  # A sentence with no finished hypothesis returns its live beams.
+  none_done = c["done_scores"][:, :1] <= neg / 2
+  live_scores = c["logp"] / length_penalty(c["t"], alpha)
+  seqs = jnp.where(none_done[:, :, None], c["seqs"], c["done_seqs"])
+  scores = jnp.where(none_done, live_scores, c["done_scores"])
+  return seqs, scores
+
+
+def strip_after_eos(tokens, eos):
+  """Zeros every position after the first EOS (rows [..., T])."""
+  ended = jnp.cumsum(tokens == eos, axis=-1) - (tokens == eos) > 0
+  return jnp.where(ended, 0, tokens)

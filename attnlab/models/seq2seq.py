@@ -1,0 +1,140 @@
+"""RNN encoder-decoders for translation, with and without attention.
+
+  rnnencdec  Cho et al. (2014): the source squeezed into one fixed context
+             vector c = tanh(V h_S), given to every decoder step.
+  rnnsearch  Bahdanau et al. (2015): bidirectional encoder, annotations
+             h_j = [fwd_j; bwd_j]; s_i = f(s_{i-1}, y_{i-1}, c_i) with
+             c_i = sum_j alpha_ij h_j, alpha = softmax(v^T tanh(W s_{i-1} + U h_j)).
+  luong      Luong et al. (2015) global attention: h_t = f(h_{t-1},
+             [y_{t-1}; h~_{t-1}]) (input feeding), c_t from score(h_t, h_s)
+             (dot | general | concat), h~_t = tanh(W_c [c_t; h_t]).
+
+Every model has the same interface:
+  encode(src [B, S], src_valid [B, S]) -> memory (a dict of arrays)
+  decode_step(memory, state, token [B]) -> (state, logits [B, V], weights [B, S])
+  __call__(src, src_valid, tgt_in [B, T]) -> (logits [B, T, V], {"attention": [B, T, S]})
+so that training (teacher forcing), greedy/beam decoding and alignment
+plots share one decoder step.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attnlab.nn import attention as att
+from attnlab.nn import rnn
+
+
+def _cell(kind, hidden, name):
+  return rnn.CELLS[kind](features=hidden, name=name)
+
+
+def _hidden_of(kind, carry):
+  return carry[1] if kind == "lstm" else carry
+
+
+class Seq2Seq(nn.Module):
+  vocab_size: int
+  model: str = "rnnsearch"      # rnnencdec | rnnsearch | luong
+  cell: str = "gru"
+  embed: int = 256
+  hidden: int = 512
+  score: str = "concat"         # luong: dot | general | concat
+  dropout: float = 0.0
+
+  def setup(self):
+    self.embedding = nn.Embed(self.vocab_size, self.embed, name="embed")
+    fwd = nn.RNN(_cell(self.cell, self.hidden, "enc_fwd"), return_carry=True)
+    if self.model == "rnnsearch":
+      bwd = nn.RNN(_cell(self.cell, self.hidden, "enc_bwd"), return_carry=True,
+                   reverse=True, keep_order=True)
+      self.encoder = nn.Bidirectional(fwd, bwd, return_carry=True)
+    else:
+      self.encoder = fwd
+    self.decoder_cell = _cell(self.cell, self.hidden, "dec")
+    self.init_state = nn.Dense(self.hidden, name="init_state")
+    if self.model == "rnnencdec":
+      self.summary = nn.Dense(self.hidden, name="summary")
+    elif self.model == "rnnsearch":
+      self.score_fn = att.AdditiveScore(self.hidden, name="score")
+    else:
+      if self.score == "general":
+        self.score_fn = att.BilinearScore(name="score")
+      elif self.score == "concat":
+        self.score_fn = att.AdditiveScore(self.hidden, name="score")
+      else:
+        self.score_fn = None
+      self.combine = nn.Dense(self.hidden, name="combine")
+    self.output = nn.Dense(self.vocab_size, name="output")
+    self.drop = nn.Dropout(self.dropout)
+
+  def encode(self, src, src_valid, train=False):
+    x = self.drop(self.embedding(src), deterministic=not train)
+    lengths = src_valid.sum(-1)
+    carry, h = self.encoder(x, seq_lengths=lengths)
+    memory = {"valid": src_valid}
+    if self.model == "rnnsearch":
+      memory["annotations"] = h  # [B, S, 2H]
+      # s_0 = tanh(W_s bwd_1), Bahdanau et al. appendix A.2.2
+      bwd_first = h[:, 0, self.hidden:]
+      memory["s0"] = jnp.tanh(self.init_state(bwd_first))
+    elif self.model == "rnnencdec":
+      last = _hidden_of(self.cell, carry)
+      memory["context"] = jnp.tanh(self.summary(last))  # c = tanh(V h_S)
+      memory["s0"] = jnp.tanh(self.init_state(memory["context"]))
+    else:
+      memory["annotations"] = h
+      memory["s0"] = _hidden_of(self.cell, carry)
+    return memory
+
+  def initial_state(self, memory):
+    s0 = memory["s0"]
+    carry = (jnp.zeros_like(s0), s0) if self.cell == "lstm" else s0
+    state = {"carry": carry}
+    if self.model == "luong":
+      state["feed"] = jnp.zeros_like(s0)  # h~_{t-1}, input feeding
+    return state
+
+  def _attend(self, query, memory):
+    """Context [B, D] and weights [B, S] for one query [B, Dq]."""
+    h, valid = memory["annotations"], memory["valid"]
+    if self.score_fn is None:
+      scores = att.dot_score(query[:, None], h)
+    else:
+      scores = self.score_fn(query[:, None], h)
+    context, weights = att.attend(scores, h, valid[:, None, :])
+    return context[:, 0], weights[:, 0]
+
+  def decode_step(self, memory, state, token, train=False):
+    y = self.drop(self.embedding(token), deterministic=not train)
+    carry = state["carry"]
+    s_prev = _hidden_of(self.cell, carry)
+    if self.model == "rnnsearch":
+      context, weights = self._attend(s_prev, memory)
+      carry, s = self.decoder_cell(carry, jnp.concatenate([y, context], -1))
+      features = jnp.concatenate([s, y, context], -1)
+    elif self.model == "rnnencdec":
+      context = memory["context"]
+      weights = jnp.zeros(memory["valid"].shape, jnp.float32)
+      carry, s = self.decoder_cell(carry, jnp.concatenate([y, context], -1))
+      features = jnp.concatenate([s, y, context], -1)
+    else:
+      carry, h = self.decoder_cell(carry, jnp.concatenate([y, state["feed"]], -1))
+      context, weights = self._attend(h, memory)
+      features = jnp.tanh(self.combine(jnp.concatenate([context, h], -1)))
+    new_state = {"carry": carry}
+    if self.model == "luong":
+      new_state["feed"] = features
+    features = self.drop(features, deterministic=not train)
+    return new_state, self.output(features), weights
+
+  def __call__(self, src, src_valid, tgt_in, train=False):
+    memory = self.encode(src, src_valid, train)
+
+    def body(module, state, token):
+      state, logits, weights = module.decode_step(memory, state, token, train)
+      return state, (logits, weights)
+    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False,
+                                                                  "dropout": True},
+                   in_axes=1, out_axes=1)
+    _, (logits, weights) = scan(self, self.initial_state(memory), tgt_in)
+    return logits, {"attention": weights}
