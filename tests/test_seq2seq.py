@@ -1,0 +1,66 @@
+"""Seq2seq models and beam search against independent references."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attnlab import decode
+from attnlab.models import seq2seq
+
+B, S, T, V = 2, 7, 5, 20
+VARIANTS = [("rnnsearch", "gru", "concat"), ("rnnencdec", "gru", "concat"),
+            ("luong", "lstm", "dot"), ("luong", "lstm", "general"),
+            ("luong", "gru", "concat")]
+
+
+def setup(model, cell, score):
+  src = jax.random.randint(jax.random.PRNGKey(0), (B, S), 1, V)
+  valid = jnp.arange(S)[None] < jnp.array([[7], [4]])
+  tgt = jax.random.randint(jax.random.PRNGKey(1), (B, T), 1, V)
+  m = seq2seq.Seq2Seq(V, model=model, cell=cell, embed=8, hidden=16, score=score)
+  return m, m.init(jax.random.PRNGKey(2), src, valid, tgt), src, valid, tgt
+
+
+@pytest.mark.parametrize("model,cell,score", VARIANTS)
+def test_teacher_forcing_equals_step_by_step_decoding(model, cell, score):
+  m, p, src, valid, tgt = setup(model, cell, score)
+  logits, aux = m.apply(p, src, valid, tgt)
+  memory = m.apply(p, src, valid, method=m.encode)
+  state = m.apply(p, memory, method=m.initial_state)
+  for t in range(T):
+    state, step_logits, w = m.apply(p, memory, state, tgt[:, t], method=m.decode_step)
+    np.testing.assert_allclose(step_logits, logits[:, t], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(w, aux["attention"][:, t], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model,cell,score", VARIANTS)
+def test_source_padding_changes_nothing(model, cell, score):
+  m, p, src, valid, tgt = setup(model, cell, score)
+  logits, aux = m.apply(p, src, valid, tgt)
+  other, _ = m.apply(p, src.at[1, 4:].set(3), valid, tgt)
+  np.testing.assert_allclose(other, logits, rtol=1e-5, atol=1e-5)
+  if model != "rnnencdec":
+    np.testing.assert_allclose(aux["attention"].sum(-1), 1.0, rtol=1e-5)
+    assert float(jnp.abs(aux["attention"][1, :, 4:]).max()) == 0.0
+
+
+def test_beam_search_finds_the_exhaustive_best_on_a_markov_model():
+  vocab, eos, bos, max_len, alpha = 5, 1, 0, 4, 0.6
+  table = jax.random.normal(jax.random.PRNGKey(3), (vocab, vocab)) * 2
+  step = lambda state, tok: (state, table[tok])
+  seqs, scores = decode.beam_search(step, jnp.zeros((2,)), bos, eos, beam=4,
+                                    max_len=max_len, alpha=alpha)
+  lp = np.asarray(jax.nn.log_softmax(table))
+  every = []
+  for n in range(1, max_len + 1):
+    for seq in itertools.product(range(vocab), repeat=n):
+      if seq[-1] == eos and eos not in seq[:-1]:
+        logp = sum(lp[a, b] for a, b in zip((bos,) + seq[:-1], seq))
+        every.append((logp / decode.length_penalty(n, alpha), seq))
+  best_score, best_seq = max(every)
+  np.testing.assert_allclose(scores[:, 0], best_score, rtol=1e-5)
+  got = np.asarray(seqs[0, 0])
+  assert tuple(got[:len(best_seq)]) == best_seq and not got[len(best_seq):].any()
+  assert bool(jnp.all(scores[:, :-1] >= scores[:, 1:]))  # best first
