@@ -178,9 +178,9 @@ def cmd_train(argv):
   jax = _setup_jax()
   module = validate(config, jax)
   from attnlab import train
-  from attnlab.data import text
+  from attnlab.data import catalog
   try:
-    text.prepare(config.data)
+    catalog.prepare(config.data)
   except config_lib.ConfigError as e:
     fail(str(e))
   if os.path.exists(os.path.join(workdir, "config.json")):
@@ -202,9 +202,9 @@ def cmd_train(argv):
 
 def cmd_prepare(argv):
   config, _ = parse_config(argv)
-  from attnlab.data import text
+  from attnlab.data import catalog
   try:
-    text.prepare(config.data)
+    catalog.prepare(config.data)
   except config_lib.ConfigError as e:
     fail(str(e))
 

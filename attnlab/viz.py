@@ -72,3 +72,38 @@ def text_heatmap(text, values, title, path_base, width=100):
   with open(path_base + ".html", "w") as f:
     f.write(f"<html><body><h3>{html.escape(title)}</h3>"
             f'<div style="font-family:monospace">{spans}</div></body></html>\n')
+
+
+def alignment(src_tokens, tgt_tokens, weights, path, writer=None, step=0, tag=None):
+  """Heatmap of attention weights [target, source] (Bahdanau et al. 2015,
+  Figure 3): which source words each target word looked at."""
+  fig, ax = plt.subplots(figsize=(0.35 * len(src_tokens) + 2, 0.35 * len(tgt_tokens) + 1.5))
+  ax.imshow(weights, cmap="gray", vmin=0, vmax=max(float(np.max(weights)), 1e-6))
+  ax.set_xticks(range(len(src_tokens)), src_tokens, rotation=90, fontsize=8)
+  ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=8)
+  ax.set_xlabel("source")
+  ax.set_ylabel("target")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if writer is not None:
+    writer.write_figure(step, tag or os.path.basename(path), fig, path)
+  else:
+    fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def bleu_by_length(buckets, label, path, other=None):
+  """BLEU against source sentence length (Bahdanau et al. 2015, Figure 2).
+  `buckets`: [(lo, hi, n, bleu)]; `other`: {label: buckets} to overlay."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, rows in [(label, buckets)] + list((other or {}).items()):
+    mids = [(lo + min(hi, 80)) / 2 for lo, hi, _, _ in rows]
+    ax.plot(mids, [b for *_, b in rows], marker="o", label=name)
+  ax.set_xlabel("source sentence length (words)")
+  ax.set_ylabel("BLEU")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -60,6 +60,7 @@ class Experiment:
         num_layers=m.num_layers, embed=m.embed, dropout=m.dropout,
         dtype=jnp.dtype(m.dtype))
     self._eval_step = None
+    self._cells_fn = None
 
   # --- what the trainer needs --------------------------------------------
   def items_per_step(self, batch_size):
@@ -164,37 +165,89 @@ class Experiment:
       print(f"interpretable cells (plots/cell_*.png):\n{report}", flush=True)
 
   # --- interpretable cells (Karpathy et al. 2015, figures 2-3) -------------
-  def cell_activations(self, params, text):
-    """[len(text), layers * hidden] cell states while reading `text`."""
-    ids = jnp.asarray(self.vocab.encode(text))[None]
-    _, aux = jax.jit(self.model.apply)({"params": params}, ids,
-                                       self.model.zero_carry(1))
-    return np.concatenate([np.asarray(c[0]) for c in aux["cells"]], axis=-1)
+  def cell_activations(self, params, text, carry=None, window=4096):
+    """Yields [n, layers * hidden] cell states while reading `text` in
+    windows (the state carried across), so any length fits in memory."""
+    if self._cells_fn is None:
+      def run(params, ids, carry):
+        _, aux = self.model.apply({"params": params}, ids, carry)
+        return jnp.concatenate([c[0] for c in aux["cells"]], -1), aux["carry"]
+      self._cells_fn = jax.jit(run)
+    ids = self.vocab.encode(text)
+    carry = self.model.zero_carry(1) if carry is None else carry
+    for start in range(0, len(ids), window):
+      chunk = ids[start:start + window]
+      padded = np.zeros(window, np.int32)
+      padded[:len(chunk)] = chunk
+      acts, new_carry = self._cells_fn(params, jnp.asarray(padded)[None], carry)
+      carry = new_carry  # only the last window is padded; its carry is unused
+      yield np.asarray(acts[:len(chunk)], np.float64)
 
-  def cell_report(self, params, workdir, chars=20_000):
-    """Ranks cells by |correlation| with interpretable features of the text
-    and renders the best cell of each feature over a passage."""
+  def cell_report(self, params, workdir, max_chars=None):
+    """Ranks every cell by |Pearson r| with interpretable features over the
+    whole held-out text, and renders the best cell of each feature over a
+    passage where that feature changes."""
     text = text_lib.load_text(self.config.data, self.config.data.eval_split)
-    text = text[:chars]
-    acts = self.cell_activations(params, text)
+    text = text[:max_chars] if max_chars else text
     features = text_features(text)
+    stats = {name: StreamingCorrelation() for name in features}
+    pos = 0
+    for acts in self.cell_activations(params, text):
+      for name, values in features.items():
+        stats[name].update(acts, values[pos:pos + len(acts)])
+      pos += len(acts)
     out_dir = os.path.join(workdir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     lines = []
     for name, values in features.items():
-      corr = correlations(acts, values)
+      corr = stats[name].result()
+      if corr is None:
+        lines.append(f"{name}: never changes in the held-out text, no ranking")
+        continue
       order = np.argsort(-np.abs(corr))
       best = int(order[0])
       lines.append(f"{name}: best cells " + ", ".join(
           f"#{int(i)} (r={corr[i]:+.2f})" for i in order[:5]))
-      passage = slice(0, 1500)
-      viz.text_heatmap(text[passage], acts[passage, best],
+      # A passage around the first change of the feature, read from 500
+      # characters earlier so the state has warmed up.
+      change = int(np.argmax(values != values[0]))
+      start = max(change - 300, 0)
+      warm = max(start - 500, 0)
+      acts = np.concatenate(list(self.cell_activations(params, text[warm:start + 1500])))
+      viz.text_heatmap(text[start:start + 1500], acts[start - warm:, best],
                        f"cell {best}, r={corr[best]:+.2f} with '{name}'",
                        os.path.join(out_dir, f"cell_{name}"))
     report = "\n".join(lines)
     with open(os.path.join(out_dir, "cells.txt"), "w") as f:
       f.write(report + "\n")
     return report
+
+
+class StreamingCorrelation:
+  """Pearson r of every cell with a feature, from running sums."""
+
+  def __init__(self):
+    self.n = 0
+    self.sa = self.saa = self.saf = None
+    self.sf = self.sff = 0.0
+
+  def update(self, acts, values):
+    if self.sa is None:
+      self.sa, self.saa, self.saf = (np.zeros(acts.shape[1]) for _ in range(3))
+    self.n += len(values)
+    self.sa += acts.sum(0)
+    self.saa += (acts ** 2).sum(0)
+    self.saf += (acts * values[:, None]).sum(0)
+    self.sf += values.sum()
+    self.sff += (values ** 2).sum()
+
+  def result(self):
+    var_f = self.n * self.sff - self.sf ** 2
+    if var_f <= 0:
+      return None
+    var_a = self.n * self.saa - self.sa ** 2
+    return (self.n * self.saf - self.sa * self.sf) / np.sqrt(
+        np.maximum(var_a, 1e-12) * var_f)
 
 
 def text_features(text):
@@ -213,11 +266,3 @@ def text_features(text):
     col = 0 if c == "\n" else col + 1
   return {"inside_quotes": inside_quotes, "position_in_line": position_in_line,
           "inside_brackets": inside_brackets}
-
-
-def correlations(acts, values):
-  """Pearson r of every column of acts [N, C] with values [N]."""
-  a = acts - acts.mean(0)
-  v = values - values.mean()
-  denom = np.sqrt((a ** 2).sum(0) * (v ** 2).sum()) + 1e-12
-  return (a * v[:, None]).sum(0) / denom

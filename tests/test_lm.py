@@ -8,14 +8,19 @@ from conftest import tiny_overrides
 from experiments import lm
 
 
-def test_correlations_match_numpy():
-  rng = np.random.default_rng(0)
-  acts = rng.normal(size=(200, 6))
-  values = acts[:, 2] * 0.5 + rng.normal(size=200)
-  r = lm.correlations(acts, values)
-  want = [np.corrcoef(acts[:, j], values)[0, 1] for j in range(6)]
-  np.testing.assert_allclose(r, want, rtol=1e-9)
-  assert int(np.argmax(np.abs(r))) == 2
+def test_streaming_correlation_matches_numpy():
+  rng = np.random.default_rng(1)
+  acts = rng.normal(size=(300, 5))
+  values = (acts[:, 1] > 0).astype(float) + rng.normal(size=300) * 0.1
+  stream = lm.StreamingCorrelation()
+  for start in range(0, 300, 70):
+    stream.update(acts[start:start + 70], values[start:start + 70])
+  want = [np.corrcoef(acts[:, j], values)[0, 1] for j in range(5)]
+  np.testing.assert_allclose(stream.result(), want, rtol=1e-9)
+  assert int(np.argmax(np.abs(stream.result()))) == 1
+  constant = lm.StreamingCorrelation()
+  constant.update(acts, np.zeros(300))
+  assert constant.result() is None
 
 
 def test_text_features():

@@ -20,6 +20,7 @@ import re
 import struct
 import zlib
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from attnlab.data import fetch
@@ -195,3 +196,64 @@ class Bible(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, pairs):
     for i, (en, es) in enumerate(pairs):
       yield i, {"en": en, "es": es}
+
+
+# --- loading and batching ------------------------------------------------------
+def load_pairs(data, split):
+  """[(source, target)] strings of a split.
+
+  data.source: "ding", "bible", any prepared tfds translation dataset
+  (e.g. "wmt14_translate/de-en"), or "folder": `data.folder` laid out as
+  tfds.TranslateFolder expects, `{lang}.{split}.txt` with aligned lines
+  (read directly: TranslateFolder itself needs TensorFlow to iterate).
+  """
+  src, tgt = data.src_lang, data.tgt_lang
+  if data.source == "folder":
+    sides = []
+    for lang in (src, tgt):
+      with open(os.path.join(data.folder, f"{lang}.{split}.txt"), encoding="utf-8") as f:
+        sides.append(f.read().splitlines())
+    return list(zip(*sides))
+  from attnlab.data.catalog import data_dir
+  ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
+  decode = lambda x: x.decode("utf-8") if isinstance(x, bytes) else x
+  return [(decode(ds[i][src]), decode(ds[i][tgt])) for i in range(len(ds))]
+
+
+def encode_pairs(pairs, tokenizer, max_len):
+  """Token ids [N, max_len] for source and target (target ends with EOS);
+  pairs longer than max_len are dropped (training) by the caller."""
+  from attnlab.data import tokenizer as tok
+  src = [tokenizer.encode(s) for s, _ in pairs]
+  tgt = [tokenizer.encode(t) + [tok.EOS] for _, t in pairs]
+  keep = [i for i in range(len(pairs)) if len(src[i]) <= max_len and len(tgt[i]) <= max_len]
+  return (tok.pad_batch([src[i] for i in keep], max_len),
+          tok.pad_batch([tgt[i] for i in keep], max_len), keep)
+
+
+def train_dataset(src, tgt, local_batch, process_index, process_count, num_steps,
+                  global_batch, seed):
+  """Grain iterator of shuffled (seeded) pairs, this process's share."""
+  import grain
+  n = len(src)
+  epochs = num_steps * global_batch // max(n, 1) + 2
+  ds = (grain.MapDataset.range(n).repeat(epochs).shuffle(seed=seed)
+        [process_index::process_count]
+        .map(lambda i: {"src": src[i], "tgt": tgt[i]})
+        .batch(local_batch, drop_remainder=True))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
+
+
+def eval_batches(src, tgt, global_batch, local_batch, process_index):
+  """Fixed batches over all pairs; the last one padded with empty rows and
+  a `weight` of 0, so every process runs the same number of steps."""
+  n = len(src)
+  steps = -(-n // global_batch)
+  pad = steps * global_batch - n
+  src = np.concatenate([src, np.zeros((pad, src.shape[1]), src.dtype)])
+  tgt = np.concatenate([tgt, np.zeros((pad, tgt.shape[1]), tgt.dtype)])
+  weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  for s in range(steps):
+    rows = slice(s * global_batch + process_index * local_batch,
+                 s * global_batch + (process_index + 1) * local_batch)
+    yield {"src": src[rows], "tgt": tgt[rows], "weight": weight[rows]}

@@ -1,0 +1,1 @@
+"""Evaluators shared by experiments."""

@@ -1,0 +1,65 @@
+"""RNN-era translation: RNNencdec vs RNNsearch (Bahdanau et al. 2015) and
+Luong et al. (2015) global attention.
+
+Command:
+  ./launch.sh train configs/seq2seq.py:model=rnnsearch,data=ding --workdir runs/rnnsearch
+Variants (`key=value,...`):
+  model=rnnencdec|rnnsearch|luong   score=concat|general|dot (luong)
+  data=ding (DE->EN) | bible (EN->ES, long sentences) | folder | a tfds name
+  cell=gru|lstm|rnn   size=tiny|small|base   steps=N   runlocal=True
+Bring your own parallel text: data=folder --config.data.folder=DIR with
+  {src}.{split}.txt / {tgt}.{split}.txt aligned line by line.
+Evaluation: validation loss, sacreBLEU of beam-4 translations (signature
+printed), samples and alignment heatmaps in the workdir.
+"""
+import ml_collections
+
+from attnlab.config import check, parse_arg
+
+SIZES = {"tiny": (16, 32), "small": (128, 256), "base": (256, 512)}  # embed, hidden
+LANGS = {"ding": ("de", "en"), "bible": ("en", "es"),
+         "wmt14_translate/de-en": ("de", "en"), "wmt17_translate/de-en": ("de", "en")}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, model="rnnsearch", data="ding", cell="gru", score="concat",
+                  size="small", steps=3000, runlocal=False)
+  check(arg.size in SIZES, "arg.size", f"unknown size {arg.size!r}",
+        f"use one of {sorted(SIZES)}")
+  c = ml_collections.ConfigDict()
+  c.experiment = "translate"
+  c.seed = 0
+  c.total_steps = arg.steps
+  c.batch_size = 64
+  c.grad_accum = 1
+  c.log_every = 50
+  c.eval_every = 1000
+  c.ckpt_every = 500
+  c.keep_ckpts = 3
+  c.mesh = (("data", -1),)
+  c.param_sharding = ()
+  c.peak_flops = 0.0
+  c.label_smoothing = 0.0
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adam", lr=1e-3, schedule="cosine", warmup_steps=200, b1=0.9,
+      b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
+  src, tgt = LANGS.get(arg.data, ("de", "en"))
+  c.data = ml_collections.ConfigDict(dict(
+      source=arg.data, folder="", data_dir="", src_lang=src, tgt_lang=tgt,
+      train_split="train", eval_split="test", vocab_size=8000, max_len=48))
+  embed, hidden = SIZES[arg.size]
+  c.model = ml_collections.ConfigDict(dict(
+      model=arg.model, cell=arg.cell, score=arg.score, embed=embed,
+      hidden=hidden, dropout=0.1))
+  c.decode = ml_collections.ConfigDict(dict(
+      beam=4, alpha=0.6, extra_len=10, batch=64, num_bleu=500, num_plots=4,
+      buckets=(0, 10, 20, 30, 40, 50, 60, 1000)))
+  if arg.runlocal:
+    c.total_steps = 4
+    c.batch_size = 8
+    c.log_every = c.eval_every = c.ckpt_every = 2
+    embed, hidden = SIZES["tiny"]
+    c.model.update(embed=embed, hidden=hidden)
+    c.data.update(vocab_size=64, max_len=16)
+    c.decode.update(batch=8, num_bleu=8, num_plots=1)
+  return c

@@ -1,0 +1,220 @@
+"""Translation objective for the RNN encoder-decoders (attnlab/models/seq2seq).
+
+Training: teacher forcing, cross-entropy over target tokens (optional label
+smoothing). Evaluation: validation loss, then sacreBLEU of beam-search
+translations of the test set (and BLEU per source-length bucket), sample
+translations in workdir/samples/, and source x target alignment heatmaps.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from attnlab import config as config_lib
+from attnlab import decode
+from attnlab import sharding as sharding_lib
+from attnlab import viz
+from attnlab.data import catalog
+from attnlab.data import tokenizer as tok_lib
+from attnlab.data import translation
+from attnlab.evals import bleu
+from attnlab.models import seq2seq
+from attnlab.nn import rnn as rnn_lib
+
+
+def validate(config):
+  config_lib.check_choice(config, "model.model", {"rnnencdec", "rnnsearch", "luong"})
+  config_lib.check_choice(config, "model.cell", set(rnn_lib.CELLS))
+  config_lib.check_choice(config, "model.score", {"dot", "general", "concat"})
+  if config.data.source == "folder":
+    for lang in (config.data.src_lang, config.data.tgt_lang):
+      for split in (config.data.train_split, config.data.eval_split):
+        path = os.path.join(config.data.folder, f"{lang}.{split}.txt")
+        config_lib.check(os.path.exists(path), "data.folder", f"{path} is missing",
+                         "give {lang}.{split}.txt files with aligned lines")
+  config_lib.check(config.data.max_len > 1, "data.max_len", "must be > 1", "e.g. 64")
+  config_lib.check(config.decode.beam >= 1, "decode.beam", "must be >= 1",
+                   "use 1 for greedy-like search, 4 as in the papers")
+
+
+class Experiment:
+  item_name = "examples"
+
+  def __init__(self, config, workdir=None):
+    self.config, self.workdir = config, workdir
+    data = config.data
+    name = (data.source if data.source != "folder" else "folder").replace("/", "_")
+    path = os.path.join(catalog.data_dir(data), "attnlab_spm",
+                        f"{name}_{data.src_lang}{data.tgt_lang}_{data.vocab_size}.model")
+    self.tokenizer = tok_lib.load_or_train(path, self._train_text, data.vocab_size)
+    m = config.model
+    self.model = seq2seq.Seq2Seq(len(self.tokenizer), model=m.model, cell=m.cell,
+                                 embed=m.embed, hidden=m.hidden, score=m.score,
+                                 dropout=m.dropout)
+    self._eval_fns = None
+
+  def _train_text(self):
+    for s, t in translation.load_pairs(self.config.data, self.config.data.train_split):
+      yield s
+      yield t
+
+  def items_per_step(self, batch_size):
+    return batch_size
+
+  def train_iter(self, local_batch, process_index, process_count):
+    config = self.config
+    pairs = translation.load_pairs(config.data, config.data.train_split)
+    # Held-out text must be unseen: report exact matches with training text.
+    seen = {x for pair in pairs for x in pair}
+    test = translation.load_pairs(config.data, config.data.eval_split)
+    overlap = sum(1 for s, t in test if s in seen or t in seen)
+    if jax.process_index() == 0:
+      print(f"data: {len(pairs):,} training pairs, {len(test):,} {config.data.eval_split} "
+            f"pairs, {overlap} of them share a side with training text", flush=True)
+    src, tgt, _ = translation.encode_pairs(pairs, self.tokenizer, config.data.max_len)
+    return iter(translation.train_dataset(
+        src, tgt, local_batch, process_index, process_count, config.total_steps,
+        config.batch_size, config.seed))
+
+  def init(self, rng, batch_size):
+    x = jnp.ones((batch_size, self.config.data.max_len), jnp.int32)
+    params = self.model.init(rng, x, x > 0, x)["params"]
+    return params, {}, {}
+
+  def _forward(self, params, batch, train, rng=None):
+    src, tgt = batch["src"], batch["tgt"]
+    tgt_in = jnp.concatenate([jnp.full_like(tgt[:, :1], tok_lib.BOS), tgt[:, :-1]], 1)
+    logits, aux = self.model.apply({"params": params}, src, src > 0, tgt_in,
+                                   train=train, rngs={"dropout": rng} if train else {})
+    smoothing = self.config.label_smoothing
+    labels = optax.smooth_labels(jax.nn.one_hot(tgt, logits.shape[-1]), smoothing)
+    nll = optax.softmax_cross_entropy(logits, labels)
+    return nll, tgt > 0, aux
+
+  def loss(self, params, carry, extra, batch, rng):
+    nll, mask, _ = self._forward(params, batch, True, rng)
+    loss = jnp.sum(nll * mask) / jnp.maximum(mask.sum(), 1)
+    return loss, ({"target_tokens": mask.sum().astype(jnp.float32)}, carry, extra)
+
+  # --- evaluation ---------------------------------------------------------
+  def _compile_eval(self):
+    c = self.config
+
+    def eval_loss(params, batch):
+      nll, mask, _ = self._forward(params, batch, False)
+      mask = mask * batch["weight"][:, None]
+      return jnp.sum(nll * mask), jnp.sum(mask)
+
+    def beam(params, src):
+      memory = self.model.apply({"params": params}, src, src > 0,
+                                method=self.model.encode)
+      state = {"memory": memory,
+               "dec": self.model.apply({"params": params}, memory,
+                                       method=self.model.initial_state)}
+
+      def step(state, token):
+        dec, logits, _ = self.model.apply({"params": params}, state["memory"],
+                                          state["dec"], token,
+                                          method=self.model.decode_step)
+        return {"memory": state["memory"], "dec": dec}, logits
+      max_len = c.data.max_len + c.decode.extra_len
+      seqs, _ = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS,
+                                   c.decode.beam, max_len, c.decode.alpha)
+      return seqs[:, 0]
+
+    def attention(params, src, tgt):
+      _, _, aux = self._forward(params, {"src": src, "tgt": tgt}, False)
+      return aux["attention"]
+    self._eval_fns = (jax.jit(eval_loss), jax.jit(beam), jax.jit(attention))
+
+  def translate(self, params, sentences, mesh=None):
+    """Beam-search translations of a list of source strings."""
+    if self._eval_fns is None:
+      self._compile_eval()
+    c = self.config
+    src = tok_lib.pad_batch([self.tokenizer.encode(s) for s in sentences], c.data.max_len)
+    out = []
+    for i in range(0, len(src), c.decode.batch):
+      chunk = src[i:i + c.decode.batch]
+      n = len(chunk)
+      chunk = np.concatenate([chunk, np.zeros((c.decode.batch - n, chunk.shape[1]), np.int32)])
+      out.extend(np.asarray(self._eval_fns[1](params, chunk))[:n])
+    return [self.tokenizer.decode(row) for row in out]
+
+  def evaluate(self, state, mesh, step, writer):
+    if self._eval_fns is None:
+      self._compile_eval()
+    c, params = self.config, state["params"]
+    pairs = translation.load_pairs(c.data, c.data.eval_split)
+    src, tgt, keep = translation.encode_pairs(pairs, self.tokenizer, c.data.max_len)
+    local = sharding_lib.local_batch_size(c.batch_size, mesh)
+    total = count = 0.0
+    for batch in translation.eval_batches(src, tgt, c.batch_size, local,
+                                          jax.process_index()):
+      nll, n = self._eval_fns[0](params, sharding_lib.global_batch(batch, mesh))
+      total, count = total + float(nll), count + float(n)
+    results = {"eval/loss": total / max(count, 1)}
+    if c.decode.num_bleu:
+      test = pairs[:c.decode.num_bleu]
+      hyps = self.translate(jax.device_get(params), [s for s, _ in test])
+      refs = [t for _, t in test]
+      score, signature = bleu.corpus_bleu(hyps, refs)
+      results["eval/bleu"] = score
+      if jax.process_index() == 0:
+        self._write_samples(step, test, hyps, score, signature, writer)
+        self._plot_alignments(jax.device_get(params), test[:c.decode.num_plots], step, writer)
+    return results
+
+  def finish(self, state):
+    """Final report: BLEU of the whole test set, by source length (Bahdanau
+    et al. 2015, Figure 2), as JSON, a table and a plot."""
+    if jax.process_index() != 0:
+      return
+    import json
+    c = self.config
+    params = jax.device_get(state["params"])
+    pairs = translation.load_pairs(c.data, c.data.eval_split)
+    hyps = self.translate(params, [s for s, _ in pairs])
+    refs = [t for _, t in pairs]
+    score, signature = bleu.corpus_bleu(hyps, refs)
+    buckets = bleu.bleu_by_length(hyps, refs, [len(s.split()) for s, _ in pairs],
+                                  list(c.decode.buckets))
+    report = {"bleu": score, "signature": signature, "sentences": len(pairs),
+              "by_source_length": [dict(lo=lo, hi=hi, n=n, bleu=b)
+                                   for lo, hi, n, b in buckets]}
+    with open(os.path.join(self.workdir, "bleu.json"), "w") as f:
+      json.dump(report, f, indent=1)
+    viz.bleu_by_length(buckets, f"{c.model.model} ({c.data.source})",
+                       os.path.join(self.workdir, "plots", "bleu_by_length.png"))
+    print(f"test BLEU {score:.2f} on {len(pairs)} sentences ({signature})")
+    for lo, hi, n, b in buckets:
+      print(f"  source words {lo:>3}-{hi - 1:<3} n={n:<5} BLEU {b:6.2f}")
+
+  def _write_samples(self, step, test, hyps, score, signature, writer):
+    folder = os.path.join(self.workdir, "samples")
+    os.makedirs(folder, exist_ok=True)
+    lines = [f"BLEU {score:.2f} ({signature}) on {len(test)} test sentences", ""]
+    for (s, t), h in list(zip(test, hyps))[:20]:
+      lines += [f"SRC  {s}", f"REF  {t}", f"HYP  {h}", ""]
+    text = "\n".join(lines)
+    with open(os.path.join(folder, f"step_{step}.txt"), "w") as f:
+      f.write(text)
+    writer.write_text(step, "samples", text)
+    print("\n".join(lines[:10]), flush=True)
+
+  def _plot_alignments(self, params, pairs, step, writer):
+    """Source x target attention of the model's own translations."""
+    hyps = self.translate(params, [s for s, _ in pairs])
+    for i, ((s, _), h) in enumerate(zip(pairs, hyps)):
+      src_ids = self.tokenizer.encode(s)
+      tgt_ids = self.tokenizer.encode(h) + [tok_lib.EOS]
+      L = self.config.data.max_len
+      w = self._eval_fns[2](params, tok_lib.pad_batch([src_ids], L),
+                            tok_lib.pad_batch([tgt_ids], L))
+      w = np.asarray(w[0, :len(tgt_ids), :len(src_ids)])
+      viz.alignment(self.tokenizer.pieces(src_ids),
+                    self.tokenizer.pieces(tgt_ids[:-1]) + ["</s>"], w,
+                    os.path.join(self.workdir, "plots", f"alignment_{i}.png"),
+                    writer, step, f"alignment/{i}")

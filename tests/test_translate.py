@@ -1,0 +1,96 @@
+"""Translation data (Ding, Bible parsing; disjoint splits) and the
+translate experiment end to end on a tiny parallel folder."""
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from attnlab import main as main_lib
+from attnlab import metrics as metrics_lib
+from attnlab.data import translation
+from helpers import load_state
+
+DE = "der die das hund katze haus baum sieht hat ein gross klein".split()
+EN = "the the the dog cat house tree sees has a big small".split()
+
+
+@pytest.fixture
+def parallel_folder(tmp_path):
+  rng = np.random.default_rng(0)
+  d = tmp_path / "par"
+  d.mkdir()
+  for split, n in (("train", 400), ("test", 20)):
+    de, en = [], []
+    for _ in range(n):
+      idx = rng.integers(0, len(DE), rng.integers(3, 7))
+      de.append(" ".join(DE[i] for i in idx) + ".")
+      en.append(" ".join(EN[i] for i in idx) + ".")
+    (d / f"de.{split}.txt").write_text("\n".join(de) + "\n")
+    (d / f"en.{split}.txt").write_text("\n".join(en) + "\n")
+  return str(d)
+
+
+@pytest.mark.parametrize("model", ["rnnsearch", "rnnencdec", "luong"])
+def test_translate_smoke(tmp_path, parallel_folder, model):
+  wd = tmp_path / model
+  main_lib.main(["train", "--config", f"configs/seq2seq.py:model={model},data=folder,runlocal=True",
+                 "--workdir", str(wd), f"--config.data.folder={parallel_folder}",
+                 f"--config.data.data_dir={tmp_path / 'tfds'}"])
+  assert int(load_state(wd)["step"]) == 4
+  rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
+  evals = [r for r in rows if "eval/bleu" in r]
+  assert evals and all(np.isfinite(r["eval/loss"]) for r in evals)
+  samples = (wd / "samples" / "step_4.txt").read_text()
+  assert "nrefs:1|case:mixed" in samples and "SRC  " in samples
+  assert os.path.getsize(wd / "plots" / "alignment_0.png") > 1000
+
+
+def test_ding_lines_align_sub_entries_and_clean_tags():
+  raw = "\n".join([
+      "# comment :: ignored",
+      "Aal {m} (auf der Speisekarte) [cook.] | Aal blau :: Eel (on a menu) | Eel au bleu",
+      "Haus {n}; Gebäude {n} | Häuser {pl} :: house; building",  # 2 vs 1: skipped
+      "Würden Sie mir einen Gefallen tun? :: Will you do me a favor?",
+  ])
+  pairs = list(translation.ding_pairs(raw))
+  assert pairs == [("Aal", "Eel", False), ("Aal blau", "Eel au bleu", False),
+                   ("Würden Sie mir einen Gefallen tun?", "Will you do me a favor?", True)]
+
+
+def test_splits_are_disjoint_from_training_text():
+  pairs = [(f"satz {i}", f"sentence {i if i >= 300 else i % 50}")
+           for i in range(2000)]
+  splits, report = translation.disjoint_splits(pairs, extra_train=[("satz 7", "x")])
+  train_text = {s for p in splits["train"] for s in p} | {"satz 7", "x"}
+  for name in ("validation", "test"):
+    assert splits[name]
+    for s, t in splits[name]:
+      assert s not in train_text and t not in train_text
+  assert report["test"] > 0  # targets repeat, so some test pairs were dropped
+
+
+def _ztext(verses):
+  """A tiny SWORD zText testament: two zlib blocks of verses."""
+  blocks, bzv = [b"", b""], b""
+  for i, v in enumerate(verses):
+    b = i % 2
+    data = v.encode()
+    bzv += struct.pack("<IIH", b, len(blocks[b]), len(data))
+    blocks[b] += data
+  bzs, bzz = b"", b""
+  for b in blocks:
+    comp = zlib.compress(b)
+    bzs += struct.pack("<III", len(bzz), len(comp), len(b))
+    bzz += comp
+  return {"bzs": bzs, "bzv": bzv, "bzz": bzz}
+
+
+def test_sword_ztext_reader_and_osis_cleaning():
+  ot = _ztext(['<title>Genesis</title>In the beginning <note n="a">a note</note>God.',
+               "And the earth &amp; sea."])
+  nt = _ztext(["", "Jesus wept."])
+  files = {f"ot.{k}": v for k, v in ot.items()} | {f"nt.{k}": v for k, v in nt.items()}
+  verses = translation.sword_verses(files.__getitem__)
+  assert verses == ["In the beginning God.", "And the earth & sea.", "", "Jesus wept."]
