@@ -5,6 +5,7 @@
 #   ./launch.sh train CONFIG[:args] --workdir DIR [--config.KEY=VALUE ...]
 #   ./launch.sh sample WORKDIR [--prompt P --length N --temperature T]
 #   ./launch.sh eval WORKDIR
+#   ./launch.sh tables NAME          a paper table from our code (complexity)
 #   ./launch.sh tpu NAME --zone Z [--project P] [--dry_run] train CONFIG ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,6 +41,10 @@ case "$cmd" in
     shift
     exec "$PYBIN" -m pytest -q tests "$@"
     ;;
+  tables)
+    shift
+    exec "$PYBIN" -m experiments.tables "$@"
+    ;;
   train|prepare|sample|eval|tpu)
     shift
     if [ "$cmd" = train ] || [ "$cmd" = prepare ]; then
@@ -48,7 +53,7 @@ case "$cmd" in
     exec "$PYBIN" -m attnlab.main "$cmd" "$@"
     ;;
   *)
-    echo "unknown command '$cmd': use test, train, sample, eval or tpu (see README.md)" >&2
+    echo "unknown command '$cmd': use test, train, sample, eval, tables or tpu (see README.md)" >&2
     exit 2
     ;;
 esac

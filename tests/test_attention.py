@@ -74,6 +74,22 @@ def test_chunked_gradients_equal_naive(name):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["window", "window_causal", "window_padding",
+                                  "window_segments"])
+def test_banded_restricted_attention_matches_naive(name):
+  valid = jnp.arange(T)[None, :] < jnp.array([[T], [9]])
+  seg = jnp.array([[0] * 5 + [1] * 8, [0] * 7 + [1] * 6])
+  mask = {"window": att.Mask(window=3),
+          "window_causal": att.Mask(window=3, causal=True),
+          "window_padding": att.Mask(window=2, kv_valid=valid),
+          "window_segments": att.Mask(window=4, q_segments=seg, kv_segments=seg)}[name]
+  q, k, v = qkv(2)
+  np.testing.assert_allclose(
+      att.dot_product_attention(q, k, v, mask, implementation="banded"),
+      att.dot_product_attention(q, k, v, mask, implementation="naive"),
+      rtol=1e-5, atol=1e-5)
+
+
 def test_weights_rows_sum_to_one_and_masked_rows_to_zero():
   q, k, v = qkv()
   valid = jnp.arange(T)[None, :] < jnp.array([[T], [0]])  # batch 1: no keys

@@ -137,8 +137,50 @@ def dot_product_attention(q, k, v, mask=None, *, implementation="xla",
     return out * jnp.any(dense, -1).transpose(0, 2, 1)[..., None]
   if implementation == "chunked":
     return chunked_attention(q, k, v, mask, q_chunk=q_chunk, kv_chunk=kv_chunk)
+  if implementation == "banded":
+    return banded_attention(q, k, v, mask)
   raise ValueError(f"unknown attention implementation {implementation!r}: "
-                   "use naive, xla or chunked")
+                   "use naive, xla, chunked or banded")
+
+
+def banded_attention(q, k, v, mask):
+  """Restricted self-attention in O(n r d): queries in blocks of r see only
+  their own and the two neighbouring key blocks, which hold every key within
+  distance r. Needs `mask.window` = r and Tq == Tk (self-attention)."""
+  r = mask.window
+  if r is None or q.shape[1] != k.shape[1] or mask.q_offset:
+    raise ValueError("banded attention needs Mask(window=r) and self-attention")
+  B, T, H, D = q.shape
+  n = -(-T // r)
+  pad = n * r - T
+  padded = lambda x: jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+  valid = jnp.ones((B, T), bool) if mask.kv_valid is None else mask.kv_valid
+  seg = mask.q_segments
+  qb = padded(q).reshape(B, n, r, H, D)
+
+  def neighbours(x):
+    """[B, n * r, ...] -> [B, n, 3r, ...]: blocks i-1, i, i+1 side by side."""
+    x = x.reshape(x.shape[0], n, r, *x.shape[2:])
+    zero = jnp.zeros_like(x[:, :1])
+    prev = jnp.concatenate([zero, x[:, :-1]], 1)
+    nxt = jnp.concatenate([x[:, 1:], zero], 1)
+    return jnp.concatenate([prev, x, nxt], 2)
+  kb, vb = neighbours(padded(k)), neighbours(padded(v))
+  kvalid = neighbours(jnp.pad(valid, ((0, 0), (0, pad))))
+  qpos = jnp.arange(n * r).reshape(n, r)
+  kpos = neighbours(jnp.broadcast_to(jnp.arange(n * r), (1, n * r)))[0]
+  m = (jnp.abs(qpos[:, :, None] - kpos[:, None, :]) <= r)[None]  # [1, n, r, 3r]
+  m &= kvalid[:, :, None, :]  # also drops the zero blocks beyond the ends
+  if mask.causal:
+    m &= (qpos[:, :, None] >= kpos[:, None, :])[None]
+  if seg is not None:
+    qs = jnp.pad(mask.q_segments, ((0, 0), (0, pad))).reshape(B, n, r)
+    ks = neighbours(jnp.pad(mask.kv_segments, ((0, 0), (0, pad)), constant_values=-1))
+    m &= qs[:, :, :, None] == ks[:, :, None, :]
+  s = jnp.einsum("bnqhd,bnkhd->bnhqk", qb, kb) / jnp.sqrt(D).astype(q.dtype)
+  w = masked_softmax(s, m[:, :, None])
+  out = jnp.einsum("bnhqk,bnkhd->bnqhd", w, vb)
+  return out.reshape(B, n * r, H, D)[:, :T]
 
 
 def chunked_attention(q, k, v, mask=None, *, q_chunk=256, kv_chunk=256):
