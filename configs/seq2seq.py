@@ -16,7 +16,10 @@ import ml_collections
 
 from attnlab.config import check, parse_arg
 
-SIZES = {"tiny": (16, 32), "small": (128, 256), "base": (256, 512)}  # embed, hidden
+# (embed, hidden): embed is also the maxout deep-output width. "paper" is
+# Bahdanau et al.'s size (620, 1000); "small" fits a 2-core CPU.
+SIZES = {"tiny": (16, 32), "small": (128, 256), "base": (256, 512),
+         "paper": (620, 1000)}
 LANGS = {"ding": ("de", "en"), "bible": ("en", "es"),
          "wmt14_translate/de-en": ("de", "en"), "wmt17_translate/de-en": ("de", "en")}
 

@@ -1,10 +1,13 @@
 """Benchmarks that print numbers (never timed asserts in tests).
 
-  python -m experiments.bench charlm [CONFIG_ARGS]   step tokens/s + MFU,
-      input pipeline examples/s vs what a step consumes, cold start
+  python -m experiments.bench charlm [CONFIG_ARGS] [--no_cold_start]
+      step tokens/s + MFU, input pipeline examples/s vs what a step
+      consumes, cold start to the first step
   python -m experiments.bench compare WORKDIR...     table of finished runs
   python -m experiments.bench gradflow WORKDIR...    how far back gradients
       reach: |d loss_T / d state_{T-d}| for trained char-LMs, and a plot
+  python -m experiments.bench attention              self-attention forward +
+      backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
 Each prints the command that made it, so README numbers can be re-made.
 """
@@ -25,7 +28,7 @@ def header():
         f"device(s), {os.cpu_count()} CPU cores")
 
 
-def bench_charlm(arg):
+def bench_charlm(arg, cold_start=True):
   """The train step and the input pipeline of configs/charlm.py:ARG."""
   import jax
   from attnlab import main as main_lib
@@ -74,6 +77,8 @@ def bench_charlm(arg):
         f"examples/s = {pipe * tokens_per_step:,.0f} tokens/s, "
         f"{pipe / sps:,.0f}x what the step consumes")
   shutil.rmtree(workdir)
+  if not cold_start:
+    return
 
   # Cold start: a fresh process, from `python -m attnlab.main` to step 1.
   for label, cache in (("empty compile cache", tempfile.mkdtemp()),
@@ -190,18 +195,61 @@ def gradflow(workdirs, distances=(1, 2, 4, 8, 16, 32, 64, 100), windows=8):
   print(f"plot: {out}")
 
 
+def attention(ns=(1024, 2048, 4096, 8192, 16384), heads=8, head_dim=64,
+              budget_gib=16.0):
+  """Peak memory is XLA's buffer assignment for the compiled program
+  (arguments + outputs + temporaries), so a program too big to run here is
+  still measured; it is timed only when it fits in `budget_gib`."""
+  import jax
+  import jax.numpy as jnp
+  from attnlab.nn import attention as att
+
+  def loss(impl):
+    def f(q, k, v):
+      out = att.dot_product_attention(q, k, v, att.Mask(causal=True),
+                                      implementation=impl, q_chunk=512,
+                                      kv_chunk=512)
+      return jnp.sum(out ** 2)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+  print(f"causal self-attention, batch 1, {heads} heads x {head_dim}, f32, "
+        "forward + backward")
+  print(f"{'n':>6}{'impl':>9}{'peak GiB':>10}{'x prev':>8}{'seconds':>9}")
+  for impl in ("naive", "chunked"):
+    prev = None
+    for n in ns:
+      shape = jax.ShapeDtypeStruct((1, n, heads, head_dim), jnp.float32)
+      compiled = loss(impl).lower(shape, shape, shape).compile()
+      m = compiled.memory_analysis()
+      peak = (m.argument_size_in_bytes + m.output_size_in_bytes
+              + m.temp_size_in_bytes) / 2 ** 30
+      ratio = f"{peak / prev:.2f}" if prev else ""
+      prev = peak
+      secs = "too big"
+      if peak < budget_gib:
+        x = jax.random.normal(jax.random.PRNGKey(0), (1, n, heads, head_dim))
+        jax.block_until_ready(compiled(x, x, x))
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(x, x, x))
+        secs = f"{time.perf_counter() - t0:.2f}"
+      print(f"{n:>6}{impl:>9}{peak:>10.3f}{ratio:>8}{secs:>9}", flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
   header()
   if what == "charlm":
-    bench_charlm(sys.argv[2] if len(sys.argv) > 2 else "")
+    bench_charlm(sys.argv[2] if len(sys.argv) > 2 else "",
+                 cold_start="--no_cold_start" not in sys.argv)
   elif what == "compare":
     compare(sys.argv[2:])
   elif what == "gradflow":
     gradflow(sys.argv[2:])
+  elif what == "attention":
+    attention()
   else:
-    sys.exit(f"unknown benchmark {what!r}: use charlm, compare or gradflow")
+    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, gradflow or attention")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,10 @@ class Seq2Seq(nn.Module):
       else:
         self.score_fn = None
       self.combine = nn.Dense(self.hidden, name="combine")
+    if self.model != "luong":
+      # Deep output with maxout (Bahdanau et al. appendix A.2.2; Cho et al.
+      # 2014): t = maxout(U s + V y + C c), 2 pieces per unit, then W_o t.
+      self.deep_output = nn.Dense(2 * self.embed, name="deep_output")
     self.output = nn.Dense(self.vocab_size, name="output")
     self.drop = nn.Dropout(self.dropout)
 
@@ -124,6 +128,9 @@ class Seq2Seq(nn.Module):
     new_state = {"carry": carry}
     if self.model == "luong":
       new_state["feed"] = features
+    if self.model != "luong":
+      t = self.deep_output(features)
+      features = jnp.max(t.reshape(*t.shape[:-1], self.embed, 2), axis=-1)
     features = self.drop(features, deterministic=not train)
     return new_state, self.output(features), weights
 
