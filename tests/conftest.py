@@ -26,7 +26,8 @@ WORDS = ("the king my lord good sir love night death heaven thou art thee "
 
 
 def make_text(n_chars, seed=0):
-  """Deterministic play-like text: speaker lines, verse, a few quotes."""
+  """Deterministic play-like text: speaker lines, verse, a few quotes and
+  [stage directions]."""
   rng = np.random.default_rng(seed)
   out, size = [], 0
   while size < n_chars:
@@ -36,6 +37,8 @@ def make_text(n_chars, seed=0):
       words[1] = '"' + words[1]
       words[-1] = words[-1] + '"'
     line = f"{speaker}:\n{' '.join(words).capitalize()}.\n\n"
+    if rng.random() < 0.1:
+      line += f"[Exit {speaker}.]\n\n"
     out.append(line)
     size += len(line)
   return "".join(out)[:n_chars]
