@@ -39,7 +39,7 @@ case "$cmd" in
     ;;
   test)
     shift
-    exec "$PYBIN" -m pytest -q tests "$@"
+    exec "$PYBIN" -m pytest -q "$@"  # pytest.ini: testpaths = tests
     ;;
   tables)
     shift

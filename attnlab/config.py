@@ -51,6 +51,29 @@ def parse_arg(arg, **defaults):
   return out
 
 
+def common(experiment, total_steps, batch_size, log_every, eval_every,
+           ckpt_every, optim):
+  """The keys every config has (DESIGN.md), with the usual defaults."""
+  c = ml_collections.ConfigDict()
+  c.experiment = experiment
+  c.seed = 0
+  c.total_steps = total_steps
+  c.batch_size = batch_size  # global, over all devices and hosts
+  c.grad_accum = 1
+  c.log_every = log_every
+  c.eval_every = eval_every
+  c.ckpt_every = ckpt_every
+  c.keep_ckpts = 3
+  c.mesh = (("data", -1),)
+  c.param_sharding = ()  # (regex, PartitionSpec tuple) rules; replicated
+  c.peak_flops = 0.0  # per device; 0 measures a matmul at start-up
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adam", schedule="cosine", b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0))
+  c.optim.update(optim)
+  return c
+
+
 def check(ok, key, problem, fix):
   if not ok:
     raise ConfigError(key, problem, fix)

@@ -19,7 +19,7 @@ import math
 
 import ml_collections
 
-from attnlab.config import check, parse_arg
+from attnlab.config import check, common, parse_arg
 from attnlab.nn.rnn import GATES
 
 LSTM_HIDDEN = {"tiny": 32, "small": 256, "medium": 512}
@@ -32,24 +32,9 @@ def get_config(arg=None):
         f"use one of {sorted(LSTM_HIDDEN)}")
   check(arg.cell in GATES, "arg.cell", f"unknown cell {arg.cell!r}",
         f"use one of {sorted(GATES)}")
-  c = ml_collections.ConfigDict()
-  c.experiment = "lm"
-  c.seed = 0
-  c.total_steps = arg.steps or STEPS[arg.size]
-  c.batch_size = 32
-  c.grad_accum = 1
-  c.log_every = 25
-  c.eval_every = 200
-  c.ckpt_every = 100
-  c.keep_ckpts = 3
-  c.mesh = (("data", -1),)
-  c.param_sharding = ()  # (regex, PartitionSpec tuple) rules; replicated
-  c.peak_flops = 0.0  # per device; 0 measures a matmul at start-up
-
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adam", lr=2e-3, schedule="cosine", warmup_steps=50, b1=0.9,
-      b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=5.0))
-
+  c = common("lm", total_steps=arg.steps or STEPS[arg.size], batch_size=32,
+             log_every=25, eval_every=200, ckpt_every=100,
+             optim=dict(lr=2e-3, warmup_steps=50, clip_norm=5.0))
   c.data = ml_collections.ConfigDict(dict(
       source="shakespeare", folder="", data_dir="", text_key="text",
       train_split="train", eval_split="test", holdout=0.05, seq_len=128,

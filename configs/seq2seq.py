@@ -14,7 +14,7 @@ printed), samples and alignment heatmaps in the workdir.
 """
 import ml_collections
 
-from attnlab.config import check, parse_arg
+from attnlab.config import check, common, parse_arg
 
 # (embed, hidden): embed is also the maxout deep-output width. "paper" is
 # Bahdanau et al.'s size (620, 1000); "small" fits a 2-core CPU.
@@ -29,23 +29,10 @@ def get_config(arg=None):
                   size="small", steps=3000, runlocal=False)
   check(arg.size in SIZES, "arg.size", f"unknown size {arg.size!r}",
         f"use one of {sorted(SIZES)}")
-  c = ml_collections.ConfigDict()
-  c.experiment = "translate"
-  c.seed = 0
-  c.total_steps = arg.steps
-  c.batch_size = 64
-  c.grad_accum = 1
-  c.log_every = 50
-  c.eval_every = 1000
-  c.ckpt_every = 500
-  c.keep_ckpts = 3
-  c.mesh = (("data", -1),)
-  c.param_sharding = ()
-  c.peak_flops = 0.0
+  c = common("translate", total_steps=arg.steps, batch_size=64, log_every=50,
+             eval_every=1000, ckpt_every=500,
+             optim=dict(lr=1e-3, warmup_steps=200, clip_norm=1.0))
   c.label_smoothing = 0.0
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adam", lr=1e-3, schedule="cosine", warmup_steps=200, b1=0.9,
-      b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
   src, tgt = LANGS.get(arg.data, ("de", "en"))
   c.data = ml_collections.ConfigDict(dict(
       source=arg.data, folder="", data_dir="", src_lang=src, tgt_lang=tgt,
