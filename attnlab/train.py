@@ -23,7 +23,6 @@ An experiment object provides:
   items_per_step(batch_size), item_name ("tokens", "examples", ...)
   flops_per_step(batch_size), optional: when XLA's count is wrong (scans)
 """
-import json
 import os
 import signal
 import time

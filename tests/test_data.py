@@ -1,6 +1,5 @@
 """Data: TBPTT streams, per-process sharding, iterator state, sources."""
 import io
-import os
 import tarfile
 
 import numpy as np

@@ -17,7 +17,6 @@ so that training (teacher forcing), greedy/beam decoding and alignment
 plots share one decoder step.
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from attnlab.nn import attention as att
