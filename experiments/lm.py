@@ -59,7 +59,7 @@ class Experiment:
         vocab_size=len(self.vocab), cell=m.cell, hidden=m.hidden,
         num_layers=m.num_layers, embed=m.embed, dropout=m.dropout,
         dtype=jnp.dtype(m.dtype))
-    self._eval_step = None
+    self._eval_step = self._eval_windows = self._sample_fn = None
     self._cells_fn = None
 
   # --- what the trainer needs --------------------------------------------
@@ -105,10 +105,13 @@ class Experiment:
   def held_out_loss(self, params, mesh):
     """Mean nats/char over the eval split's streams (carry across windows)."""
     config, data = self.config, self.config.data
-    local = sharding_lib.local_batch_size(config.batch_size, mesh)
-    ids = self.vocab.encode(text_lib.load_text(data, data.eval_split))
-    windows = text_lib.eval_windows(ids, data.seq_len, config.batch_size,
-                                    local, jax.process_index(), data.eval_chars)
+    if self._eval_windows is None:  # the same windows at every evaluation
+      local = sharding_lib.local_batch_size(config.batch_size, mesh)
+      ids = self.vocab.encode(text_lib.load_text(data, data.eval_split))
+      self._eval_windows = text_lib.eval_windows(
+          ids, data.seq_len, config.batch_size, local, jax.process_index(),
+          data.eval_chars)
+    windows = self._eval_windows
     if self._eval_step is None:
       def eval_step(params, carry, batch):
         logits, aux = self.model.apply({"params": params}, batch[:, :-1], carry)
@@ -140,23 +143,24 @@ class Experiment:
     return {"eval/loss": nats, "eval/bits_per_char": nats / np.log(2)}
 
   def sample(self, params, prompt, length, temperature, seed=0):
-    """Feeds the prompt, then samples `length` characters."""
-    ids = self.vocab.encode(prompt or "\n")
-    carry = self.model.zero_carry(1)
-    logits, aux = self.model.apply({"params": params}, jnp.asarray(ids)[None],
-                                   carry)
-    rng = jax.random.PRNGKey(seed)
+    """Feeds the prompt, then samples `length` characters after it."""
+    ids = jnp.asarray(self.vocab.encode(prompt or "\n"))
+    if self._sample_fn is None:
+      def run(params, ids, rng, length, temperature):
+        carry = self.model.zero_carry(1)
+        if ids.shape[0] > 1:  # all but the last character set the state
+          _, aux = self.model.apply({"params": params}, ids[None, :-1], carry)
+          carry = aux["carry"]
 
-    def step(carry, token):
-      logits, aux = self.model.apply({"params": params}, token[:, None], carry)
-      return aux["carry"], logits[:, -1]
-    first = jax.random.categorical(rng, logits[:, -1] / max(temperature, 1e-6))
-    if temperature == 0:
-      first = jnp.argmax(logits[:, -1], -1)
-    out, _ = jax.jit(decode.sample, static_argnums=(0, 3, 5))(
-        step, aux["carry"], first.astype(jnp.int32), length - 1,
-        jax.random.fold_in(rng, 1), temperature)
-    return prompt + self.vocab.decode([int(first[0])] + list(np.asarray(out[0])))
+        def step(carry, token):
+          logits, aux = self.model.apply({"params": params}, token[:, None], carry)
+          return aux["carry"], logits[:, -1]
+        return decode.sample(step, carry, ids[-1:], length, rng, temperature)[0]
+      # Compiled once per prompt length, not once per call.
+      self._sample_fn = jax.jit(run, static_argnames=("length", "temperature"))
+    out = self._sample_fn(params, ids, jax.random.PRNGKey(seed), length=length,
+                          temperature=float(temperature))
+    return (prompt or "\n") + self.vocab.decode(np.asarray(out[0]))
 
   def finish(self, state):
     """After training (and on `launch.sh eval`): the cell figures."""
