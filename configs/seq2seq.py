@@ -6,7 +6,8 @@ Command:
 Variants (`key=value,...`):
   model=rnnencdec|rnnsearch|luong   score=concat|general|dot (luong)
   data=ding (DE->EN) | bible (EN->ES, long sentences) | folder | a tfds name
-  cell=gru|lstm|rnn   size=tiny|small|base   steps=N   runlocal=True
+  cell=gru|lstm|rnn   size=tiny|small|base|paper   steps=N   runlocal=True
+Deeper stacks: --config.model.num_layers=4 (Luong et al. used 4 LSTM layers).
 Bring your own parallel text: data=folder --config.data.folder=DIR with
   {src}.{split}.txt / {tgt}.{split}.txt aligned line by line.
 Evaluation: validation loss, sacreBLEU of beam-4 translations (signature
@@ -40,7 +41,7 @@ def get_config(arg=None):
   embed, hidden = SIZES[arg.size]
   c.model = ml_collections.ConfigDict(dict(
       model=arg.model, cell=arg.cell, score=arg.score, embed=embed,
-      hidden=hidden, dropout=0.1))
+      hidden=hidden, dropout=0.1, num_layers=1))
   c.decode = ml_collections.ConfigDict(dict(
       beam=4, alpha=0.6, extra_len=10, batch=64, num_bleu=500, num_plots=4,
       buckets=(0, 10, 20, 30, 40, 50, 60, 1000)))

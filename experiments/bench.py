@@ -6,6 +6,9 @@
   python -m experiments.bench compare WORKDIR...     table of finished runs
   python -m experiments.bench gradflow WORKDIR...    how far back gradients
       reach: |d loss_T / d state_{T-d}| for trained char-LMs, and a plot
+  python -m experiments.bench beam WORKDIR [BEAM...]  beam-search translation
+      of a trained run's whole test set: sentences/s, tokens/s and BLEU per
+      beam size (default 1 and 4)
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -235,6 +238,38 @@ def attention(ns=(1024, 2048, 4096, 8192, 16384), heads=8, head_dim=64,
       print(f"{n:>6}{impl:>9}{peak:>10.3f}{ratio:>8}{secs:>9}", flush=True)
 
 
+def beam(workdir, beams=(1, 4)):
+  """Each beam size runs twice over the test set: the first pass compiles
+  (one program per padded source length), the second is timed."""
+  import jax
+  from attnlab import main as main_lib
+  from attnlab.data import translation
+  from attnlab.evals import bleu
+  config, exp, _, state = main_lib._restore(workdir)
+  params = jax.device_get(state["params"])
+  pairs = translation.load_pairs(config.data, config.data.eval_split)
+  sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+  print(f"{workdir}: {config.model.model} ({config.model.cell} {config.model.hidden}), "
+        f"step {int(state['step'])}; {config.data.source} {config.data.eval_split}: "
+        f"{len(pairs)} sentences, batch {config.decode.batch}, "
+        f"length penalty alpha {config.decode.alpha}")
+  print(f"{'beam':>5}{'compile+run s':>15}{'run s':>8}{'sentences/s':>13}"
+        f"{'tokens/s':>10}{'BLEU':>7}")
+  for b in beams:
+    config.decode.beam = int(b)
+    exp._eval_fns = None  # recompile for this beam size
+    t0 = time.perf_counter()
+    exp.translate(params, sources)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hyps = exp.translate(params, sources)
+    secs = time.perf_counter() - t0
+    tokens = sum(len(exp.tokenizer.encode(h)) + 1 for h in hyps)  # + EOS
+    score, _ = bleu.corpus_bleu(hyps, refs)
+    print(f"{b:>5}{first:>15.1f}{secs:>8.1f}{len(hyps) / secs:>13.1f}"
+          f"{tokens / secs:>10.0f}{score:>7.2f}", flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -246,10 +281,13 @@ def main():
     compare(sys.argv[2:])
   elif what == "gradflow":
     gradflow(sys.argv[2:])
+  elif what == "beam":
+    beam(sys.argv[2], *([sys.argv[3:]] if len(sys.argv) > 3 else []))
   elif what == "attention":
     attention()
   else:
-    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, gradflow or attention")
+    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, gradflow, beam "
+             "or attention")
 
 
 if __name__ == "__main__":

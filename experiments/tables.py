@@ -4,7 +4,14 @@
               self-attention O(n^2 d), recurrent O(n d^2), convolutional
               O(k n d^2) and restricted self-attention O(r n d), measured by
               XLA's cost analysis for growing n and d; exponents fitted.
+  bleu_by_length WORKDIR...
+              Bahdanau et al. (2015) Figure 2, test BLEU against source
+              sentence length, for finished translation runs (each run's
+              bleu.json, written at the end of training or by `eval`), as a
+              table and one plot beside the runs.
 """
+import json
+import os
 import sys
 
 import jax
@@ -67,7 +74,6 @@ def slope(xs, ys):
 
 def complexity():
   d0, n0 = 256, 512
-  print("$ ./launch.sh tables complexity")
   print(f"FLOPs per layer from XLA cost analysis; n in {NS} at d={d0}, "
         f"d in {DS} at n={n0}\n")
   print(f"| layer | theory | n exponent (theory) | d exponent (theory) | "
@@ -80,14 +86,60 @@ def complexity():
           f"{count(n0, d0) / 1e9:.3f} |")
 
 
-TABLES = {"complexity": complexity}
+def train_seconds(rows):
+  """Time spent in train steps (evals and compiles excluded), from the
+  logged steps/s of each logging window."""
+  logged = [(r["step"], r["train/steps_per_sec"]) for r in rows
+            if "train/steps_per_sec" in r]
+  return sum((step - prev) / sps for (prev, _), (step, sps) in zip(logged, logged[1:]))
+
+
+def bleu_by_length(*workdirs):
+  from attnlab import metrics as metrics_lib
+  from attnlab import viz
+  if not workdirs:
+    sys.exit("error: give the workdirs of finished translation runs")
+  runs = {}
+  for wd in workdirs:
+    path = os.path.join(wd, "bleu.json")
+    if not os.path.exists(path):
+      sys.exit(f"error: {path} is missing: finish training, or run "
+               f"./launch.sh eval {wd}")
+    config = json.load(open(os.path.join(wd, "config.json")))
+    rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+    last = lambda key: [r[key] for r in rows if key in r][-1]
+    m = config["model"]
+    name = f"{m['model']} ({m['cell']} {m['hidden']})"
+    runs[name] = report = json.load(open(path))
+    print(f"{name}: {os.path.basename(wd.rstrip('/'))}, {last('model/params'):,.0f} "
+          f"params, {last('step'):,} steps x batch {config['batch_size']} in "
+          f"{train_seconds(rows) / 60:.0f} min of train steps; test BLEU "
+          f"{report['bleu']:.2f} on {report['sentences']} sentences "
+          f"({report['signature']})")
+  buckets = next(iter(runs.values()))["by_source_length"]
+  label = lambda b: f"{b['lo']}+" if b["hi"] >= 1000 else f"{b['lo']}-{b['hi'] - 1}"
+  print("\n| source words | sentences | " + " | ".join(runs) + " |")
+  print("| --- | --- |" + " --- |" * len(runs))
+  for i, b in enumerate(buckets):
+    print(f"| {label(b)} | {b['n']} | " + " | ".join(
+        f"{r['by_source_length'][i]['bleu']:.2f}" for r in runs.values()) + " |")
+  as_rows = {n: [(b["lo"], b["hi"], b["n"], b["bleu"]) for b in r["by_source_length"]]
+             for n, r in runs.items()}
+  first = next(iter(as_rows))
+  out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), "bleu_by_length.png")
+  viz.bleu_by_length(as_rows.pop(first), first, out, other=as_rows)
+  print(f"\nplot: {os.path.relpath(out)}")
+
+
+TABLES = {"complexity": complexity, "bleu_by_length": bleu_by_length}
 
 
 def main():
   name = sys.argv[1] if len(sys.argv) > 1 else ""
   if name not in TABLES:
     sys.exit(f"error: unknown table {name!r}; use one of {sorted(TABLES)}")
-  TABLES[name]()
+  print(f"$ ./launch.sh tables {' '.join(sys.argv[1:])}")
+  TABLES[name](*sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -34,9 +34,19 @@ def validate(config):
         path = os.path.join(config.data.folder, f"{lang}.{split}.txt")
         config_lib.check(os.path.exists(path), "data.folder", f"{path} is missing",
                          "give {lang}.{split}.txt files with aligned lines")
+  config_lib.check(config.model.num_layers >= 1, "model.num_layers", "must be >= 1",
+                   "e.g. 1 (Bahdanau et al.) or 4 (Luong et al.)")
   config_lib.check(config.data.max_len > 1, "data.max_len", "must be > 1", "e.g. 64")
   config_lib.check(config.decode.beam >= 1, "decode.beam", "must be >= 1",
                    "use 1 for greedy-like search, 4 as in the papers")
+
+
+LENGTH_QUANTUM = 32
+
+
+def padded_length(n):
+  """Sequence length rounded up to a multiple of LENGTH_QUANTUM."""
+  return max(1, -(-n // LENGTH_QUANTUM)) * LENGTH_QUANTUM
 
 
 class Experiment:
@@ -52,7 +62,7 @@ class Experiment:
     m = config.model
     self.model = seq2seq.Seq2Seq(len(self.tokenizer), model=m.model, cell=m.cell,
                                  embed=m.embed, hidden=m.hidden, score=m.score,
-                                 dropout=m.dropout)
+                                 dropout=m.dropout, num_layers=m.num_layers)
     self._eval_fns = None
 
   def _train_text(self):
@@ -119,7 +129,8 @@ class Experiment:
                                           state["dec"], token,
                                           method=self.model.decode_step)
         return {"memory": state["memory"], "dec": dec}, logits
-      max_len = c.data.max_len + c.decode.extra_len
+      # Room for a target 1.5x the (padded) source, plus a margin.
+      max_len = src.shape[1] * 3 // 2 + c.decode.extra_len
       seqs, _ = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS,
                                    c.decode.beam, max_len, c.decode.alpha)
       return seqs[:, 0]
@@ -129,19 +140,26 @@ class Experiment:
       return aux["attention"]
     self._eval_fns = (jax.jit(eval_loss), jax.jit(beam), jax.jit(attention))
 
-  def translate(self, params, sentences, mesh=None):
-    """Beam-search translations of a list of source strings."""
+  def translate(self, params, sentences):
+    """Beam-search translations of a list of source strings, whole (never
+    truncated to the training length: long sentences are the point of
+    Bahdanau et al.'s Figure 2). Sentences are sorted by length and padded
+    to a multiple of LENGTH_QUANTUM, so batches waste little on padding and
+    only a few shapes are compiled."""
     if self._eval_fns is None:
       self._compile_eval()
-    c = self.config
-    src = tok_lib.pad_batch([self.tokenizer.encode(s) for s in sentences], c.data.max_len)
-    out = []
-    for i in range(0, len(src), c.decode.batch):
-      chunk = src[i:i + c.decode.batch]
-      n = len(chunk)
-      chunk = np.concatenate([chunk, np.zeros((c.decode.batch - n, chunk.shape[1]), np.int32)])
-      out.extend(np.asarray(self._eval_fns[1](params, chunk))[:n])
-    return [self.tokenizer.decode(row) for row in out]
+    batch = self.config.decode.batch
+    ids = [self.tokenizer.encode(s) for s in sentences]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = [None] * len(ids)
+    for i in range(0, len(ids), batch):
+      rows = order[i:i + batch]
+      src = tok_lib.pad_batch([ids[r] for r in rows], padded_length(max(
+          len(ids[r]) for r in rows)))
+      src = np.concatenate([src, np.zeros((batch - len(rows), src.shape[1]), np.int32)])
+      for r, seq in zip(rows, np.asarray(self._eval_fns[1](params, src))):
+        out[r] = self.tokenizer.decode(seq)
+    return out
 
   def evaluate(self, state, mesh, step, writer):
     if self._eval_fns is None:
@@ -210,9 +228,9 @@ class Experiment:
     for i, ((s, _), h) in enumerate(zip(pairs, hyps)):
       src_ids = self.tokenizer.encode(s)
       tgt_ids = self.tokenizer.encode(h) + [tok_lib.EOS]
-      L = self.config.data.max_len
-      w = self._eval_fns[2](params, tok_lib.pad_batch([src_ids], L),
-                            tok_lib.pad_batch([tgt_ids], L))
+      w = self._eval_fns[2](params,
+                            tok_lib.pad_batch([src_ids], padded_length(len(src_ids))),
+                            tok_lib.pad_batch([tgt_ids], padded_length(len(tgt_ids))))
       w = np.asarray(w[0, :len(tgt_ids), :len(src_ids)])
       viz.alignment(self.tokenizer.pieces(src_ids),
                     self.tokenizer.pieces(tgt_ids[:-1]) + ["</s>"], w,

@@ -165,6 +165,9 @@ def test_additive_score_is_bahdanau_eq6():
         e = np.tanh(np.asarray(q[b, i]) @ p["W"]["kernel"]
                     + np.asarray(k[b, j]) @ p["U"]["kernel"] + p["U"]["bias"])
         np.testing.assert_allclose(got[b, i, j], e @ p["v"][:, 0], rtol=1e-5)
+  # U k projected once per sentence, as a decoder does, gives the same scores.
+  uk = score.apply(params, k, method=score.project_keys)
+  np.testing.assert_allclose(score.apply(params, q, keys_projected=uk), got, rtol=1e-6)
 
 
 def test_bilinear_and_dot_scores():

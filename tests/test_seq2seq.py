@@ -10,22 +10,24 @@ from attnlab import decode
 from attnlab.models import seq2seq
 
 B, S, T, V = 2, 7, 5, 20
-VARIANTS = [("rnnsearch", "gru", "concat"), ("rnnencdec", "gru", "concat"),
-            ("luong", "lstm", "dot"), ("luong", "lstm", "general"),
-            ("luong", "gru", "concat")]
+VARIANTS = [("rnnsearch", "gru", "concat", 1), ("rnnencdec", "gru", "concat", 1),
+            ("luong", "lstm", "dot", 1), ("luong", "lstm", "general", 1),
+            ("luong", "gru", "concat", 1), ("rnnsearch", "lstm", "concat", 2),
+            ("rnnencdec", "rnn", "concat", 2), ("luong", "lstm", "general", 3)]
 
 
-def setup(model, cell, score):
+def setup(model, cell, score, layers=1):
   src = jax.random.randint(jax.random.PRNGKey(0), (B, S), 1, V)
   valid = jnp.arange(S)[None] < jnp.array([[7], [4]])
   tgt = jax.random.randint(jax.random.PRNGKey(1), (B, T), 1, V)
-  m = seq2seq.Seq2Seq(V, model=model, cell=cell, embed=8, hidden=16, score=score)
+  m = seq2seq.Seq2Seq(V, model=model, cell=cell, embed=8, hidden=16, score=score,
+                      num_layers=layers)
   return m, m.init(jax.random.PRNGKey(2), src, valid, tgt), src, valid, tgt
 
 
-@pytest.mark.parametrize("model,cell,score", VARIANTS)
-def test_teacher_forcing_equals_step_by_step_decoding(model, cell, score):
-  m, p, src, valid, tgt = setup(model, cell, score)
+@pytest.mark.parametrize("model,cell,score,layers", VARIANTS)
+def test_teacher_forcing_equals_step_by_step_decoding(model, cell, score, layers):
+  m, p, src, valid, tgt = setup(model, cell, score, layers)
   logits, aux = m.apply(p, src, valid, tgt)
   memory = m.apply(p, src, valid, method=m.encode)
   state = m.apply(p, memory, method=m.initial_state)
@@ -35,15 +37,26 @@ def test_teacher_forcing_equals_step_by_step_decoding(model, cell, score):
     np.testing.assert_allclose(w, aux["attention"][:, t], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("model,cell,score", VARIANTS)
-def test_source_padding_changes_nothing(model, cell, score):
-  m, p, src, valid, tgt = setup(model, cell, score)
+@pytest.mark.parametrize("model,cell,score,layers", VARIANTS)
+def test_source_padding_changes_nothing(model, cell, score, layers):
+  m, p, src, valid, tgt = setup(model, cell, score, layers)
   logits, aux = m.apply(p, src, valid, tgt)
   other, _ = m.apply(p, src.at[1, 4:].set(3), valid, tgt)
   np.testing.assert_allclose(other, logits, rtol=1e-5, atol=1e-5)
   if model != "rnnencdec":
     np.testing.assert_allclose(aux["attention"].sum(-1), 1.0, rtol=1e-5)
     assert float(jnp.abs(aux["attention"][1, :, 4:]).max()) == 0.0
+
+
+@pytest.mark.parametrize("model", ["rnnsearch", "rnnencdec", "luong"])
+def test_every_layer_of_the_stacks_is_used(model):
+  m, p, src, valid, tgt = setup(model, "gru", "concat", layers=2)
+  logits, _ = m.apply(p, src, valid, tgt)
+  for name in ("enc_fwd_1", "dec_1"):
+    bumped = jax.tree.map(lambda x: x, p)
+    bumped["params"][name]["hn"]["kernel"] += 0.5
+    other, _ = m.apply(bumped, src, valid, tgt)
+    assert float(jnp.abs(other - logits).max()) > 1e-4, name
 
 
 def test_beam_search_finds_the_exhaustive_best_on_a_markov_model():

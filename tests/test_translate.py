@@ -94,3 +94,29 @@ def test_sword_ztext_reader_and_osis_cleaning():
   files = {f"ot.{k}": v for k, v in ot.items()} | {f"nt.{k}": v for k, v in nt.items()}
   verses = translation.sword_verses(files.__getitem__)
   assert verses == ["In the beginning God.", "And the earth & sea.", "", "Jesus wept."]
+
+
+def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folder):
+  """Batched, length-sorted translation == one sentence at a time, for a
+  source far longer than the training max_len (it must not be truncated)."""
+  import jax
+  from experiments import translate
+  config, _ = main_lib.parse_config([
+      "--config", "configs/seq2seq.py:data=folder,runlocal=True",
+      f"--config.data.folder={parallel_folder}",
+      f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.decode.batch=2"])
+  exp = translate.Experiment(config, str(tmp_path / "wd"))
+  params = exp.init(jax.random.PRNGKey(1), 1)[0]
+  long = " ".join(DE * 3)
+  assert len(exp.tokenizer.encode(long)) > 2 * config.data.max_len
+  sentences = [long, "der hund.", "die katze sieht ein haus.", "das haus."]
+  together = exp.translate(params, sentences)
+  alone = [exp.translate(params, [s])[0] for s in sentences]
+  assert together == alone
+  # The beam search is fed the whole long source, not its first max_len ids.
+  seen = []
+  loss_fn, beam_fn, att_fn = exp._eval_fns
+  exp._eval_fns = (loss_fn, lambda p, src: seen.append(src) or beam_fn(p, src), att_fn)
+  exp.translate(params, [long])
+  ids = exp.tokenizer.encode(long)
+  assert seen[0][0, :len(ids)].tolist() == ids and not seen[0][0, len(ids):].any()

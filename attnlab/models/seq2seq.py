@@ -9,6 +9,10 @@
              [y_{t-1}; h~_{t-1}]) (input feeding), c_t from score(h_t, h_s)
              (dot | general | concat), h~_t = tanh(W_c [c_t; h_t]).
 
+Encoder and decoder are stacks of `num_layers` cells (dropout between
+layers); attention and the output read the top decoder layer, input
+feeding and the context enter the bottom one.
+
 Every model has the same interface:
   encode(src [B, S], src_valid [B, S]) -> memory (a dict of arrays)
   decode_step(memory, state, token [B]) -> (state, logits [B, V], weights [B, S])
@@ -39,17 +43,21 @@ class Seq2Seq(nn.Module):
   hidden: int = 512
   score: str = "concat"         # luong: dot | general | concat
   dropout: float = 0.0
+  num_layers: int = 1
 
   def setup(self):
     self.embedding = nn.Embed(self.vocab_size, self.embed, name="embed")
-    fwd = nn.RNN(_cell(self.cell, self.hidden, "enc_fwd"), return_carry=True)
-    if self.model == "rnnsearch":
-      bwd = nn.RNN(_cell(self.cell, self.hidden, "enc_bwd"), return_carry=True,
-                   reverse=True, keep_order=True)
-      self.encoder = nn.Bidirectional(fwd, bwd, return_carry=True)
-    else:
-      self.encoder = fwd
-    self.decoder_cell = _cell(self.cell, self.hidden, "dec")
+    encoder, decoder = [], []
+    for layer in range(self.num_layers):
+      suffix = f"_{layer}" if layer else ""
+      fwd = nn.RNN(_cell(self.cell, self.hidden, "enc_fwd" + suffix), return_carry=True)
+      if self.model == "rnnsearch":
+        bwd = nn.RNN(_cell(self.cell, self.hidden, "enc_bwd" + suffix),
+                     return_carry=True, reverse=True, keep_order=True)
+        fwd = nn.Bidirectional(fwd, bwd, return_carry=True)
+      encoder.append(fwd)
+      decoder.append(_cell(self.cell, self.hidden, "dec" + suffix))
+    self.encoder, self.decoder = encoder, decoder
     self.init_state = nn.Dense(self.hidden, name="init_state")
     if self.model == "rnnencdec":
       self.summary = nn.Dense(self.hidden, name="summary")
@@ -71,9 +79,14 @@ class Seq2Seq(nn.Module):
     self.drop = nn.Dropout(self.dropout)
 
   def encode(self, src, src_valid, train=False):
-    x = self.drop(self.embedding(src), deterministic=not train)
+    h = self.drop(self.embedding(src), deterministic=not train)
     lengths = src_valid.sum(-1)
-    carry, h = self.encoder(x, seq_lengths=lengths)
+    carries = []
+    for layer, rnn_layer in enumerate(self.encoder):
+      if layer:
+        h = self.drop(h, deterministic=not train)
+      carry, h = rnn_layer(h, seq_lengths=lengths)
+      carries.append(carry)
     memory = {"valid": src_valid}
     if self.model == "rnnsearch":
       memory["annotations"] = h  # [B, S, 2H]
@@ -86,22 +99,38 @@ class Seq2Seq(nn.Module):
       memory["s0"] = jnp.tanh(self.init_state(memory["context"]))
     else:
       memory["annotations"] = h
-      memory["s0"] = _hidden_of(self.cell, carry)
+      # Luong et al.: decoder layer l starts from encoder layer l's last state.
+      memory["s0_layers"] = [_hidden_of(self.cell, c) for c in carries]
+    if self.model != "rnnencdec" and isinstance(self.score_fn, att.AdditiveScore):
+      memory["keys"] = self.score_fn.project_keys(h)  # U h_j, once per sentence
     return memory
 
   def initial_state(self, memory):
-    s0 = memory["s0"]
-    carry = (jnp.zeros_like(s0), s0) if self.cell == "lstm" else s0
-    state = {"carry": carry}
+    s0 = memory["s0"] if "s0" in memory else memory["s0_layers"][0]
+    layers = memory.get("s0_layers", [s0] + [jnp.zeros_like(s0)] * (self.num_layers - 1))
+    lstm = lambda h: (jnp.zeros_like(h), h) if self.cell == "lstm" else h
+    state = {"carry": tuple(lstm(h) for h in layers)}
     if self.model == "luong":
       state["feed"] = jnp.zeros_like(s0)  # h~_{t-1}, input feeding
     return state
+
+  def _decoder(self, carries, x, train):
+    """One step of the decoder stack: new carries, top layer's output."""
+    new = []
+    for layer, cell in enumerate(self.decoder):
+      if layer:
+        x = self.drop(x, deterministic=not train)
+      carry, x = cell(carries[layer], x)
+      new.append(carry)
+    return tuple(new), x
 
   def _attend(self, query, memory):
     """Context [B, D] and weights [B, S] for one query [B, Dq]."""
     h, valid = memory["annotations"], memory["valid"]
     if self.score_fn is None:
       scores = att.dot_score(query[:, None], h)
+    elif "keys" in memory:
+      scores = self.score_fn(query[:, None], keys_projected=memory["keys"])
     else:
       scores = self.score_fn(query[:, None], h)
     context, weights = att.attend(scores, h, valid[:, None, :])
@@ -110,18 +139,18 @@ class Seq2Seq(nn.Module):
   def decode_step(self, memory, state, token, train=False):
     y = self.drop(self.embedding(token), deterministic=not train)
     carry = state["carry"]
-    s_prev = _hidden_of(self.cell, carry)
+    s_prev = _hidden_of(self.cell, carry[-1])
     if self.model == "rnnsearch":
       context, weights = self._attend(s_prev, memory)
-      carry, s = self.decoder_cell(carry, jnp.concatenate([y, context], -1))
+      carry, s = self._decoder(carry, jnp.concatenate([y, context], -1), train)
       features = jnp.concatenate([s, y, context], -1)
     elif self.model == "rnnencdec":
       context = memory["context"]
       weights = jnp.zeros(memory["valid"].shape, jnp.float32)
-      carry, s = self.decoder_cell(carry, jnp.concatenate([y, context], -1))
+      carry, s = self._decoder(carry, jnp.concatenate([y, context], -1), train)
       features = jnp.concatenate([s, y, context], -1)
     else:
-      carry, h = self.decoder_cell(carry, jnp.concatenate([y, state["feed"]], -1))
+      carry, h = self._decoder(carry, jnp.concatenate([y, state["feed"]], -1), train)
       context, weights = self._attend(h, memory)
       features = jnp.tanh(self.combine(jnp.concatenate([context, h], -1)))
     new_state = {"carry": carry}

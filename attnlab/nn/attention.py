@@ -51,18 +51,24 @@ class BilinearScore(nn.Module):
 class AdditiveScore(nn.Module):
   """Bahdanau et al. (2015) eq. 6 / Luong "concat": v^T tanh(W q + U k).
 
-  `keys_projected` lets a decoder project the encoder states U k once per
-  sentence instead of once per output step (Bahdanau et al., appendix A).
+  A decoder projects the encoder states once per sentence with
+  `project_keys` and passes them as `keys_projected`, instead of computing
+  U k at every output step (Bahdanau et al., appendix A).
   """
   hidden: int
 
-  @nn.compact
-  def __call__(self, q, k, keys_projected=None):
-    wq = nn.Dense(self.hidden, use_bias=False, name="W")(q)
-    uk = nn.Dense(self.hidden, name="U")(k) if keys_projected is None else keys_projected
-    v = self.param("v", nn.initializers.lecun_normal(), (self.hidden, 1))
-    e = jnp.tanh(wq[:, :, None, :] + uk[:, None, :, :])
-    return (e @ v)[..., 0]
+  def setup(self):
+    self.W = nn.Dense(self.hidden, use_bias=False)
+    self.U = nn.Dense(self.hidden)
+    self.v = self.param("v", nn.initializers.lecun_normal(), (self.hidden, 1))
+
+  def project_keys(self, k):
+    return self.U(k)
+
+  def __call__(self, q, k=None, keys_projected=None):
+    uk = self.U(k) if keys_projected is None else keys_projected
+    e = jnp.tanh(self.W(q)[:, :, None, :] + uk[:, None, :, :])
+    return (e @ self.v)[..., 0]
 
 
 def masked_softmax(scores, mask=None):
