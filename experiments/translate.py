@@ -73,6 +73,11 @@ class Experiment:
   def items_per_step(self, batch_size):
     return batch_size
 
+  def flops_per_step(self, batch_size):
+    """Matmul FLOPs of a train step: 3x the forward (the backward costs 2x)."""
+    L = self.config.data.max_len
+    return 3 * batch_size * seq2seq.matmul_flops(self.model, L, L)
+
   def train_iter(self, local_batch, process_index, process_count):
     config = self.config
     pairs = translation.load_pairs(config.data, config.data.train_split)

@@ -173,3 +173,29 @@ class Seq2Seq(nn.Module):
                    in_axes=1, out_axes=1)
     _, (logits, weights) = scan(self, self.initial_state(memory), tgt_in)
     return logits, {"attention": weights}
+
+
+def matmul_flops(m, src_len, tgt_len):
+  """Forward matmul FLOPs of one sentence pair (2 per multiply-add), for MFU:
+  XLA's cost analysis counts the body of a scan once, not once per step."""
+  E, H, V, G = m.embed, m.hidden, m.vocab_size, rnn.GATES[m.cell]
+  dirs = 2 if m.model == "rnnsearch" else 1
+  cell = lambda inp: 2 * G * H * (inp + H)
+  enc = sum(dirs * cell(E if l == 0 else dirs * H) for l in range(m.num_layers))
+  ctx = dirs * H if m.model != "luong" else H
+  dec = cell(E + ctx) + (m.num_layers - 1) * cell(H)
+  # s_0 = tanh(W_s .) (rnnsearch, rnnencdec) and c = tanh(V h_S) (rnnencdec)
+  per_sentence = {"rnnsearch": 1, "rnnencdec": 2, "luong": 0}[m.model] * 2 * H * H
+  if m.model == "rnnsearch" or (m.model == "luong" and m.score == "concat"):
+    per_sentence += 2 * src_len * ctx * H                # U h_j
+    dec += 2 * H * H + 2 * src_len * H                   # W s, v^T tanh(.)
+  elif m.model == "luong":
+    dec += 2 * src_len * H + (2 * H * H if m.score == "general" else 0)
+  if m.model != "rnnencdec":
+    dec += 2 * src_len * ctx                             # sum_j alpha_j h_j
+  if m.model == "luong":
+    dec += 2 * 2 * H * H + 2 * H * V                    # combine, output
+  else:
+    dec += 2 * (H + E + ctx) * 2 * E + 2 * E * V         # maxout, output
+  return enc * src_len + dec * tgt_len + per_sentence
+
