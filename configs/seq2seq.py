@@ -21,8 +21,11 @@ from attnlab.config import check, common, parse_arg
 # Bahdanau et al.'s size (620, 1000); "small" fits a 2-core CPU.
 SIZES = {"tiny": (16, 32), "small": (128, 256), "base": (256, 512),
          "paper": (620, 1000)}
-LANGS = {"ding": ("de", "en"), "bible": ("en", "es"),
-         "wmt14_translate/de-en": ("de", "en"), "wmt17_translate/de-en": ("de", "en")}
+# source, target language; SentencePiece vocabulary; training pairs longer
+# than max_len pieces are dropped (evaluation translates every sentence whole).
+DATASETS = {"ding": ("de", "en", 4000, 32), "bible": ("en", "es", 4000, 48),
+            "wmt14_translate/de-en": ("de", "en", 32000, 64),
+            "wmt17_translate/de-en": ("de", "en", 32000, 64)}
 
 
 def get_config(arg=None):
@@ -34,10 +37,10 @@ def get_config(arg=None):
              eval_every=1000, ckpt_every=500,
              optim=dict(lr=1e-3, warmup_steps=200, clip_norm=1.0))
   c.label_smoothing = 0.0
-  src, tgt = LANGS.get(arg.data, ("de", "en"))
+  src, tgt, vocab, max_len = DATASETS.get(arg.data, ("de", "en", 8000, 48))
   c.data = ml_collections.ConfigDict(dict(
       source=arg.data, folder="", data_dir="", src_lang=src, tgt_lang=tgt,
-      train_split="train", eval_split="test", vocab_size=8000, max_len=48))
+      train_split="train", eval_split="test", vocab_size=vocab, max_len=max_len))
   embed, hidden = SIZES[arg.size]
   c.model = ml_collections.ConfigDict(dict(
       model=arg.model, cell=arg.cell, score=arg.score, embed=embed,

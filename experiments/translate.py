@@ -130,41 +130,43 @@ class Experiment:
                                        method=self.model.initial_state)}
 
       def step(state, token):
-        dec, logits, _ = self.model.apply({"params": params}, state["memory"],
-                                          state["dec"], token,
-                                          method=self.model.decode_step)
-        return {"memory": state["memory"], "dec": dec}, logits
+        dec, logits, weights = self.model.apply(
+            {"params": params}, state["memory"], state["dec"], token,
+            method=self.model.decode_step)
+        return {"memory": state["memory"], "dec": dec}, logits, weights
       # Room for a target 1.5x the (padded) source, plus a margin.
       max_len = src.shape[1] * 3 // 2 + c.decode.extra_len
-      seqs, _ = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS,
-                                   c.decode.beam, max_len, c.decode.alpha)
-      return seqs[:, 0]
+      seqs, _, weights = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS,
+                                            c.decode.beam, max_len, c.decode.alpha)
+      return seqs[:, 0], weights[:, 0]  # the best hypothesis, its alignment
 
-    def attention(params, src, tgt):
-      _, _, aux = self._forward(params, {"src": src, "tgt": tgt}, False)
-      return aux["attention"]
-    self._eval_fns = (jax.jit(eval_loss), jax.jit(beam), jax.jit(attention))
+    self._eval_fns = (jax.jit(eval_loss), jax.jit(beam))
 
-  def translate(self, params, sentences):
+  def translate(self, params, sentences, alignments=False):
     """Beam-search translations of a list of source strings, whole (never
     truncated to the training length: long sentences are the point of
     Bahdanau et al.'s Figure 2). Sentences are sorted by length and padded
     to a multiple of LENGTH_QUANTUM, so batches waste little on padding and
-    only a few shapes are compiled."""
+    only a few shapes are compiled. With `alignments`, also per sentence
+    the translation's ids (EOS included) and the attention weights the beam
+    used [target ids, source ids]."""
     if self._eval_fns is None:
       self._compile_eval()
     batch = self.config.decode.batch
     ids = [self.tokenizer.encode(s) for s in sentences]
     order = np.argsort([len(x) for x in ids], kind="stable")
-    out = [None] * len(ids)
+    out, aligned = [None] * len(ids), [None] * len(ids)
     for i in range(0, len(ids), batch):
       rows = order[i:i + batch]
       src = tok_lib.pad_batch([ids[r] for r in rows], padded_length(max(
           len(ids[r]) for r in rows)))
       src = np.concatenate([src, np.zeros((batch - len(rows), src.shape[1]), np.int32)])
-      for r, seq in zip(rows, np.asarray(self._eval_fns[1](params, src))):
+      seqs, weights = jax.device_get(self._eval_fns[1](params, src))
+      for r, seq, w in zip(rows, seqs, weights):
         out[r] = self.tokenizer.decode(seq)
-    return out
+        n = list(seq).index(tok_lib.EOS) + 1 if tok_lib.EOS in seq else len(seq)
+        aligned[r] = (seq[:n], w[:n, :len(ids[r])])
+    return (out, aligned) if alignments else out
 
   def evaluate(self, state, mesh, step, writer):
     if self._eval_fns is None:
@@ -228,16 +230,10 @@ class Experiment:
     print("\n".join(lines[:10]), flush=True)
 
   def _plot_alignments(self, params, pairs, step, writer):
-    """Source x target attention of the model's own translations."""
-    hyps = self.translate(params, [s for s, _ in pairs])
-    for i, ((s, _), h) in enumerate(zip(pairs, hyps)):
-      src_ids = self.tokenizer.encode(s)
-      tgt_ids = self.tokenizer.encode(h) + [tok_lib.EOS]
-      w = self._eval_fns[2](params,
-                            tok_lib.pad_batch([src_ids], padded_length(len(src_ids))),
-                            tok_lib.pad_batch([tgt_ids], padded_length(len(tgt_ids))))
-      w = np.asarray(w[0, :len(tgt_ids), :len(src_ids)])
-      viz.alignment(self.tokenizer.pieces(src_ids),
-                    self.tokenizer.pieces(tgt_ids[:-1]) + ["</s>"], w,
+    """Source x target attention of the model's own beam translations."""
+    _, aligned = self.translate(params, [s for s, _ in pairs], alignments=True)
+    for i, ((s, _), (tgt_ids, w)) in enumerate(zip(pairs, aligned)):
+      viz.alignment(self.tokenizer.pieces(self.tokenizer.encode(s)),
+                    self.tokenizer.pieces(tgt_ids), w,
                     os.path.join(self.workdir, "plots", f"alignment_{i}.png"),
                     writer, step, f"alignment/{i}")

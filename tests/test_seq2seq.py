@@ -79,6 +79,29 @@ def test_beam_search_finds_the_exhaustive_best_on_a_markov_model():
   assert bool(jnp.all(scores[:, :-1] >= scores[:, 1:]))  # best first
 
 
+@pytest.mark.parametrize("model", ["rnnsearch", "luong"])
+def test_beam_returns_the_attention_of_its_best_hypothesis(model):
+  """The weights the beam recorded along its winner == the teacher-forced
+  attention on that winner (beams get reordered every step)."""
+  m, p, src, valid, _ = setup(model, "gru", "concat")
+  src = src * valid
+  memory = m.apply(p, src, valid, method=m.encode)
+  state = {"memory": memory, "dec": m.apply(p, memory, method=m.initial_state)}
+
+  def step(state, token):
+    dec, logits, w = m.apply(p, state["memory"], state["dec"], token,
+                             method=m.decode_step)
+    return {"memory": state["memory"], "dec": dec}, logits, w
+  seqs, _, weights = decode.beam_search(step, state, 2, 1, beam=3, max_len=6)
+  best = seqs[:, 0]
+  tgt_in = jnp.concatenate([jnp.full((B, 1), 2), best[:, :-1]], 1)
+  _, aux = m.apply(p, src, valid, tgt_in)
+  for b in range(B):
+    n = int((best[b] > 0).sum())  # up to and including EOS
+    np.testing.assert_allclose(weights[b, 0, :n], aux["attention"][b, :n],
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("model,cell,score,layers", VARIANTS)
 def test_matmul_flops_match_xla_cost_analysis_of_one_step(model, cell, score, layers):
   """At source and target length 1 every scan runs once, so XLA's count is

@@ -115,8 +115,8 @@ def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folde
   assert together == alone
   # The beam search is fed the whole long source, not its first max_len ids.
   seen = []
-  loss_fn, beam_fn, att_fn = exp._eval_fns
-  exp._eval_fns = (loss_fn, lambda p, src: seen.append(src) or beam_fn(p, src), att_fn)
+  loss_fn, beam_fn = exp._eval_fns
+  exp._eval_fns = (loss_fn, lambda p, src: seen.append(src) or beam_fn(p, src))
   exp.translate(params, [long])
   ids = exp.tokenizer.encode(long)
   assert seen[0][0, :len(ids)].tolist() == ids and not seen[0][0, len(ids):].any()
