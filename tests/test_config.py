@@ -94,6 +94,15 @@ BAD = [
      ["arg.size", "unknown size"]),
     ("missing_config_file", ["--config", "configs/nope.py"], ["nope.py"]),
     ("no_workdir", None, ["--workdir is required"]),
+    ("seq2seq_layers", ["--config", "configs/seq2seq.py:runlocal=True",
+                        "--config.model.num_layers=0"], ["model.num_layers", ">= 1"]),
+    ("seq2seq_model", ["--config", "configs/seq2seq.py:model=transformer"],
+     ["model.model", "not one of"]),
+    ("seq2seq_beam", ["--config", "configs/seq2seq.py:runlocal=True",
+                      "--config.decode.beam=0"], ["decode.beam", ">= 1"]),
+    ("seq2seq_folder", ["--config", "configs/seq2seq.py:data=folder",
+                        "--config.data.folder=/nonexistent"],
+     ["data.folder", "de.train.txt is missing"]),
 ]
 
 
