@@ -334,28 +334,44 @@ class MultiHeadAttention(nn.Module):
   Parameters are laid out as in flax's `nn.MultiHeadDotProductAttention`
   (query/key/value [D, H, D/H], out [H, D/H, D]), so the two modules agree
   given the same parameters. Returns (out [B, Tq, D], weights or None).
+
+  Decoding passes `kv=(k, v)` [B, Tk, H, D/H] instead of `x_kv`: keys and
+  values projected once (`project_kv`) and kept, for a cache of the tokens
+  so far or the encoder output, so a new token costs one projection.
+  `dropout_rate` drops attention weights in training (it takes the naive
+  path, the only one that materialises them).
   """
   num_heads: int
   features: Optional[int] = None
   implementation: str = "xla"
+  dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_q, x_kv=None, mask=None, *, return_weights=False):
-    x_kv = x_q if x_kv is None else x_kv
-    features = self.features or x_q.shape[-1]
-    head_dim = features // self.num_heads
-    dense = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim),
-                              dtype=self.dtype)
-    q = dense(name="query")(x_q)
-    k = dense(name="key")(x_kv)
-    v = dense(name="value")(x_kv)
-    result = dot_product_attention(q, k, v, mask, implementation=self.implementation,
-                                   return_weights=return_weights)
-    out, weights = result if return_weights else (result, None)
+  def __call__(self, x_q, x_kv=None, mask=None, *, kv=None, return_weights=False,
+               train=False):
+    q = self._dense("query", x_q)
+    k, v = kv if kv is not None else self.project_kv(x_q if x_kv is None else x_kv)
+    if train and self.dropout_rate > 0:
+      out, weights = dot_product_attention(q, k, v, mask, return_weights=True)
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    else:
+      result = dot_product_attention(q, k, v, mask, implementation=self.implementation,
+                                     return_weights=return_weights)
+      out, weights = result if return_weights else (result, None)
     out = nn.DenseGeneral(x_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
                           name="out")(out)
-    return out, weights
+    return out, (weights if return_weights else None)
+
+  @nn.compact
+  def project_kv(self, x_kv):
+    return self._dense("key", x_kv), self._dense("value", x_kv)
+
+  def _dense(self, name, x):
+    features = self.features or x.shape[-1]
+    return nn.DenseGeneral((self.num_heads, features // self.num_heads),
+                           dtype=self.dtype, name=name)(x)
 
 
 # --- location-based attention (Graves 2013) ----------------------------------
