@@ -46,7 +46,7 @@ def get_config(arg=None):
       model=arg.model, cell=arg.cell, score=arg.score, embed=embed,
       hidden=hidden, dropout=0.1, num_layers=1))
   c.decode = ml_collections.ConfigDict(dict(
-      beam=4, alpha=0.6, extra_len=10, batch=64, num_bleu=500, num_plots=4,
+      beam=4, alpha=0.6, extra_len=50, batch=64, num_bleu=500, num_plots=4,
       buckets=(0, 10, 20, 30, 40, 50, 60, 1000)))
   if arg.runlocal:
     c.total_steps = 4

@@ -1,4 +1,5 @@
-"""Translation objective for the RNN encoder-decoders (attnlab/models/seq2seq).
+"""Translation with the RNN encoder-decoders (attnlab/models/seq2seq) and
+the Transformer (attnlab/models/transformer): one objective, one decoder.
 
 Training: teacher forcing, cross-entropy over target tokens (optional label
 smoothing). Evaluation: validation loss, then sacreBLEU of beam-search
@@ -21,27 +22,51 @@ from attnlab.data import tokenizer as tok_lib
 from attnlab.data import translation
 from attnlab.evals import bleu
 from attnlab.models import seq2seq
+from attnlab.models import transformer
 from attnlab.nn import rnn as rnn_lib
 
 
 def validate(config):
-  config_lib.check_choice(config, "model.model", {"rnnencdec", "rnnsearch", "luong"})
-  config_lib.check_choice(config, "model.cell", set(rnn_lib.CELLS))
-  config_lib.check_choice(config, "model.score", {"dot", "general", "concat"})
+  config_lib.check_choice(config, "model.model", set(MODELS))
+  if config.model.model != "transformer":
+    config_lib.check_choice(config, "model.cell", set(rnn_lib.CELLS))
+    config_lib.check_choice(config, "model.score", {"dot", "general", "concat"})
+    config_lib.check(config.model.num_layers >= 1, "model.num_layers", "must be >= 1",
+                     "e.g. 1 (Bahdanau et al.) or 4 (Luong et al.)")
+    config_lib.check(not config.data.get("pack", False), "data.pack",
+                     "packing needs segment-aware attention", "use model=transformer")
+  else:
+    m = config.model
+    config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
+                     f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
+                     "use a multiple of the head count, e.g. 512 with 8 heads")
+    config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
   if config.data.source == "folder":
     for lang in (config.data.src_lang, config.data.tgt_lang):
       for split in (config.data.train_split, config.data.eval_split):
         path = os.path.join(config.data.folder, f"{lang}.{split}.txt")
         config_lib.check(os.path.exists(path), "data.folder", f"{path} is missing",
                          "give {lang}.{split}.txt files with aligned lines")
-  config_lib.check(config.model.num_layers >= 1, "model.num_layers", "must be >= 1",
-                   "e.g. 1 (Bahdanau et al.) or 4 (Luong et al.)")
   config_lib.check(config.data.max_len > 1, "data.max_len", "must be > 1", "e.g. 64")
   config_lib.check(config.decode.beam >= 1, "decode.beam", "must be >= 1",
                    "use 1 for greedy-like search, 4 as in the papers")
 
 
+MODELS = ("rnnencdec", "rnnsearch", "luong", "transformer")
 LENGTH_QUANTUM = 32
+PACKING = ("src_segments", "src_positions", "tgt_segments", "tgt_positions")
+
+
+def make_model(m, vocab_size):
+  if m.model == "transformer":
+    return transformer.Transformer(
+        vocab_size, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
+        enc_layers=m.enc_layers, dec_layers=m.dec_layers, dropout=m.dropout,
+        attention_dropout=m.attention_dropout, pre_norm=m.pre_norm,
+        learned_positions=m.learned_positions, implementation=m.implementation)
+  return seq2seq.Seq2Seq(vocab_size, model=m.model, cell=m.cell, embed=m.embed,
+                         hidden=m.hidden, score=m.score, dropout=m.dropout,
+                         num_layers=m.num_layers)
 
 
 def padded_length(n):
@@ -59,10 +84,7 @@ class Experiment:
     path = os.path.join(catalog.data_dir(data), "attnlab_spm",
                         f"{name}_{data.src_lang}{data.tgt_lang}_{data.vocab_size}.model")
     self.tokenizer = tok_lib.load_or_train(path, self._train_text, data.vocab_size)
-    m = config.model
-    self.model = seq2seq.Seq2Seq(len(self.tokenizer), model=m.model, cell=m.cell,
-                                 embed=m.embed, hidden=m.hidden, score=m.score,
-                                 dropout=m.dropout, num_layers=m.num_layers)
+    self.model = make_model(config.model, len(self.tokenizer))
     self._eval_fns = None
 
   def _train_text(self):
@@ -76,7 +98,9 @@ class Experiment:
   def flops_per_step(self, batch_size):
     """Matmul FLOPs of a train step: 3x the forward (the backward costs 2x)."""
     L = self.config.data.max_len
-    return 3 * batch_size * seq2seq.matmul_flops(self.model, L, L)
+    count = (transformer.matmul_flops if self.config.model.model == "transformer"
+             else seq2seq.matmul_flops)
+    return 3 * batch_size * count(self.model, L, L)
 
   def train_iter(self, local_batch, process_index, process_count):
     config = self.config
@@ -91,7 +115,7 @@ class Experiment:
     src, tgt, _ = translation.encode_pairs(pairs, self.tokenizer, config.data.max_len)
     return iter(translation.train_dataset(
         src, tgt, local_batch, process_index, process_count, config.total_steps,
-        config.batch_size, config.seed))
+        config.batch_size, config.seed, pack=config.data.get("pack", False)))
 
   def init(self, rng, batch_size):
     x = jnp.ones((batch_size, self.config.data.max_len), jnp.int32)
@@ -101,8 +125,12 @@ class Experiment:
   def _forward(self, params, batch, train, rng=None):
     src, tgt = batch["src"], batch["tgt"]
     tgt_in = jnp.concatenate([jnp.full_like(tgt[:, :1], tok_lib.BOS), tgt[:, :-1]], 1)
+    packing = {k: batch[k] for k in PACKING if k in batch}
+    if packing:  # every packed example starts from BOS
+      tgt_in = jnp.where(batch["tgt_positions"] == 0, tok_lib.BOS, tgt_in)
     logits, aux = self.model.apply({"params": params}, src, src > 0, tgt_in,
-                                   train=train, rngs={"dropout": rng} if train else {})
+                                   train=train, rngs={"dropout": rng} if train else {},
+                                   **packing)
     smoothing = self.config.label_smoothing
     labels = optax.smooth_labels(jax.nn.one_hot(tgt, logits.shape[-1]), smoothing)
     nll = optax.softmax_cross_entropy(logits, labels)
@@ -123,10 +151,12 @@ class Experiment:
       return jnp.sum(nll * mask), jnp.sum(mask)
 
     def beam(params, src):
+      # Vaswani et al.: at most the source length + 50 target tokens.
+      max_len = src.shape[1] + c.decode.extra_len
       memory = self.model.apply({"params": params}, src, src > 0,
                                 method=self.model.encode)
       state = {"memory": memory,
-               "dec": self.model.apply({"params": params}, memory,
+               "dec": self.model.apply({"params": params}, memory, max_len,
                                        method=self.model.initial_state)}
 
       def step(state, token):
@@ -134,8 +164,6 @@ class Experiment:
             {"params": params}, state["memory"], state["dec"], token,
             method=self.model.decode_step)
         return {"memory": state["memory"], "dec": dec}, logits, weights
-      # Room for a target 1.5x the (padded) source, plus a margin.
-      max_len = src.shape[1] * 3 // 2 + c.decode.extra_len
       seqs, _, weights = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS,
                                             c.decode.beam, max_len, c.decode.alpha)
       return seqs[:, 0], weights[:, 0]  # the best hypothesis, its alignment

@@ -98,3 +98,17 @@ def test_output_layer_is_the_shared_embedding():
   other, _ = model.apply(bumped, src, src > 0, tgt)
   np.testing.assert_allclose(other[..., :V - 1], logits[..., :V - 1], rtol=1e-6)
   assert float(jnp.abs(other[..., V - 1] - logits[..., V - 1]).min()) > 1e-3
+
+
+@pytest.mark.parametrize("S,T", [(1, 1), (5, 3)])
+def test_matmul_flops_match_xla_cost_analysis(S, T):
+  """No scans here, so XLA counts everything; it adds the elementwise ops
+  (a few percent at these widths)."""
+  model = transformer.Transformer(500, d_model=64, num_heads=4, d_ff=256,
+                                  enc_layers=2, dec_layers=3, dropout=0.0)
+  src, tgt = jnp.ones((1, S), jnp.int32), jnp.ones((1, T), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), src, src > 0, tgt)
+  cost = jax.jit(lambda p: model.apply(p, src, src > 0, tgt)).lower(params).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic = transformer.matmul_flops(model, S, T)
+  assert analytic <= cost["flops"] <= 1.1 * analytic, (analytic, cost["flops"])

@@ -232,16 +232,29 @@ def encode_pairs(pairs, tokenizer, max_len):
 
 
 def train_dataset(src, tgt, local_batch, process_index, process_count, num_steps,
-                  global_batch, seed):
-  """Grain iterator of shuffled (seeded) pairs, this process's share."""
+                  global_batch, seed, pack=False):
+  """Grain iterator of shuffled (seeded) pairs, this process's share.
+
+  With `pack`, each row holds as many pairs as fit (grain's first-fit
+  packing), with `{src,tgt}_segments` (1, 2, ... per pair, 0 = padding) and
+  `{src,tgt}_positions` restarting at 0 for every pair.
+  """
   import grain
-  n = len(src)
+  n, length = len(src), src.shape[1]
   epochs = num_steps * global_batch // max(n, 1) + 2
   ds = (grain.MapDataset.range(n).repeat(epochs).shuffle(seed=seed)
-        [process_index::process_count]
-        .map(lambda i: {"src": src[i], "tgt": tgt[i]})
-        .batch(local_batch, drop_remainder=True))
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4))
+        [process_index::process_count])
+  if not pack:
+    ds = ds.map(lambda i: {"src": src[i], "tgt": tgt[i]})
+    return (ds.batch(local_batch, drop_remainder=True)
+            .to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)))
+  trim = lambda x: x[:max(int(np.count_nonzero(x)), 1)]
+  ds = ds.map(lambda i: {"src": trim(src[i]), "tgt": trim(tgt[i])}).to_iter_dataset()
+  ds = grain.experimental.FirstFitPackIterDataset(
+      ds, length_struct={"src": length, "tgt": length},
+      num_packing_bins=local_batch, seed=seed)
+  rename = lambda r: {k.replace("_segment_ids", "_segments"): v for k, v in r.items()}
+  return ds.map(rename).batch(local_batch, drop_remainder=True)
 
 
 def eval_batches(src, tgt, global_batch, local_batch, process_index):

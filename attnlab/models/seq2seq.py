@@ -105,7 +105,8 @@ class Seq2Seq(nn.Module):
       memory["keys"] = self.score_fn.project_keys(h)  # U h_j, once per sentence
     return memory
 
-  def initial_state(self, memory):
+  def initial_state(self, memory, max_len=None):
+    del max_len  # a recurrent state does not grow with the output
     s0 = memory["s0"] if "s0" in memory else memory["s0_layers"][0]
     layers = memory.get("s0_layers", [s0] + [jnp.zeros_like(s0)] * (self.num_layers - 1))
     lstm = lambda h: (jnp.zeros_like(h), h) if self.cell == "lstm" else h
