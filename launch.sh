@@ -5,6 +5,7 @@
 #   ./launch.sh train CONFIG[:args] --workdir DIR [--config.KEY=VALUE ...]
 #   ./launch.sh sample WORKDIR [--prompt P --length N --temperature T]
 #   ./launch.sh eval WORKDIR
+#   ./launch.sh average WORKDIR [--last N]   checkpoint averaging into WORKDIR_avgN
 #   ./launch.sh tables NAME          a paper table from our code (complexity)
 #   ./launch.sh tpu NAME --zone Z [--project P] [--dry_run] train CONFIG ...
 set -euo pipefail
@@ -45,7 +46,7 @@ case "$cmd" in
     shift
     exec "$PYBIN" -m experiments.tables "$@"
     ;;
-  train|prepare|sample|eval|tpu)
+  train|prepare|sample|eval|average|tpu)
     shift
     if [ "$cmd" = train ] || [ "$cmd" = prepare ]; then
       [ $# -ge 1 ] && [ "${1#-}" = "$1" ] && set -- --config "$@"
@@ -53,7 +54,7 @@ case "$cmd" in
     exec "$PYBIN" -m attnlab.main "$cmd" "$@"
     ;;
   *)
-    echo "unknown command '$cmd': use test, train, sample, eval, tables or tpu (see README.md)" >&2
+    echo "unknown command '$cmd': use test, train, prepare, sample, eval, average, tables or tpu (see README.md)" >&2
     exit 2
     ;;
 esac

@@ -4,6 +4,8 @@
   prepare --config CONFIG[:args]          fetch and prepare the data only
   sample  WORKDIR [--prompt P --length N --temperature T --seed S]
   eval    WORKDIR                          held-out eval + analysis figures
+  average WORKDIR [--last N] [--out DIR]   mean of the last N checkpoints'
+          parameters as a new run (Vaswani et al.: 5 for base, 20 for big)
   tpu     NAME --zone Z [--project P] [--dry_run] train ARGS...
 
 Every config problem is one line on stderr and exit code 2, before any
@@ -298,8 +300,36 @@ def cmd_tpu(argv):
       subprocess.run(cmd, check=True)
 
 
+def cmd_average(argv):
+  values = flags.FlagValues()
+  flags.DEFINE_integer("last", 5, "how many of the newest checkpoints", flag_values=values)
+  flags.DEFINE_string("out", None, "workdir of the averaged run (default "
+                      "WORKDIR_avgN)", flag_values=values)
+  workdir = _workdir_arg(argv, values)
+  jax = _setup_jax()
+  config = load_run(workdir)
+  module = validate(config, jax)
+  from attnlab import checkpoint
+  from attnlab import train
+  trainer = train.Trainer(config, module.Experiment(config, workdir), workdir)
+  steps = trainer.ckpt.steps()[-values.last:]
+  if values.last < 1 or len(steps) < values.last:
+    fail(f"{workdir} has {len(steps)} checkpoints, --last {values.last} asked: "
+         "use a smaller --last, or train with a larger config.keep_ckpts")
+  states = [trainer.restore_params(step) for step in steps]
+  mean = jax.tree.map(lambda *xs: sum(xs) / len(xs), *[s["params"] for s in states])
+  state = dict(states[-1], params=mean)  # the rest (step, optimizer) of the last
+  out = values.out or f"{workdir.rstrip('/')}_avg{values.last}"
+  train.write_config(config, out)
+  ckpt = checkpoint.Checkpointer(out, keep=1, async_save=False)
+  ckpt.save(int(state["step"]), state, None, force=True)
+  ckpt.close()
+  print(f"averaged checkpoints {steps} of {workdir} into {out}; evaluate it with "
+        f"./launch.sh eval {out}")
+
+
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
-            "eval": cmd_eval, "tpu": cmd_tpu}
+            "eval": cmd_eval, "average": cmd_average, "tpu": cmd_tpu}
 
 
 def main(argv=None):

@@ -92,6 +92,31 @@ def alignment(src_tokens, tgt_tokens, weights, path, writer=None, step=0, tag=No
   plt.close(fig)
 
 
+def alignment_grid(src_tokens, tgt_tokens, weights, path, writer=None, step=0,
+                   tag=None):
+  """Encoder-decoder attention of every layer (rows) and head (columns),
+  weights [layers, heads, target, source]."""
+  layers, heads = weights.shape[:2]
+  cell = (0.22 * len(src_tokens) + 1.2, 0.22 * len(tgt_tokens) + 1.2)
+  fig, axes = plt.subplots(layers, heads, squeeze=False,
+                           figsize=(cell[0] * heads, cell[1] * layers))
+  for l in range(layers):
+    for h in range(heads):
+      ax = axes[l, h]
+      ax.imshow(weights[l, h], cmap="gray", vmin=0, vmax=1)
+      ax.set_title(f"layer {l + 1} head {h + 1}", fontsize=8)
+      ax.set_xticks(range(len(src_tokens)), src_tokens if l == layers - 1 else [],
+                    rotation=90, fontsize=6)
+      ax.set_yticks(range(len(tgt_tokens)), tgt_tokens if h == 0 else [], fontsize=6)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if writer is not None:
+    writer.write_figure(step, tag or os.path.basename(path), fig, path)
+  else:
+    fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def bleu_by_length(buckets, label, path, other=None):
   """BLEU against source sentence length (Bahdanau et al. 2015, Figure 2).
   `buckets`: [(lo, hi, n, bleu)]; `other`: {label: buckets} to overlay."""

@@ -193,7 +193,7 @@ class Experiment:
       for r, seq, w in zip(rows, seqs, weights):
         out[r] = self.tokenizer.decode(seq)
         n = list(seq).index(tok_lib.EOS) + 1 if tok_lib.EOS in seq else len(seq)
-        aligned[r] = (seq[:n], w[:n, :len(ids[r])])
+        aligned[r] = (seq[:n], w[:n, ..., :len(ids[r])])
     return (out, aligned) if alignments else out
 
   def evaluate(self, state, mesh, step, writer):
@@ -261,7 +261,11 @@ class Experiment:
     """Source x target attention of the model's own beam translations."""
     _, aligned = self.translate(params, [s for s, _ in pairs], alignments=True)
     for i, ((s, _), (tgt_ids, w)) in enumerate(zip(pairs, aligned)):
-      viz.alignment(self.tokenizer.pieces(self.tokenizer.encode(s)),
-                    self.tokenizer.pieces(tgt_ids), w,
-                    os.path.join(self.workdir, "plots", f"alignment_{i}.png"),
-                    writer, step, f"alignment/{i}")
+      src_pieces = self.tokenizer.pieces(self.tokenizer.encode(s))
+      tgt_pieces = self.tokenizer.pieces(tgt_ids)
+      path = os.path.join(self.workdir, "plots", f"alignment_{i}.png")
+      if w.ndim == 2:  # RNN: one attention
+        viz.alignment(src_pieces, tgt_pieces, w, path, writer, step, f"alignment/{i}")
+      else:  # Transformer: [target, layers, heads, source]
+        viz.alignment_grid(src_pieces, tgt_pieces, np.moveaxis(w, 0, 2), path, writer,
+                           step, f"alignment/{i}")

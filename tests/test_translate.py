@@ -32,11 +32,13 @@ def parallel_folder(tmp_path):
   return str(d)
 
 
-@pytest.mark.parametrize("model", ["rnnsearch", "rnnencdec", "luong"])
+@pytest.mark.parametrize("model", ["rnnsearch", "rnnencdec", "luong", "transformer"])
 def test_translate_smoke(tmp_path, parallel_folder, model):
   wd = tmp_path / model
-  main_lib.main(["train", "--config", f"configs/seq2seq.py:model={model},data=folder,runlocal=True",
-                 "--workdir", str(wd), f"--config.data.folder={parallel_folder}",
+  config = (f"configs/seq2seq.py:model={model},data=folder,runlocal=True"
+            if model != "transformer" else "configs/wmt.py:ding,runlocal=True")
+  main_lib.main(["train", "--config", config, "--workdir", str(wd),
+                 "--config.data.source=folder", f"--config.data.folder={parallel_folder}",
                  f"--config.data.data_dir={tmp_path / 'tfds'}"])
   assert int(load_state(wd)["step"]) == 4
   rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
