@@ -122,3 +122,40 @@ def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folde
   exp.translate(params, [long])
   ids = exp.tokenizer.encode(long)
   assert seen[0][0, :len(ids)].tolist() == ids and not seen[0][0, len(ids):].any()
+
+
+def test_packed_rows_hold_whole_pairs_and_resume():
+  """Packing keeps every pair whole and aligned (segment k of src is the
+  source of segment k of tgt), positions restart per pair, and the
+  iterator state restores the exact position."""
+  rng = np.random.default_rng(0)
+  n, L = 60, 12
+  lengths = rng.integers(1, 6, n)
+  src = np.zeros((n, L), np.int32)
+  tgt = np.zeros((n, L), np.int32)
+  for i, k in enumerate(lengths):
+    src[i, :k] = 100 + i   # the pair's id, so halves can be matched
+    tgt[i, :k + 1] = 100 + i
+  ds = translation.train_dataset(src, tgt, 4, 0, 1, 10, 4, seed=0, pack=True)
+  it = iter(ds)
+  seen, first = [], next(it)
+  for batch in [first] + [next(it) for _ in range(3)]:
+    assert batch["src"].shape == (4, L)
+    for r in range(4):
+      for seg in set(batch["src_segments"][r]) - {0}:
+        s = batch["src"][r][batch["src_segments"][r] == seg]
+        t = batch["tgt"][r][batch["tgt_segments"][r] == seg]
+        pair = s[0] - 100
+        assert (s == 100 + pair).all() and len(s) == lengths[pair]
+        assert (t == 100 + pair).all() and len(t) == lengths[pair] + 1
+        pos = batch["src_positions"][r][batch["src_segments"][r] == seg]
+        assert pos.tolist() == list(range(len(s)))
+        seen.append(pair)
+  assert len(seen) > 16  # more than one pair per row on average
+  state = it.get_state()
+  expected = next(it)
+  it2 = iter(translation.train_dataset(src, tgt, 4, 0, 1, 10, 4, seed=0, pack=True))
+  it2.set_state(state)
+  got = next(it2)
+  for k in expected:
+    np.testing.assert_array_equal(got[k], expected[k])
