@@ -4,6 +4,9 @@
               self-attention O(n^2 d), recurrent O(n d^2), convolutional
               O(k n d^2) and restricted self-attention O(r n d), measured by
               XLA's cost analysis for growing n and d; exponents fitted.
+  params      parameter counts of our modules at the published sizes
+              (Transformer base/big, BERT base/large, GPT-2 small..XL) vs the
+              papers' numbers, from jax.eval_shape: nothing is allocated.
   bleu_by_length WORKDIR...
               Bahdanau et al. (2015) Figure 2, test BLEU against source
               sentence length, for finished translation runs (each run's
@@ -131,7 +134,33 @@ def bleu_by_length(*workdirs):
   print(f"\nplot: {os.path.relpath(out)}")
 
 
-TABLES = {"complexity": complexity, "bleu_by_length": bleu_by_length}
+def params():
+  from attnlab.models import bert, gpt, transformer
+  one = jnp.ones((1, 4), jnp.int32)
+  enc_dec = lambda d, h, ff: (transformer.Transformer(37000, d, h, ff, 6, 6),
+                              (one, one > 0, one))
+  bert_ = lambda d, h, ff, n: (bert.BERT(30522, d, h, ff, n), (one, one > 0))
+  gpt2 = lambda d, h, n: (gpt.GPT(50257, d, h, 4 * d, n), (one,))
+  rows = [
+      ("Transformer base, EN-DE, 37k shared vocab", 65e6, enc_dec(512, 8, 2048), ""),
+      ("Transformer big", 213e6, enc_dec(1024, 16, 4096), ""),
+      ("BERT-base", 110e6, bert_(768, 12, 3072, 12), "ours includes the MLM head (0.6 M)"),
+      ("BERT-large", 340e6, bert_(1024, 16, 4096, 24), "ours includes the MLM head (1.1 M)"),
+      ("GPT-2 small", 117e6, gpt2(768, 12, 12), "released model: 124 M"),
+      ("GPT-2 medium", 345e6, gpt2(1024, 16, 24), "released model: 355 M"),
+      ("GPT-2 large", 762e6, gpt2(1280, 20, 36), "released model: 774 M"),
+      ("GPT-2 XL", 1542e6, gpt2(1600, 25, 48), "released model: 1,558 M"),
+  ]
+  print("| model | published | ours (jax.eval_shape) | gap | note |")
+  print("| --- | --- | --- | --- | --- |")
+  for name, published, (model, args), note in rows:
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args))
+    count = sum(x.size for x in jax.tree.leaves(shapes))
+    print(f"| {name} | {published / 1e6:,.0f} M | {count / 1e6:,.1f} M | "
+          f"{100 * (count / published - 1):+.1f}% | {note} |", flush=True)
+
+
+TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length}
 
 
 def main():

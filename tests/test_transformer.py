@@ -112,3 +112,35 @@ def test_matmul_flops_match_xla_cost_analysis(S, T):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   analytic = transformer.matmul_flops(model, S, T)
   assert analytic <= cost["flops"] <= 1.1 * analytic, (analytic, cost["flops"])
+
+
+def test_gpt_cached_decoding_equals_full_recomputation():
+  from attnlab.models import gpt
+  model = gpt.GPT(V, d_model=16, num_heads=2, d_ff=32, num_layers=2, max_len=16,
+                  dropout=0.0)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, V)
+  params = model.init(jax.random.PRNGKey(1), tokens)
+  full = model.apply(params, tokens)
+  state = model.apply(params, 2, 12, method=model.initial_state)
+  for t in range(tokens.shape[1]):
+    state, logits = model.apply(params, state, tokens[:, t], method=model.decode_step)
+    np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_bert_masking_is_80_10_10_of_15_percent():
+  from attnlab.models import bert
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (64, 512), 5, 1000)
+  valid = jnp.arange(512)[None] < 400
+  inputs, chosen = bert.mask_tokens(jax.random.PRNGKey(1), tokens, valid, mask_id=4,
+                                    vocab_size=1000, first_regular=5)
+  n = 64 * int(valid.sum())
+  assert not bool(jnp.any(chosen & ~valid))
+  assert abs(int(chosen.sum()) / n - 0.15) < 0.01
+  masked = chosen & (inputs == 4)
+  kept = chosen & (inputs == tokens)
+  replaced = chosen & ~masked & ~kept
+  c = int(chosen.sum())
+  assert abs(int(masked.sum()) / c - 0.8) < 0.02
+  assert abs(int(replaced.sum()) / c - 0.1) < 0.02
+  assert abs(int(kept.sum()) / c - 0.1) < 0.02  # (a random draw may equal the token)
+  assert bool(jnp.all(jnp.where(chosen, True, inputs == tokens)))  # others untouched

@@ -25,14 +25,18 @@ def sinusoidal_positions(positions, d):
   return jnp.stack([jnp.sin(angle), jnp.cos(angle)], -1).reshape(*angle.shape[:-1], d)
 
 
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu}  # paper; BERT and GPT
+
+
 class FeedForward(nn.Module):
-  """FFN(x) = max(0, x W1 + b1) W2 + b2 (eq. 2)."""
+  """FFN(x) = max(0, x W1 + b1) W2 + b2 (eq. 2), or with GELU."""
   d_ff: int
+  activation: str = "relu"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    h = nn.relu(nn.Dense(self.d_ff, dtype=self.dtype, name="wi")(x))
+    h = ACTIVATIONS[self.activation](nn.Dense(self.d_ff, dtype=self.dtype, name="wi")(x))
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="wo")(h)
 
 
@@ -46,6 +50,7 @@ class Layer(nn.Module):
   dropout: float = 0.1
   attention_dropout: float = 0.0
   pre_norm: bool = False
+  activation: str = "relu"
   implementation: str = "xla"
   dtype: jnp.dtype = jnp.float32
 
@@ -56,7 +61,7 @@ class Layer(nn.Module):
     self.self_attention = mha("self_attention")
     if self.cross:
       self.cross_attention = mha("cross_attention")
-    self.ffn = FeedForward(self.d_ff, self.dtype, name="ffn")
+    self.ffn = FeedForward(self.d_ff, self.activation, self.dtype, name="ffn")
     names = ["self_norm"] + (["cross_norm"] if self.cross else []) + ["ffn_norm"]
     self.norms = {n: nn.LayerNorm(name=n) for n in names}
     self.drop = nn.Dropout(self.dropout)

@@ -1,0 +1,70 @@
+"""Decoder-only causal language model (GPT; Radford et al. 2018, 2019) from
+the Transformer's blocks: token + learned position embeddings, masked
+self-attention layers, output tied to the token embedding. GPT-2 puts the
+LayerNorm first in each sub-layer and once more at the end (pre_norm).
+
+  __call__(tokens [B, T]) -> logits [B, T, V]
+  initial_state(batch, max_len) -> key/value caches
+  decode_step(state, token [B]) -> (state, logits [B, V])
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from attnlab.nn import attention as att
+from attnlab.nn import transformer as blocks
+
+
+class GPT(nn.Module):
+  vocab_size: int
+  d_model: int = 768
+  num_heads: int = 12
+  d_ff: int = 3072
+  num_layers: int = 12
+  max_len: int = 1024
+  dropout: float = 0.1
+  pre_norm: bool = True
+  implementation: str = "xla"
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embed = nn.Embed(self.vocab_size, self.d_model, name="embed",
+                          embedding_init=nn.initializers.normal(0.02))
+    self.pos_embed = nn.Embed(self.max_len, self.d_model, name="pos_embed",
+                              embedding_init=nn.initializers.normal(0.01))
+    self.layers = [blocks.Layer(self.num_heads, self.d_ff, dropout=self.dropout,
+                                pre_norm=self.pre_norm, activation="gelu",
+                                implementation=self.implementation, dtype=self.dtype,
+                                name=f"layer_{i}") for i in range(self.num_layers)]
+    if self.pre_norm:
+      self.final_norm = nn.LayerNorm(name="final_norm")
+    self.drop = nn.Dropout(self.dropout)
+
+  def _embed(self, tokens, positions, train):
+    x = self.embed(tokens) + self.pos_embed(positions)
+    return self.drop(x, deterministic=not train)
+
+  def _out(self, x):
+    return self.embed.attend(self.final_norm(x) if self.pre_norm else x)
+
+  def __call__(self, tokens, train=False, segments=None, positions=None):
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    mask = att.Mask(causal=True, q_segments=segments, kv_segments=segments)
+    x = self._embed(tokens, positions, train)
+    for layer in self.layers:
+      x, _, _ = layer(x, mask, train=train)
+    return self._out(x)
+
+  def initial_state(self, batch, max_len):
+    head_dim = self.d_model // self.num_heads
+    return [blocks.empty_cache(batch, max_len, self.num_heads, head_dim, self.dtype)
+            for _ in self.layers]
+
+  def decode_step(self, state, token, train=False):
+    index = state[0]["index"]
+    x = self._embed(token[:, None], index[:, None], train)
+    caches = []
+    for layer, cache in zip(self.layers, state):
+      x, _, cache = layer(x, None, train=train, cache=cache)
+      caches.append(cache)
+    return caches, self._out(x)[:, 0]
