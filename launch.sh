@@ -6,6 +6,7 @@
 #   ./launch.sh sample WORKDIR [--prompt P --length N --temperature T]
 #   ./launch.sh eval WORKDIR
 #   ./launch.sh average WORKDIR [--last N]   checkpoint averaging into WORKDIR_avgN
+#   ./launch.sh compile CONFIG --devices N   ahead-of-time: memory per device, FLOPs
 #   ./launch.sh tables NAME          a paper table from our code (complexity)
 #   ./launch.sh tpu NAME --zone Z [--project P] [--dry_run] train CONFIG ...
 set -euo pipefail
@@ -46,15 +47,15 @@ case "$cmd" in
     shift
     exec "$PYBIN" -m experiments.tables "$@"
     ;;
-  train|prepare|sample|eval|average|tpu)
+  train|prepare|sample|eval|average|compile|tpu)
     shift
-    if [ "$cmd" = train ] || [ "$cmd" = prepare ]; then
+    if [ "$cmd" = train ] || [ "$cmd" = prepare ] || [ "$cmd" = compile ]; then
       [ $# -ge 1 ] && [ "${1#-}" = "$1" ] && set -- --config "$@"
     fi
     exec "$PYBIN" -m attnlab.main "$cmd" "$@"
     ;;
   *)
-    echo "unknown command '$cmd': use test, train, prepare, sample, eval, average, tables or tpu (see README.md)" >&2
+    echo "unknown command '$cmd': use test, train, prepare, sample, eval, average, compile, tables or tpu (see README.md)" >&2
     exit 2
     ;;
 esac

@@ -4,6 +4,9 @@
   prepare --config CONFIG[:args]          fetch and prepare the data only
   sample  WORKDIR [--prompt P --length N --temperature T --seed S]
   eval    WORKDIR                          held-out eval + analysis figures
+  compile --config CONFIG[:args] --devices N [--config.KEY=VALUE ...]
+          ahead-of-time: lower and compile the train step for N devices
+          (faked on the CPU), print memory per device and FLOPs per step
   average WORKDIR [--last N] [--out DIR]   mean of the last N checkpoints'
           parameters as a new run (Vaswani et al.: 5 for base, 20 for big)
   tpu     NAME --zone Z [--project P] [--dry_run] train ARGS...
@@ -300,6 +303,54 @@ def cmd_tpu(argv):
       subprocess.run(cmd, check=True)
 
 
+def cmd_compile(argv):
+  """A pod config known to fit before a pod is booked: the full-size step,
+  compiled for `--devices` fake CPU devices (no data, no allocation)."""
+  devices = 8
+  if "--devices" in argv:
+    i = argv.index("--devices")
+    try:
+      devices = int(argv[i + 1])
+    except (IndexError, ValueError):
+      fail("--devices needs a number, e.g. --devices 16")
+    argv = argv[:i] + argv[i + 2:]
+  if argv and not argv[0].startswith("-"):
+    argv = ["--config"] + argv
+  config, _ = parse_config(argv)
+  # Before JAX starts: N CPU devices stand in for the accelerators.
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+  jax.config.update("jax_num_cpu_devices", devices)
+  module = validate(config, jax)
+  import tempfile
+  from attnlab import sharding as sharding_lib
+  from attnlab import train
+  exp = module.Experiment(config, None, vocab_size=config.data.vocab_size)
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = train.Trainer(config, exp, workdir)
+    abstract, shardings = trainer.abstract_state()
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=sharding_lib.batch_sharding(trainer.mesh)),
+        exp.abstract_batch(config.batch_size))
+    step = jax.jit(train.make_train_step(exp.loss, trainer.tx, trainer.lr, config.grad_accum),
+                   donate_argnums=(0,),
+                   out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
+    compiled = step.lower(abstract, batch).compile()
+    trainer.writer.close()
+  mem = compiled.memory_analysis()
+  gib = lambda b: b / 2 ** 30
+  flops = exp.flops_per_step(config.batch_size) if hasattr(exp, "flops_per_step") \
+      else train.step_flops(compiled)
+  print(f"{train.param_count(abstract['params']):,} params; mesh "
+        f"{dict(trainer.mesh.shape)}; global batch {config.batch_size} "
+        f"(accumulation {config.grad_accum})")
+  print(f"per device: arguments {gib(mem.argument_size_in_bytes):.3f} GiB (state + "
+        f"batch), temporaries {gib(mem.temp_size_in_bytes):.3f} GiB, outputs "
+        f"{gib(mem.output_size_in_bytes):.3f} GiB (aliased with the donated state)")
+  print(f"{flops / 1e12:.2f} TFLOP per step in all, {flops / devices / 1e12:.3f} per device")
+
+
 def cmd_average(argv):
   values = flags.FlagValues()
   flags.DEFINE_integer("last", 5, "how many of the newest checkpoints", flag_values=values)
@@ -329,7 +380,8 @@ def cmd_average(argv):
 
 
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
-            "eval": cmd_eval, "average": cmd_average, "tpu": cmd_tpu}
+            "eval": cmd_eval, "average": cmd_average, "compile": cmd_compile,
+            "tpu": cmd_tpu}
 
 
 def main(argv=None):

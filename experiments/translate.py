@@ -77,14 +77,18 @@ def padded_length(n):
 class Experiment:
   item_name = "examples"
 
-  def __init__(self, config, workdir=None):
+  def __init__(self, config, workdir=None, vocab_size=None):
+    """`vocab_size` instead of the tokenizer: shapes only (ahead-of-time
+    compiles without the data)."""
     self.config, self.workdir = config, workdir
     data = config.data
-    name = (data.source if data.source != "folder" else "folder").replace("/", "_")
-    path = os.path.join(catalog.data_dir(data), "attnlab_spm",
-                        f"{name}_{data.src_lang}{data.tgt_lang}_{data.vocab_size}.model")
-    self.tokenizer = tok_lib.load_or_train(path, self._train_text, data.vocab_size)
-    self.model = make_model(config.model, len(self.tokenizer))
+    if vocab_size is None:
+      name = (data.source if data.source != "folder" else "folder").replace("/", "_")
+      path = os.path.join(catalog.data_dir(data), "attnlab_spm",
+                          f"{name}_{data.src_lang}{data.tgt_lang}_{data.vocab_size}.model")
+      self.tokenizer = tok_lib.load_or_train(path, self._train_text, data.vocab_size)
+      vocab_size = len(self.tokenizer)
+    self.model = make_model(config.model, vocab_size)
     self._eval_fns = None
 
   def _train_text(self):
@@ -116,6 +120,12 @@ class Experiment:
     return iter(translation.train_dataset(
         src, tgt, local_batch, process_index, process_count, config.total_steps,
         config.batch_size, config.seed, pack=config.data.get("pack", False)))
+
+  def abstract_batch(self, batch_size):
+    """Shapes and dtypes of a training batch."""
+    shape = jax.ShapeDtypeStruct((batch_size, self.config.data.max_len), jnp.int32)
+    keys = ("src", "tgt") + (PACKING if self.config.data.get("pack", False) else ())
+    return {k: shape for k in keys}
 
   def init(self, rng, batch_size):
     x = jnp.ones((batch_size, self.config.data.max_len), jnp.int32)

@@ -1,8 +1,9 @@
-"""`launch.sh tpu ... --dry_run` prints the exact gcloud commands."""
+"""TPU pods: `launch.sh tpu ... --dry_run` prints the exact gcloud commands;
+`compile` checks a config fits before a pod is booked."""
 import shlex
 import subprocess
 
-from helpers import ROOT
+from helpers import ROOT, run_cli
 
 
 def test_dry_run_prints_the_pod_commands():
@@ -30,3 +31,17 @@ def test_bad_pod_config_fails_here_not_on_the_pod():
        "configs/charlm.py", "--workdir", "w", "--config.optim.lrr=1"],
       cwd=ROOT, capture_output=True, text=True)
   assert p.returncode == 2 and "optim.lrr" in p.stderr and not p.stdout
+
+
+def test_ahead_of_time_compile_reports_memory_per_device():
+  """`compile` needs no data: the Ding Transformer for 2 fake devices. Its
+  arguments per device are the replicated state (params + Adam's two
+  moments, f32) plus half the batch."""
+  import re
+  code, out = run_cli("compile", "configs/wmt.py:ding", "--devices", "2")
+  assert code == 0, out
+  params = int(re.search(r"([\d,]+) params", out).group(1).replace(",", ""))
+  args = float(re.search(r"arguments ([\d.]+) GiB", out).group(1))
+  expected = (3 * params * 4 + 6 * 64 * 32 * 4 / 2) / 2 ** 30
+  assert abs(args - expected) < 0.002, (args, expected)
+  assert "TFLOP per step" in out and "{'data': 2}" in out
