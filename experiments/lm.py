@@ -1,6 +1,8 @@
-"""Language modelling objective: next-character prediction with truncated
-backprop through time (the hidden state is carried across consecutive
-windows of each stream; gradients stop at the window border).
+"""Language modelling objective: next-character prediction. RNN models
+(model.name rnn_lm) use truncated backprop through time (the hidden state
+is carried across consecutive windows of each stream; gradients stop at the
+window border); the decoder-only Transformer (model.name gpt) sees each
+window on its own, its context is the window.
 
 Evaluations: held-out loss in nats/char (and bits/char) on text never
 trained on; a sample written to workdir/samples/; at the end, the
@@ -18,12 +20,26 @@ from attnlab import decode
 from attnlab import sharding as sharding_lib
 from attnlab import viz
 from attnlab.data import text as text_lib
+from attnlab.models import gpt
 from attnlab.models import rnn_lm
 from attnlab.nn import rnn as rnn_lib
 
 
 def validate(config):
   text_lib.validate(config.data)
+  config_lib.check_choice(config, "model.name", {"rnn_lm", "gpt"})
+  if config.model.name == "gpt":
+    m = config.model
+    config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
+                     f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
+                     "use a multiple of the head count")
+    config_lib.check(config.data.seq_len + 1 <= m.max_len, "data.seq_len",
+                     f"windows of {config.data.seq_len} + 1 exceed the {m.max_len} "
+                     "learned positions", "raise model.max_len")
+    config_lib.check(len(config.sample.prompt) + config.sample.length <= m.max_len,
+                     "sample.length", f"prompt + sample exceed the {m.max_len} positions",
+                     "sample fewer characters or raise model.max_len")
+    return
   config_lib.check_choice(config, "model.cell", set(rnn_lib.CELLS))
   for key in ("hidden", "num_layers", "embed"):
     config_lib.check(config.model[key] > 0, f"model.{key}",
@@ -55,10 +71,16 @@ class Experiment:
     self.vocab = text_lib.CharVocab.load_or_build(
         vocab_path, lambda: text_lib.load_text(data, data.train_split))
     m = config.model
-    self.model = rnn_lm.RNNLM(
-        vocab_size=len(self.vocab), cell=m.cell, hidden=m.hidden,
-        num_layers=m.num_layers, embed=m.embed, dropout=m.dropout,
-        dtype=jnp.dtype(m.dtype))
+    self.recurrent = m.name == "rnn_lm"
+    if self.recurrent:
+      self.model = rnn_lm.RNNLM(
+          vocab_size=len(self.vocab), cell=m.cell, hidden=m.hidden,
+          num_layers=m.num_layers, embed=m.embed, dropout=m.dropout,
+          dtype=jnp.dtype(m.dtype))
+    else:
+      self.model = gpt.GPT(len(self.vocab), d_model=m.d_model, num_heads=m.num_heads,
+                           d_ff=m.d_ff, num_layers=m.num_layers, max_len=m.max_len,
+                           dropout=m.dropout)
     self._eval_step = self._eval_windows = self._sample_fn = None
     self._cells_fn = None
 
@@ -69,7 +91,12 @@ class Experiment:
   def flops_per_step(self, batch_size):
     """Matmul FLOPs of a train step: 3x the forward (the backward costs 2x).
     XLA's cost analysis counts a scan's body once, not once per step."""
-    m = self.config.model
+    m, T = self.config.model, self.config.data.seq_len
+    if not self.recurrent:  # projections, FFN, scores and contexts, output
+      per_token = (m.num_layers * (4 * 2 * m.d_model ** 2 + 2 * 2 * m.d_model * m.d_ff
+                                   + 2 * 2 * T * m.d_model)
+                   + 2 * m.d_model * len(self.vocab))
+      return 3 * per_token * self.items_per_step(batch_size)
     per_token = rnn_lib.matmul_flops_per_token(m.cell, m.embed, m.hidden,
                                                m.num_layers)
     per_token += 2 * m.hidden * len(self.vocab)
@@ -86,11 +113,19 @@ class Experiment:
 
   def init(self, rng, batch_size):
     tokens = jnp.zeros((batch_size, self.config.data.seq_len), jnp.int32)
+    if not self.recurrent:
+      return self.model.init(rng, tokens)["params"], {}, {}
     carry = self.model.zero_carry(batch_size)
     params = self.model.init(rng, tokens, carry)["params"]
     return params, carry, {}
 
   def loss(self, params, carry, extra, batch, rng):
+    if not self.recurrent:
+      logits = self.model.apply({"params": params}, batch["inputs"], train=True,
+                                rngs={"dropout": rng})
+      nll = optax.softmax_cross_entropy_with_integer_labels(
+          logits, batch["targets"]).mean()
+      return nll, ({"bits_per_char": nll / jnp.log(2.0)}, carry, extra)
     if not self.config.data.stateful:
       carry = jax.tree.map(jnp.zeros_like, carry)
     # Truncated BPTT: the carried state is an input, not a path for gradients.
@@ -114,12 +149,17 @@ class Experiment:
     windows = self._eval_windows
     if self._eval_step is None:
       def eval_step(params, carry, batch):
+        if not self.recurrent:
+          logits = self.model.apply({"params": params}, batch[:, :-1])
+          return carry, optax.softmax_cross_entropy_with_integer_labels(
+              logits, batch[:, 1:]).sum()
         logits, aux = self.model.apply({"params": params}, batch[:, :-1], carry)
         nll = optax.softmax_cross_entropy_with_integer_labels(
             logits, batch[:, 1:]).sum()
         return aux["carry"], nll
       self._eval_step = jax.jit(eval_step)
-    carry = jax.device_put(self.model.zero_carry(config.batch_size),
+    carry = jax.device_put(self.model.zero_carry(config.batch_size)
+                           if self.recurrent else {},
                            sharding_lib.batch_sharding(mesh))
     total = 0.0
     for w in windows:
@@ -147,6 +187,8 @@ class Experiment:
     ids = jnp.asarray(self.vocab.encode(prompt or "\n"))
     if self._sample_fn is None:
       def run(params, ids, rng, length, temperature):
+        if not self.recurrent:
+          return self._sample_gpt(params, ids, rng, length, temperature)
         carry = self.model.zero_carry(1)
         if ids.shape[0] > 1:  # all but the last character set the state
           _, aux = self.model.apply({"params": params}, ids[None, :-1], carry)
@@ -162,9 +204,19 @@ class Experiment:
                           temperature=float(temperature))
     return (prompt or "\n") + self.vocab.decode(np.asarray(out[0]))
 
+  def _sample_gpt(self, params, ids, rng, length, temperature):
+    """The prompt through the key/value cache, then sampling from it."""
+    step = lambda state, token: self.model.apply(
+        {"params": params}, state, token, method=self.model.decode_step)
+    state = self.model.apply({"params": params}, 1, ids.shape[0] + length,
+                             method=self.model.initial_state)
+    state, _ = jax.lax.scan(lambda st, tok: (step(st, tok[None])[0], None),
+                            state, ids[:-1])
+    return decode.sample(step, state, ids[-1:], length, rng, temperature)[0]
+
   def finish(self, state):
     """After training (and on `launch.sh eval`): the cell figures."""
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and self.recurrent:
       report = self.cell_report(jax.device_get(state["params"]), self.workdir)
       print(f"interpretable cells (plots/cell_*.png):\n{report}", flush=True)
 

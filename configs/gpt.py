@@ -1,0 +1,45 @@
+"""Decoder-only Transformer language model (GPT) on Shakespeare characters,
+the same data, vocabulary and held-out plays as configs/charlm.py.
+
+Command:
+  ./launch.sh train configs/gpt.py --workdir runs/gpt
+  ./launch.sh sample runs/gpt --prompt "ROMEO:" --temperature 0.8
+Variants: size=tiny|small, steps=N, runlocal=True.
+GPT-2's layout: pre-norm layers with GELU, learned positions, a final
+LayerNorm, output tied to the embedding; Adam with warm-up and cosine decay.
+Each training window (seq_len characters) is its own context.
+"""
+import ml_collections
+
+from attnlab.config import check, common, parse_arg
+
+# d_model, heads, layers
+SIZES = {"tiny": (64, 4, 2), "small": (192, 6, 4)}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, size="small", steps=1500, runlocal=False)
+  check(arg.size in SIZES, "arg.size", f"unknown size {arg.size!r}",
+        f"use one of {sorted(SIZES)}")
+  c = common("lm", total_steps=arg.steps, batch_size=32, log_every=25,
+             eval_every=500, ckpt_every=100,
+             optim=dict(lr=1e-3, warmup_steps=100, clip_norm=1.0, b2=0.99))
+  c.data = ml_collections.ConfigDict(dict(
+      source="shakespeare", folder="", data_dir="", text_key="text",
+      train_split="train", eval_split="test", holdout=0.05, seq_len=256,
+      stateful=False, eval_chars=120_000))
+  d_model, heads, layers = SIZES[arg.size]
+  c.model = ml_collections.ConfigDict(dict(
+      name="gpt", d_model=d_model, num_heads=heads, d_ff=4 * d_model,
+      num_layers=layers, max_len=512, dropout=0.1))
+  c.sample = ml_collections.ConfigDict(dict(
+      prompt="ROMEO:\n", length=400, temperature=0.8))
+  if arg.runlocal:
+    c.total_steps = 6
+    c.batch_size = 8
+    c.log_every = c.eval_every = c.ckpt_every = 3
+    c.model.update(d_model=16, num_heads=2, d_ff=32, num_layers=1, max_len=64)
+    c.data.seq_len = 16
+    c.data.eval_chars = 2_000
+    c.sample.length = 40
+  return c
