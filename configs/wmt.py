@@ -27,7 +27,7 @@ from attnlab.config import ConfigError, common, parse_arg
 VARIANTS = {
     "base": (512, 8, 2048, 6, 0.1, 512, 64, 100_000),
     "big": (1024, 16, 4096, 6, 0.3, 512, 64, 300_000),
-    "ding": (256, 4, 1024, 3, 0.1, 64, 32, 1200),
+    "ding": (256, 4, 1024, 3, 0.1, 64, 32, 850),
 }
 
 
