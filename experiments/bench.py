@@ -9,6 +9,9 @@
   python -m experiments.bench beam WORKDIR [BEAM...]  beam-search translation
       of a trained run's whole test set: sentences/s, tokens/s and BLEU per
       beam size (default 1 and 4)
+  python -m experiments.bench decode                 greedy decoding of 128
+      new tokens with the Transformer (base dims): key/value cache vs full
+      recomputation of the prefix at every step
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -270,6 +273,58 @@ def beam(workdir, beams=(1, 4)):
           f"{tokens / secs:>10.0f}{score:>7.2f}", flush=True)
 
 
+def decode_speed(new_tokens=128, batch=8, src_len=32):
+  """Both decoders run the same jitted greedy loop over fixed shapes; the
+  uncached one re-runs the whole decoder on the (padded) prefix each step."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from attnlab.models import transformer
+  model = transformer.Transformer(32000, d_model=512, num_heads=8, d_ff=2048,
+                                  enc_layers=6, dec_layers=6, dropout=0.0)
+  src = jax.random.randint(jax.random.PRNGKey(0), (batch, src_len), 4, 32000)
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), src, src > 0, src[:, :4])
+
+  @jax.jit
+  def cached(params, src):
+    memory = model.apply(params, src, src > 0, method=model.encode)
+    state = model.apply(params, memory, new_tokens, method=model.initial_state)
+
+    def body(carry, _):
+      state, token = carry
+      state, logits, _ = model.apply(params, memory, state, token,
+                                     method=model.decode_step)
+      token = jnp.argmax(logits, -1).astype(jnp.int32)
+      return (state, token), token
+    bos = jnp.full((batch,), 2, jnp.int32)
+    return jax.lax.scan(body, (state, bos), None, length=new_tokens)[1].T
+
+  @jax.jit
+  def uncached(params, src):
+    memory = model.apply(params, src, src > 0, method=model.encode)
+
+    def body(t, tokens):
+      logits, _ = model.apply(params, memory, tokens, method=model.decode)
+      nxt = jnp.argmax(logits[:, t], -1).astype(jnp.int32)
+      return tokens.at[:, t + 1].set(nxt)
+    tokens = jnp.zeros((batch, new_tokens + 1), jnp.int32).at[:, 0].set(2)
+    return jax.lax.fori_loop(0, new_tokens, body, tokens)[:, 1:]
+
+  print(f"Transformer base dims (32k vocab, 6+6 layers, d_model 512), random "
+        f"weights, batch {batch}, source {src_len} tokens, greedy, "
+        f"{new_tokens} new tokens")
+  results = {}
+  for name, fn in (("cached", cached), ("uncached", uncached)):
+    out = jax.block_until_ready(fn(params, src))  # compile
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(params, src))
+    secs = time.perf_counter() - t0
+    results[name] = np.asarray(out)
+    print(f"{name:>9}: {secs:6.2f} s, {batch * new_tokens / secs:8.1f} tokens/s", flush=True)
+  same = (results["cached"] == results["uncached"]).mean()
+  print(f"same tokens: {100 * same:.1f}%")
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -285,9 +340,11 @@ def main():
     beam(sys.argv[2], *([sys.argv[3:]] if len(sys.argv) > 3 else []))
   elif what == "attention":
     attention()
+  elif what == "decode":
+    decode_speed()
   else:
-    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, gradflow, beam "
-             "or attention")
+    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, gradflow, beam, "
+             "decode or attention")
 
 
 if __name__ == "__main__":

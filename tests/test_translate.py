@@ -152,6 +152,10 @@ def test_packed_rows_hold_whole_pairs_and_resume():
         assert pos.tolist() == list(range(len(s)))
         seen.append(pair)
   assert len(seen) > 16  # more than one pair per row on average
+  # The stream lasts the whole run although rows hold several pairs.
+  long_run = iter(translation.train_dataset(src, tgt, 4, 0, 1, 200, 4, seed=0, pack=True))
+  for _ in range(200):
+    next(long_run)
   state = it.get_state()
   expected = next(it)
   it2 = iter(translation.train_dataset(src, tgt, 4, 0, 1, 10, 4, seed=0, pack=True))

@@ -241,7 +241,10 @@ def train_dataset(src, tgt, local_batch, process_index, process_count, num_steps
   """
   import grain
   n, length = len(src), src.shape[1]
-  epochs = num_steps * global_batch // max(n, 1) + 2
+  rows_per_epoch = n
+  if pack:  # a row holds at most `length` pieces of a pair's longer side
+    rows_per_epoch = np.maximum((src > 0).sum(1), (tgt > 0).sum(1)).sum() / length
+  epochs = int(num_steps * global_batch / max(rows_per_epoch, 1)) + 2
   ds = (grain.MapDataset.range(n).repeat(epochs).shuffle(seed=seed)
         [process_index::process_count])
   if not pack:
