@@ -37,6 +37,8 @@ def validate(config):
                      "packing needs segment-aware attention", "use model=transformer")
   else:
     m = config.model
+    config_lib.check("d_model" in m, "model.model", "this config has no Transformer "
+                     "settings", "train the Transformer with configs/wmt.py")
     config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
                      f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
                      "use a multiple of the head count, e.g. 512 with 8 heads")
