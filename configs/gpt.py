@@ -31,7 +31,8 @@ def get_config(arg=None):
   d_model, heads, layers = SIZES[arg.size]
   c.model = ml_collections.ConfigDict(dict(
       name="gpt", d_model=d_model, num_heads=heads, d_ff=4 * d_model,
-      num_layers=layers, max_len=512, dropout=0.1))
+      num_layers=layers, max_len=512, dropout=0.1,
+      implementation="xla"))  # naive | xla | chunked (memory-efficient)
   c.sample = ml_collections.ConfigDict(dict(
       prompt="ROMEO:\n", length=400, temperature=0.8))
   if arg.runlocal:

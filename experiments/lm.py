@@ -33,6 +33,7 @@ def validate(config):
     config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
                      f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
                      "use a multiple of the head count")
+    config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
     config_lib.check(config.data.seq_len + 1 <= m.max_len, "data.seq_len",
                      f"windows of {config.data.seq_len} + 1 exceed the {m.max_len} "
                      "learned positions", "raise model.max_len")
@@ -80,7 +81,7 @@ class Experiment:
     else:
       self.model = gpt.GPT(len(self.vocab), d_model=m.d_model, num_heads=m.num_heads,
                            d_ff=m.d_ff, num_layers=m.num_layers, max_len=m.max_len,
-                           dropout=m.dropout)
+                           dropout=m.dropout, implementation=m.implementation)
     self._eval_step = self._eval_windows = self._sample_fn = None
     self._cells_fn = None
 

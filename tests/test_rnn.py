@@ -66,16 +66,16 @@ def test_truncated_bptt_stops_gradient_at_the_window_border():
   from experiments import lm
   import ml_collections
   config = ml_collections.ConfigDict({"data": {"stateful": True}})
-  exp = object.__new__(lm.Experiment)
-  exp.config = config
+  exp = object.__new__(lm.Experiment)  # the objective alone, no data
+  exp.config, exp.recurrent = config, True
   exp.model = rnn_lm.RNNLM(vocab_size=7, cell="lstm", hidden=4, num_layers=1,
                            embed=3)
   batch = {"inputs": jnp.ones((2, 5), jnp.int32),
            "targets": jnp.zeros((2, 5), jnp.int32)}
-  params, carry, extra = exp.init(jax.random.PRNGKey(0), 2) if False else (
-      exp.model.init(jax.random.PRNGKey(0), batch["inputs"],
-                     exp.model.zero_carry(2))["params"],
-      jax.tree.map(lambda x: x + 0.5, exp.model.zero_carry(2)), {})
+  params = exp.model.init(jax.random.PRNGKey(0), batch["inputs"],
+                          exp.model.zero_carry(2))["params"]
+  carry = jax.tree.map(lambda x: x + 0.5, exp.model.zero_carry(2))
+  extra = {}
   g = jax.grad(lambda c: exp.loss(params, c, extra, batch,
                                   jax.random.PRNGKey(1))[0])(carry)
   assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(g))
