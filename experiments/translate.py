@@ -84,6 +84,8 @@ class Experiment:
     compiles without the data)."""
     self.config, self.workdir = config, workdir
     data = config.data
+    if data.get("pack", False):
+      self.item_name = "rows"  # packed: each row holds several sentence pairs
     if vocab_size is None:
       name = (data.source if data.source != "folder" else "folder").replace("/", "_")
       path = os.path.join(catalog.data_dir(data), "attnlab_spm",
