@@ -83,13 +83,7 @@ def alignment(src_tokens, tgt_tokens, weights, path, writer=None, step=0, tag=No
   ax.set_yticks(range(len(tgt_tokens)), tgt_tokens, fontsize=8)
   ax.set_xlabel("source")
   ax.set_ylabel("target")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  if writer is not None:
-    writer.write_figure(step, tag or os.path.basename(path), fig, path)
-  else:
-    fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path, writer, step, tag)
 
 
 def alignment_grid(src_tokens, tgt_tokens, weights, path, writer=None, step=0,
@@ -108,6 +102,11 @@ def alignment_grid(src_tokens, tgt_tokens, weights, path, writer=None, step=0,
       ax.set_xticks(range(len(src_tokens)), src_tokens if l == layers - 1 else [],
                     rotation=90, fontsize=6)
       ax.set_yticks(range(len(tgt_tokens)), tgt_tokens if h == 0 else [], fontsize=6)
+  _save(fig, path, writer, step, tag)
+
+
+def _save(fig, path, writer, step, tag):
+  """PNG at `path`, and a TensorBoard image too when a writer is given."""
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if writer is not None:
