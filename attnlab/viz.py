@@ -91,13 +91,14 @@ def alignment_grid(src_tokens, tgt_tokens, weights, path, writer=None, step=0,
   """Encoder-decoder attention of every layer (rows) and head (columns),
   weights [layers, heads, target, source]."""
   layers, heads = weights.shape[:2]
+  top = max(float(np.max(weights)), 1e-6)  # one scale for every panel
   cell = (0.22 * len(src_tokens) + 1.2, 0.22 * len(tgt_tokens) + 1.2)
   fig, axes = plt.subplots(layers, heads, squeeze=False,
                            figsize=(cell[0] * heads, cell[1] * layers))
   for l in range(layers):
     for h in range(heads):
       ax = axes[l, h]
-      ax.imshow(weights[l, h], cmap="gray", vmin=0, vmax=1)
+      ax.imshow(weights[l, h], cmap="gray", vmin=0, vmax=top)
       ax.set_title(f"layer {l + 1} head {h + 1}", fontsize=8)
       ax.set_xticks(range(len(src_tokens)), src_tokens if l == layers - 1 else [],
                     rotation=90, fontsize=6)
