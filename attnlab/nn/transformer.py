@@ -9,7 +9,6 @@ token projects only its own key and value and attends over the cache, so
 its attention work does not grow with recomputation of the prefix.
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
