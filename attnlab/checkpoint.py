@@ -126,3 +126,22 @@ def _sync(name):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def load_params(workdir):
+  """The parameters of the newest checkpoint of another run (to fine-tune
+  from it), on this process's first device, whatever mesh saved them.
+  Read-only: that run's folder is not touched."""
+  from etils import epath
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) \
+      if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(f"{workdir} has no checkpoint: train it first")
+  path = epath.Path(directory) / str(steps[-1]) / "state"
+  meta = ocp.PyTreeCheckpointHandler().metadata(path).tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        meta)
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(path, target)["params"]

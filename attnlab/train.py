@@ -21,6 +21,8 @@ An experiment object provides:
       this process's rows (dicts of numpy arrays)
   evaluate(state, mesh, step, writer) -> {"eval/...": float}
   items_per_step(batch_size), item_name ("tokens", "examples", ...)
+  pretrained(params) -> (params, source), optional: a new run's params
+      with some taken from a pretrained run (source None: none taken)
   flops_per_step(batch_size), optional: when XLA's count is wrong (scans)
 """
 import os
@@ -181,6 +183,13 @@ class Trainer:
     state = self.ckpt.restore_newest(abstract, data)
     if state is None:
       state = self.create_state()
+      if hasattr(exp, "pretrained"):  # fine-tuning: start from another run
+        params, source = exp.pretrained(state["params"])
+        if source:
+          params = jax.device_put(params, shardings["params"])
+          state = dict(state, params=params, opt_state=jax.jit(
+              self.tx.init, out_shardings=shardings["opt_state"])(params))
+          log(f"parameters from {source}")
       log(f"initialised new run in {self.workdir}")
     else:
       log(f"resumed from checkpoint at step {int(state['step'])}")

@@ -132,3 +132,18 @@ def bleu_by_length(buckets, label, path, other=None):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def confusion(counts, classes, path, writer=None, step=0, title=""):
+  """Confusion matrix counts [true, predicted] with each cell's count."""
+  fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+  ax.imshow(counts, cmap="Blues")
+  for (i, j), n in np.ndenumerate(counts):
+    ax.text(j, i, str(n), ha="center", va="center",
+            color="white" if n > counts.max() / 2 else "black")
+  ax.set_xticks(range(len(classes)), classes)
+  ax.set_yticks(range(len(classes)), classes)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title, fontsize=9)
+  _save(fig, path, writer, step, "confusion")

@@ -56,7 +56,8 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       model="transformer", d_model=d_model, num_heads=heads, d_ff=d_ff,
       enc_layers=layers, dec_layers=layers, dropout=dropout, attention_dropout=0.0,
-      pre_norm=False, learned_positions=False, implementation="xla"))
+      pre_norm=False, learned_positions=False, implementation="xla",
+      dtype="float32"))
   c.decode = ml_collections.ConfigDict(dict(
       beam=4, alpha=0.6, extra_len=50, batch=64, num_bleu=200, num_plots=2,
       buckets=(0, 10, 20, 30, 40, 50, 60, 1000)))

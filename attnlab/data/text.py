@@ -74,6 +74,13 @@ def load_text(data, split):
                      for t in texts)
 
 
+def load_documents(data, split):
+  """[(name, text)] of a tfds split with a `name` feature, sorted by name."""
+  ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
+  text = lambda t: t.decode("utf-8") if isinstance(t, bytes) else t
+  return sorted((text(d["name"]), text(d[data.text_key])) for d in ds)
+
+
 def _folder_text(data, split):
   train_dir = os.path.join(data.folder, "train")
   test_dir = os.path.join(data.folder, "test")

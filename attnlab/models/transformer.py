@@ -34,10 +34,12 @@ class Transformer(nn.Module):
   learned_positions: bool = False
   max_len: int = 512          # rows of the learned position table
   implementation: str = "xla"
+  # Mixed precision: bfloat16 matmul inputs and activations out of them;
+  # float32 parameters, residual stream, LayerNorm, softmax and logits.
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.embed = nn.Embed(self.vocab_size, self.d_model, name="embed",
+    self.embed = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype, name="embed",
                           embedding_init=nn.initializers.normal(self.d_model ** -0.5))
     if self.learned_positions:
       self.pos_embed = nn.Embed(self.max_len, self.d_model, name="pos_embed")
@@ -88,7 +90,7 @@ class Transformer(nn.Module):
       weights.append(w)
     if self.pre_norm:
       x = self.decoder_norm(x)
-    logits = self.embed.attend(x)  # output projection = embedding^T
+    logits = self.embed.attend(x).astype(jnp.float32)  # output = embedding^T
     return logits, (jnp.stack(weights, 1) if return_weights else None)
 
   def __call__(self, src, src_valid, tgt_in, train=False, return_weights=False,
@@ -124,7 +126,7 @@ class Transformer(nn.Module):
       weights.append(w[:, :, 0])
     if self.pre_norm:
       x = self.decoder_norm(x)
-    logits = self.embed.attend(x[:, 0])
+    logits = self.embed.attend(x[:, 0]).astype(jnp.float32)
     return {"cache": caches, "cross_kv": state["cross_kv"]}, logits, jnp.stack(weights, 1)
 
 

@@ -132,9 +132,10 @@ def dot_product_attention(q, k, v, mask=None, *, implementation="xla",
   [B, H, Tq, Tk] when `return_weights`, which uses the naive path)."""
   mask = mask or Mask()
   if return_weights or implementation == "naive":
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    weights = masked_softmax(scores, mask.dense(q.shape[1], k.shape[1]))
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    # Scores and softmax in float32 whatever the inputs (bfloat16 policy).
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    weights = masked_softmax(scores / q.shape[-1] ** 0.5, mask.dense(q.shape[1], k.shape[1]))
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
     return (out, weights) if return_weights else out
   if implementation == "xla":
     dense = mask.dense(q.shape[1], k.shape[1])
@@ -355,7 +356,7 @@ class MultiHeadAttention(nn.Module):
     if train and self.dropout_rate > 0:
       out, weights = dot_product_attention(q, k, v, mask, return_weights=True)
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-      out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
     else:
       result = dot_product_attention(q, k, v, mask, implementation=self.implementation,
                                      return_weights=return_weights)
