@@ -147,3 +147,23 @@ def confusion(counts, classes, path, writer=None, step=0, title=""):
   ax.set_ylabel("true")
   ax.set_title(title, fontsize=9)
   _save(fig, path, writer, step, "confusion")
+
+
+def compare_runs(runs, key, path, x="step"):
+  """One curve of `key` per run: {label: metrics rows}. x = "step" or
+  "minutes" (wall time of the train row at the same step, evals excluded
+  from nothing: what a person waiting would see)."""
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for label, rows in runs.items():
+    wall = {r["step"]: r["time/wall_sec"] for r in rows if "time/wall_sec" in r}
+    pts = [(r["step"], r[key]) for r in rows if key in r]
+    if x == "minutes":
+      pts = [(wall[s] / 60, v) for s, v in pts if s in wall]
+    if pts:
+      ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None,
+              markersize=3, label=label)
+  ax.set_xlabel("wall-clock minutes" if x == "minutes" else "step")
+  ax.set_ylabel(key)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save(fig, path, None, 0, None)

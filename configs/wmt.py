@@ -27,7 +27,7 @@ from attnlab.config import ConfigError, common, parse_arg
 VARIANTS = {
     "base": (512, 8, 2048, 6, 0.1, 512, 64, 100_000),
     "big": (1024, 16, 4096, 6, 0.3, 512, 64, 300_000),
-    "ding": (256, 4, 1024, 3, 0.1, 64, 32, 850),
+    "ding": (128, 4, 512, 3, 0.2, 64, 32, 2100),
 }
 
 
@@ -51,7 +51,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       source="wmt14_translate/de-en" if wmt else "ding", folder="", data_dir="",
       src_lang="en" if wmt else "de", tgt_lang="de" if wmt else "en",
-      train_split="train", eval_split="test", vocab_size=32000 if wmt else 4000,
+      train_split="train", eval_split="test", vocab_size=32000 if wmt else 2000,
       max_len=max_len, pack=True))
   c.model = ml_collections.ConfigDict(dict(
       model="transformer", d_model=d_model, num_heads=heads, d_ff=d_ff,

@@ -4,6 +4,8 @@
       step tokens/s + MFU, input pipeline examples/s vs what a step
       consumes, cold start to the first step
   python -m experiments.bench compare WORKDIR...     table of finished runs
+  python -m experiments.bench curves WORKDIR... [--key K] [--x step|minutes]
+      [--out PNG]   one metric of several runs on one plot
   python -m experiments.bench gradflow WORKDIR...    how far back gradients
       reach: |d loss_T / d state_{T-d}| for trained char-LMs, and a plot
   python -m experiments.bench beam WORKDIR [BEAM...]  beam-search translation
@@ -142,6 +144,27 @@ def compare(workdirs):
           f"{sorted(speeds)[len(speeds) // 2]:>8,.0f}"
           f"{100 * sorted(mfus)[len(mfus) // 2]:>5.0f}%"
           f"{last('eval/loss'):>20.3f}{last('eval/bits_per_char'):>10.3f}")
+
+
+def curves(args):
+  """`key` of several runs on one plot (PNG), against steps or minutes."""
+  import argparse
+  from attnlab import metrics as metrics_lib
+  from attnlab import viz
+  parser = argparse.ArgumentParser(prog="python -m experiments.bench curves")
+  parser.add_argument("runs", nargs="+")
+  parser.add_argument("--key", default="train/loss")
+  parser.add_argument("--x", choices=("step", "minutes"), default="step")
+  parser.add_argument("--out", default="runs/curves.png")
+  a = parser.parse_args(args)
+  runs = {os.path.basename(wd.rstrip("/")):
+          metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl")) for wd in a.runs}
+  viz.compare_runs(runs, a.key, a.out, a.x)
+  for label, rows in runs.items():
+    pts = [(r["step"], r[a.key]) for r in rows if a.key in r]
+    if pts:
+      print(f"{label:<24} {a.key} at step {pts[-1][0]}: {pts[-1][1]:.4f}")
+  print(f"wrote {a.out}")
 
 
 def gradflow(workdirs, distances=(1, 2, 4, 8, 16, 32, 64, 100), windows=8):
@@ -439,6 +462,8 @@ def main():
                  cold_start="--no_cold_start" not in sys.argv)
   elif what == "compare":
     compare(sys.argv[2:])
+  elif what == "curves":
+    curves(sys.argv[2:])
   elif what == "gradflow":
     gradflow(sys.argv[2:])
   elif what == "beam":
@@ -452,7 +477,7 @@ def main():
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
     flax_wmt(sys.argv[2])
   else:
-    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, gradflow, beam, "
+    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, curves, gradflow, beam, "
              "decode, flaxwmt or attention")
 
 

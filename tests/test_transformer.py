@@ -144,3 +144,21 @@ def test_bert_masking_is_80_10_10_of_15_percent():
   assert abs(int(replaced.sum()) / c - 0.1) < 0.02
   assert abs(int(kept.sum()) / c - 0.1) < 0.02  # (a random draw may equal the token)
   assert bool(jnp.all(jnp.where(chosen, True, inputs == tokens)))  # others untouched
+
+
+def test_bfloat16_policy_keeps_float32_weights_and_logits():
+  """model.dtype=bfloat16: the same float32 parameters; matmuls in bfloat16
+  give logits (float32) within bfloat16 rounding of the float32 model's,
+  and the residual stream stays float32."""
+  f32 = small(d_model=32, d_ff=64)
+  bf16 = small(d_model=32, d_ff=64, dtype=jnp.bfloat16)
+  params, src, tgt = init(f32)
+  shapes = lambda p: jax.tree.map(lambda x: (x.shape, x.dtype), p)
+  assert shapes(params) == shapes(init(bf16)[0])
+  want, _ = f32.apply(params, src, src > 0, tgt)
+  got, _ = bf16.apply(params, src, src > 0, tgt)
+  assert got.dtype == jnp.float32
+  err = np.abs(np.asarray(got) - np.asarray(want)).max()
+  assert 1e-4 < err < 0.05 * np.abs(np.asarray(want)).max()  # rounded, not broken
+  memory = bf16.apply(params, src, src > 0, method=bf16.encode)
+  assert memory["h"].dtype == jnp.float32
