@@ -21,6 +21,17 @@ class ConfigError(ValueError):
     self.key = key
 
 
+def parse_variant(arg, variants, default):
+  """`VARIANT[,key=value,...]` -> (variant, the rest); the variant may be
+  left out (`key=value,...` alone picks `default`)."""
+  variant, _, rest = (arg or default).partition(",")
+  if "=" in variant:
+    variant, rest = default, arg
+  if variant not in variants:
+    raise ConfigError("arg", f"unknown variant {variant!r}", f"use one of {sorted(variants)}")
+  return variant, rest
+
+
 def parse_arg(arg, **defaults):
   """Parses `key=value,...` into a ConfigDict typed like `defaults`.
 

@@ -20,7 +20,7 @@ No next-sentence prediction: RoBERTa (Liu et al. 2019) found it does not help.
 """
 import ml_collections
 
-from attnlab.config import ConfigError, check, common, parse_arg
+from attnlab.config import check, common, parse_arg, parse_variant
 
 # d_model, heads, layers (d_ff = 4 d_model)
 SIZES = {"tiny": (128, 2, 2), "mini": (256, 4, 4)}
@@ -30,12 +30,8 @@ TASKS = {"pretrain": (2000, 1e-3), "classify": (400, 1e-4)}
 
 
 def get_config(arg=None):
-  task, _, rest = (arg or "pretrain").partition(",")
-  if "=" in task:
-    task, rest = "pretrain", arg
-  if task not in TASKS:
-    raise ConfigError("arg", f"unknown variant {task!r}", f"use one of {sorted(TASKS)}")
-  arg = parse_arg(rest, size="mini", steps=0, runlocal=False)
+  task, rest = parse_variant(arg, TASKS, "pretrain")
+  arg = parse_arg(rest, size="tiny", steps=0, runlocal=False)
   check(arg.size in SIZES, "arg.size", f"unknown size {arg.size!r}",
         f"use one of {sorted(SIZES)}")
   steps, lr = TASKS[task]

@@ -21,22 +21,18 @@ source/target/output embeddings shared over a joint SentencePiece vocab.
 """
 import ml_collections
 
-from attnlab.config import ConfigError, common, parse_arg
+from attnlab.config import common, parse_arg, parse_variant
 
 # d_model, heads, d_ff, layers (each side), dropout, rows x max_len, steps
 VARIANTS = {
     "base": (512, 8, 2048, 6, 0.1, 512, 64, 100_000),
     "big": (1024, 16, 4096, 6, 0.3, 512, 64, 300_000),
-    "ding": (128, 4, 512, 3, 0.2, 64, 32, 2100),
+    "ding": (128, 4, 512, 3, 0.1, 64, 32, 2100),
 }
 
 
 def get_config(arg=None):
-  variant, _, rest = (arg or "ding").partition(",")
-  if "=" in variant:
-    variant, rest = "ding", arg
-  if variant not in VARIANTS:
-    raise ConfigError("arg", f"unknown variant {variant!r}", f"use one of {sorted(VARIANTS)}")
+  variant, rest = parse_variant(arg, VARIANTS, "ding")
   arg = parse_arg(rest, steps=0, runlocal=False)
   d_model, heads, d_ff, layers, dropout, rows, max_len, steps = VARIANTS[variant]
   steps = arg.steps or steps
@@ -51,7 +47,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       source="wmt14_translate/de-en" if wmt else "ding", folder="", data_dir="",
       src_lang="en" if wmt else "de", tgt_lang="de" if wmt else "en",
-      train_split="train", eval_split="test", vocab_size=32000 if wmt else 2000,
+      train_split="train", eval_split="test", vocab_size=32000 if wmt else 4000,
       max_len=max_len, pack=True))
   c.model = ml_collections.ConfigDict(dict(
       model="transformer", d_model=d_model, num_heads=heads, d_ff=d_ff,

@@ -197,7 +197,8 @@ class Experiment:
       self._eval_fn = jax.jit(eval_step)
     local = sharding_lib.local_batch_size(c.batch_size, mesh)
     totals = np.zeros(3)
-    for batch in _eval_batches(tokens, labels, c.batch_size, local, jax.process_index()):
+    columns = {"tokens": tokens, "label": labels.astype(np.int32)}
+    for batch in sharding_lib.eval_batches(columns, c.batch_size, local, jax.process_index()):
       totals += [float(x) for x in self._eval_fn(state["params"],
                                                  sharding_lib.global_batch(batch, mesh))]
     results = {"eval/loss": totals[0] / totals[2], "eval/accuracy": totals[1] / totals[2]}
@@ -247,16 +248,3 @@ class Experiment:
     print(f"--- masked words [model's guess], step {step} ---\n{text}\n---", flush=True)
     writer.write_text(step, "guesses", text)
 
-
-def _eval_batches(tokens, labels, global_batch, local_batch, process_index):
-  """Fixed batches over all rows; the last padded with `weight` 0 rows."""
-  n = len(tokens)
-  steps = -(-n // global_batch)
-  pad = steps * global_batch - n
-  tokens = np.concatenate([tokens, np.zeros((pad, tokens.shape[1]), tokens.dtype)])
-  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)]).astype(np.int32)
-  weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  for s in range(steps):
-    rows = slice(s * global_batch + process_index * local_batch,
-                 s * global_batch + (process_index + 1) * local_batch)
-    yield {"tokens": tokens[rows], "label": labels[rows], "weight": weight[rows]}

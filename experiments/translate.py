@@ -220,8 +220,8 @@ class Experiment:
     src, tgt, keep = translation.encode_pairs(pairs, self.tokenizer, c.data.max_len)
     local = sharding_lib.local_batch_size(c.batch_size, mesh)
     total = count = 0.0
-    for batch in translation.eval_batches(src, tgt, c.batch_size, local,
-                                          jax.process_index()):
+    for batch in sharding_lib.eval_batches({"src": src, "tgt": tgt}, c.batch_size,
+                                           local, jax.process_index()):
       nll, n = self._eval_fns[0](params, sharding_lib.global_batch(batch, mesh))
       total, count = total + float(nll), count + float(n)
     results = {"eval/loss": total / max(count, 1)}

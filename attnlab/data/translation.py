@@ -218,11 +218,15 @@ def load_pairs(data, split):
   ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
   decode = lambda x: x.decode("utf-8") if isinstance(x, bytes) else x
   # Read in blocks: one record at a time costs a lookup each (minutes for
-  # Ding's 391k phrase pairs).
+  # Ding's 391k phrase pairs). tfds.testing.mock_data reads one at a time.
   pairs = []
   for start in range(0, len(ds), 8192):
-    for x in ds.__getitems__(range(start, min(start + 8192, len(ds)))):
-      pairs.append((decode(x[src]), decode(x[tgt])))
+    keys = range(start, min(start + 8192, len(ds)))
+    try:
+      block = ds.__getitems__(keys)
+    except TypeError:
+      block = [ds[i] for i in keys]
+    pairs.extend((decode(x[src]), decode(x[tgt])) for x in block)
   return pairs
 
 
@@ -264,18 +268,3 @@ def train_dataset(src, tgt, local_batch, process_index, process_count, num_steps
       num_packing_bins=local_batch, seed=seed)
   rename = lambda r: {k.replace("_segment_ids", "_segments"): v for k, v in r.items()}
   return ds.map(rename).batch(local_batch, drop_remainder=True)
-
-
-def eval_batches(src, tgt, global_batch, local_batch, process_index):
-  """Fixed batches over all pairs; the last one padded with empty rows and
-  a `weight` of 0, so every process runs the same number of steps."""
-  n = len(src)
-  steps = -(-n // global_batch)
-  pad = steps * global_batch - n
-  src = np.concatenate([src, np.zeros((pad, src.shape[1]), src.dtype)])
-  tgt = np.concatenate([tgt, np.zeros((pad, tgt.shape[1]), tgt.dtype)])
-  weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  for s in range(steps):
-    rows = slice(s * global_batch + process_index * local_batch,
-                 s * global_batch + (process_index + 1) * local_batch)
-    yield {"src": src[rows], "tgt": tgt[rows], "weight": weight[rows]}
