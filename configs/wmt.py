@@ -10,8 +10,12 @@ Variants (first arg; then key=value,...: steps=N, runlocal=True):
         BLEU, 12 hours on 8 P100 GPUs (3.3e18 FLOPs).
   big   d_model 1024, 16 heads, FFN 4096, dropout 0.3, 300k steps. Paper:
         28.4 BLEU, 3.5 days on 8 P100 GPUs (2.3e19 FLOPs).
-  ding  DE->EN on the Ding corpus, sized to train in ~15 minutes on a 2-core
-        CPU; sacreBLEU on the held-out test, samples, attention maps.
+  ding  DE->EN on the Ding corpus (16k sentence pairs), sized to train in
+        ~13 minutes on a 2-core CPU: d_model 128, 4 heads, FFN 512, 3+3
+        layers, 64 packed rows x 32 pieces, 2000 steps; pre-norm and twice
+        the paper's learning rate (the small-data recipe of Nguyen & Salazar
+        2019, "Transformers without Tears"; post-norm at 1x reached half the
+        BLEU). sacreBLEU on the held-out test, samples, attention maps.
 On a pod: batch_size is the global number of packed rows of max_len
 tokens; base uses 512 rows x 64 = 32k tokens per side (a v4-32's 16 chips
 take 32 rows each); mesh (("data", -1),) is pure data parallelism.
@@ -27,7 +31,7 @@ from attnlab.config import common, parse_arg, parse_variant
 VARIANTS = {
     "base": (512, 8, 2048, 6, 0.1, 512, 64, 100_000),
     "big": (1024, 16, 4096, 6, 0.3, 512, 64, 300_000),
-    "ding": (128, 4, 512, 3, 0.1, 64, 32, 2100),
+    "ding": (128, 4, 512, 3, 0.1, 64, 32, 2000),
 }
 
 
@@ -40,7 +44,8 @@ def get_config(arg=None):
   c = common("translate", total_steps=steps, batch_size=rows, log_every=50,
              eval_every=steps if variant == "ding" else 5000,
              ckpt_every=200 if variant == "ding" else 2000,
-             optim=dict(lr=d_model ** -0.5, schedule="rsqrt", warmup_steps=warmup,
+             optim=dict(lr=(2 if variant == "ding" else 1) * d_model ** -0.5,
+                        schedule="rsqrt", warmup_steps=warmup,
                         b1=0.9, b2=0.98, eps=1e-9, clip_norm=0.0))
   c.label_smoothing = 0.1
   wmt = variant != "ding"
@@ -52,7 +57,7 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       model="transformer", d_model=d_model, num_heads=heads, d_ff=d_ff,
       enc_layers=layers, dec_layers=layers, dropout=dropout, attention_dropout=0.0,
-      pre_norm=False, learned_positions=False, implementation="xla",
+      pre_norm=variant == "ding", learned_positions=False, implementation="xla",
       dtype="float32"))
   c.decode = ml_collections.ConfigDict(dict(
       beam=4, alpha=0.6, extra_len=50, batch=64, num_bleu=200, num_plots=2,

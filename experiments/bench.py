@@ -5,7 +5,7 @@
       consumes, cold start to the first step
   python -m experiments.bench compare WORKDIR...     table of finished runs
   python -m experiments.bench curves WORKDIR... [--key K] [--x step|minutes]
-      [--out PNG]   one metric of several runs on one plot
+      [--max_step N] [--out PNG]   one metric of several runs on one plot
   python -m experiments.bench gradflow WORKDIR...    how far back gradients
       reach: |d loss_T / d state_{T-d}| for trained char-LMs, and a plot
   python -m experiments.bench beam WORKDIR [BEAM...]  beam-search translation
@@ -156,9 +156,11 @@ def curves(args):
   parser.add_argument("--key", default="train/loss")
   parser.add_argument("--x", choices=("step", "minutes"), default="step")
   parser.add_argument("--out", default="runs/curves.png")
+  parser.add_argument("--max_step", type=int, default=0, help="0: all")
   a = parser.parse_args(args)
   runs = {os.path.basename(wd.rstrip("/")):
-          metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl")) for wd in a.runs}
+          [r for r in metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+           if not a.max_step or r["step"] <= a.max_step] for wd in a.runs}
   viz.compare_runs(runs, a.key, a.out, a.x)
   for label, rows in runs.items():
     pts = [(r["step"], r[a.key]) for r in rows if a.key in r]
