@@ -280,7 +280,10 @@ def beam(workdir, beams=(1, 4)):
   params = jax.device_get(state["params"])
   pairs = translation.load_pairs(config.data, config.data.eval_split)
   sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
-  print(f"{workdir}: {config.model.model} ({config.model.cell} {config.model.hidden}), "
+  m = config.model
+  size = (f"d_model {m.d_model}, {m.enc_layers}+{m.dec_layers} layers"
+          if m.model == "transformer" else f"{m.cell} {m.hidden}")
+  print(f"{workdir}: {m.model} ({size}), "
         f"step {int(state['step'])}; {config.data.source} {config.data.eval_split}: "
         f"{len(pairs)} sentences, batch {config.decode.batch}, "
         f"length penalty alpha {config.decode.alpha}")
