@@ -110,7 +110,7 @@ class Checkpointer:
       if os.path.exists(target):
         shutil.rmtree(target)
       shutil.move(os.path.join(self.directory, str(step)), target)
-    _sync("attnlab_ckpt_aside")
+    sync("attnlab_ckpt_aside")
     self._manager = self._make_manager()
 
   def wait(self):
@@ -122,7 +122,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def _sync(name):
+def sync(name):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)

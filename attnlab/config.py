@@ -82,6 +82,9 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
       name="adam", schedule="cosine", b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0))
   c.optim.update(optim)
+  # A short run (steps=N) warms up for at most a quarter of its steps, so
+  # its learning rate always peaks and decays.
+  c.optim.warmup_steps = min(c.optim.get("warmup_steps", 0), total_steps // 4)
   return c
 
 
@@ -116,6 +119,11 @@ def validate_common(config, device_count):
         "set --config.optim.lr to a positive number, e.g. 1e-3")
   check(config.optim.warmup_steps >= 0, "optim.warmup_steps",
         "must be >= 0", "set --config.optim.warmup_steps=0 for no warm-up")
+  check(config.optim.warmup_steps < config.total_steps, "optim.warmup_steps",
+        f"{config.optim.warmup_steps} is not below total_steps={config.total_steps}: "
+        "the learning rate would still be rising when training ends",
+        f"set --config.optim.warmup_steps below {config.total_steps}, e.g. "
+        f"{config.total_steps // 10}")
   check(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0",
         "set --config.optim.clip_norm=0 to disable clipping")
   check(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0",

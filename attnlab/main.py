@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -175,6 +176,53 @@ def load_run(workdir):
     return ml_collections.ConfigDict(json.load(f))
 
 
+# What a run writes into its workdir besides checkpoints/ (experiments
+# included: vocabularies, plots, samples, reports).
+RUN_FILES = ("config.json", "metrics.jsonl", "tb", "vocab.json", "tokenizer.model",
+             "plots", "samples", "bleu.json")
+
+
+def has_checkpoint(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(d.isdigit() for d in os.listdir(folder))
+
+
+def claim_workdir(config, workdir):
+  """A workdir holds a run once it has a checkpoint: then only the same
+  config continues it. Before that (a run that failed or was killed before
+  its first save) it is not a run yet: a new start takes it, and the files
+  of the earlier attempt are kept beside it as NAME.prev (never reused: a
+  vocabulary of other data would silently corrupt the new run)."""
+  import jax
+  if has_checkpoint(workdir):
+    old = load_run(workdir)
+    if old.to_json(sort_keys=True) != ml_collections.ConfigDict(
+        json.loads(config.to_json_best_effort())).to_json(sort_keys=True):
+      fail(f"{workdir} holds a run with another config (see its "
+           "config.json): use a new --workdir, or the same config to resume")
+    return
+  if jax.process_index() == 0:
+    for name in RUN_FILES:
+      path = os.path.join(workdir, name)
+      if os.path.exists(path):
+        if os.path.isdir(path + ".prev"):
+          shutil.rmtree(path + ".prev")
+        os.replace(path, path + ".prev")
+        print(f"{workdir} has no checkpoint yet: its earlier {name} is now {name}.prev",
+              flush=True)
+  from attnlab import checkpoint
+  checkpoint.sync("attnlab_claim_workdir")
+
+
+def build(module, config, workdir):
+  """The experiment; data problems found while building it (a vocabulary
+  too small for the text, ...) are one line and exit 2, like config ones."""
+  try:
+    return module.Experiment(config, workdir)
+  except config_lib.ConfigError as e:
+    fail(str(e))
+
+
 # --- commands ----------------------------------------------------------------
 def cmd_train(argv):
   config, workdir = parse_config(argv)
@@ -188,14 +236,9 @@ def cmd_train(argv):
     catalog.prepare(config.data)
   except config_lib.ConfigError as e:
     fail(str(e))
-  if os.path.exists(os.path.join(workdir, "config.json")):
-    old = load_run(workdir)
-    if old.to_json(sort_keys=True) != ml_collections.ConfigDict(
-        json.loads(config.to_json_best_effort())).to_json(sort_keys=True):
-      fail(f"{workdir} holds a run with another config (see its "
-           "config.json): use a new --workdir, or the same config to resume")
+  claim_workdir(config, workdir)
+  exp = build(module, config, workdir)
   train.write_config(config, workdir)
-  exp = module.Experiment(config, workdir)
   trainer = train.Trainer(config, exp, workdir)
   try:
     state = trainer.train()
@@ -219,7 +262,7 @@ def _restore(workdir):
   config = load_run(workdir)
   module = validate(config, jax)
   from attnlab import train
-  exp = module.Experiment(config, workdir)
+  exp = build(module, config, workdir)
   trainer = train.Trainer(config, exp, workdir)
   state = trainer.restore_params()
   if state is None:
@@ -229,19 +272,50 @@ def _restore(workdir):
 
 def cmd_sample(argv):
   values = flags.FlagValues()
-  flags.DEFINE_string("prompt", None, "text to start from", flag_values=values)
+  flags.DEFINE_string("prompt", None, "language models: text to start from",
+                      flag_values=values)
   flags.DEFINE_integer("length", None, "characters to sample", flag_values=values)
   flags.DEFINE_float("temperature", None, "0 = greedy", flag_values=values)
   flags.DEFINE_integer("seed", 0, "sampling seed", flag_values=values)
+  flags.DEFINE_string("text", None, "translation: source sentences to translate "
+                      "(one per line; \\n separates them)", flag_values=values)
   workdir = _workdir_arg(argv, values)
+  config = load_run(workdir)
+  kind = experiment_module(config).Experiment
+  if hasattr(kind, "translate"):
+    if not (values.text or "").strip() or values.prompt is not None:
+      fail(f"{workdir} is a translation run: give the source text to translate, "
+           "e.g. ./launch.sh sample WORKDIR --text 'Wie geht es dir?'")
+  elif not hasattr(kind, "sample"):
+    fail(f"{workdir} is a {config.experiment} run, which has nothing to sample: "
+         f"./launch.sh eval {workdir} shows its held-out results")
+  elif values.text is not None:
+    fail("--text is for translation runs: give a language model --prompt")
   config, exp, _, state = _restore(workdir)
+  if values.text is not None:
+    sentences = [t for t in values.text.replace("\\n", "\n").split("\n") if t.strip()]
+    unknown = exp.tokenizer.unknown_chars("".join(sentences))
+    if unknown:
+      print(f"warning: the vocabulary has no piece for {unknown}: read as unknown",
+            file=sys.stderr)
+    for source, target in zip(sentences, exp.translate(state["params"], sentences)):
+      print(f"SRC  {source}\nHYP  {target}")
+    return
   s = config.sample
   temperature = s.temperature if values.temperature is None else values.temperature
   if temperature < 0:
     fail("--temperature must be >= 0 (0 is greedy)")
-  print(exp.sample(state["params"], s.prompt if values.prompt is None
-                   else values.prompt.replace("\\n", "\n"),
-                   values.length or s.length, temperature, seed=values.seed))
+  prompt = exp.prompt if values.prompt is None else values.prompt.replace("\\n", "\n")
+  length = values.length or s.length
+  positions = config.model.get("max_len", 0)  # a GPT's learned positions
+  if positions and len(prompt) + length > positions:
+    fail(f"--prompt of {len(prompt)} + --length {length} characters exceed the "
+         f"model's {positions} positions: sample fewer")
+  unknown = exp.unknown_chars(prompt)
+  if unknown:
+    fail(f"--prompt has characters the run's training text never shows: {unknown}; "
+         f"remove them (its characters are in {os.path.join(workdir, 'vocab.json')})")
+  print(exp.sample(state["params"], prompt, length, temperature, seed=values.seed))
 
 
 def cmd_eval(argv):

@@ -17,14 +17,27 @@ class MetricsWriter:
   """Writes scalars to `metrics.jsonl` and TensorBoard; images to TB only.
 
   Only process 0 writes (every process computes the same global metrics).
+  Files are opened at the first write: a command that writes nothing
+  (`sample`) leaves no empty events file behind.
   """
 
   def __init__(self, workdir, enabled=True):
     self.enabled = enabled
+    self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if enabled:
-      self._tb = EventFileWriter(os.path.join(workdir, "tb"))
-      self._jsonl = open(self.path, "a")
+    self._tb_writer = self._jsonl_file = None
+
+  @property
+  def _tb(self):
+    if self._tb_writer is None:
+      self._tb_writer = EventFileWriter(os.path.join(self.workdir, "tb"))
+    return self._tb_writer
+
+  @property
+  def _jsonl(self):
+    if self._jsonl_file is None:
+      self._jsonl_file = open(self.path, "a")
+    return self._jsonl_file
 
   def write_scalars(self, step, scalars):
     if not self.enabled:
@@ -75,14 +88,15 @@ class MetricsWriter:
                                        summary=summary))
 
   def flush(self):
-    if self.enabled:
-      self._tb.flush()
-      self._jsonl.flush()
+    for f in (self._tb_writer, self._jsonl_file):
+      if f is not None:
+        f.flush()
 
   def close(self):
-    if self.enabled:
-      self._tb.close()
-      self._jsonl.close()
+    for f in (self._tb_writer, self._jsonl_file):
+      if f is not None:
+        f.close()
+    self._tb_writer = self._jsonl_file = None
 
 
 def read_jsonl(path):
@@ -111,12 +125,12 @@ class Progress:
     self.t0, self.first = time.time(), step
 
   def line(self, step, loss):
-    rate = float("nan")
+    """The rate and ETA only once there is a rate (never `nan steps/s`)."""
+    out = f"step {step}/{self.total} ({100 * step // self.total}%) loss {loss:.4f}"
     if self.t0 is not None and step > self.first:
       rate = (step - self.first) / (time.time() - self.t0)
-    eta = (self.total - step) / rate if rate > 0 else None
-    return (f"step {step}/{self.total} ({100 * step // self.total}%) "
-            f"loss {loss:.4f} | {rate:.2f} steps/s | ETA {format_time(eta)}")
+      out += f" | {rate:.2f} steps/s | ETA {format_time((self.total - step) / rate)}"
+    return out
 
 
 def format_time(seconds):

@@ -151,8 +151,8 @@ def confusion(counts, classes, path, writer=None, step=0, title=""):
 
 def compare_runs(runs, key, path, x="step"):
   """One curve of `key` per run: {label: metrics rows}. x = "step" or
-  "minutes" (wall time of the train row at the same step, evals excluded
-  from nothing: what a person waiting would see)."""
+  "minutes": the run's wall clock (evals included) at the train row of the
+  same step."""
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for label, rows in runs.items():
     wall = {r["step"]: r["time/wall_sec"] for r in rows if "time/wall_sec" in r}

@@ -57,4 +57,5 @@ def get_config(arg=None):
     c.log_every = c.eval_every = c.ckpt_every = 2
     c.model.update(d_model=16, num_heads=2, d_ff=32, num_layers=1)
     c.data.update(vocab_size=300, seq_len=32)
+    c.optim.warmup_steps = 0
   return c

@@ -47,8 +47,8 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       name="rnn_lm", cell=arg.cell, hidden=hidden,
       num_layers=2, embed=64, dropout=0.0, dtype="float32"))
-  c.sample = ml_collections.ConfigDict(dict(
-      prompt="ROMEO:\n", length=400, temperature=0.8))
+  # prompt "": the first line of the held-out text, whatever the data is
+  c.sample = ml_collections.ConfigDict(dict(prompt="", length=400, temperature=0.8))
 
   if arg.runlocal:
     c.total_steps = arg.steps or 6
@@ -58,4 +58,5 @@ def get_config(arg=None):
     c.data.seq_len = 16
     c.data.eval_chars = 2_000
     c.sample.length = 40
+    c.optim.warmup_steps = 0
   return c

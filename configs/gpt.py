@@ -33,8 +33,8 @@ def get_config(arg=None):
       name="gpt", d_model=d_model, num_heads=heads, d_ff=4 * d_model,
       num_layers=layers, max_len=512, dropout=0.1,
       implementation="xla"))  # naive | xla | chunked (memory-efficient)
-  c.sample = ml_collections.ConfigDict(dict(
-      prompt="ROMEO:\n", length=400, temperature=0.8))
+  # prompt "": the first line of the held-out text, whatever the data is
+  c.sample = ml_collections.ConfigDict(dict(prompt="", length=400, temperature=0.8))
   if arg.runlocal:
     c.total_steps = 6
     c.batch_size = 8
@@ -43,4 +43,5 @@ def get_config(arg=None):
     c.data.seq_len = 16
     c.data.eval_chars = 2_000
     c.sample.length = 40
+    c.optim.warmup_steps = 0
   return c

@@ -9,7 +9,9 @@ Variants (`key=value,...`):
   cell=gru|lstm|rnn   size=tiny|small|base|paper   steps=N   runlocal=True
 Deeper stacks: --config.model.num_layers=4 (Luong et al. used 4 LSTM layers).
 Bring your own parallel text: data=folder --config.data.folder=DIR with
-  {src}.{split}.txt / {tgt}.{split}.txt aligned line by line.
+  {src_lang}.{split}.txt / {tgt_lang}.{split}.txt aligned line by line;
+  data.src_lang -> data.tgt_lang default to de -> en, e.g. for fr.train.txt
+  and en.train.txt: --config.data.src_lang=fr --config.data.tgt_lang=en.
 Evaluation: validation loss, sacreBLEU of beam-4 translations (signature
 printed), samples and alignment heatmaps in the workdir.
 """
@@ -56,4 +58,5 @@ def get_config(arg=None):
     c.model.update(embed=embed, hidden=hidden)
     c.data.update(vocab_size=64, max_len=16)
     c.decode.update(batch=8, num_bleu=8, num_plots=1)
+    c.optim.warmup_steps = 0
   return c

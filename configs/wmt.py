@@ -69,4 +69,5 @@ def get_config(arg=None):
     c.model.update(d_model=16, num_heads=2, d_ff=32, enc_layers=1, dec_layers=1)
     c.data.update(vocab_size=64, max_len=16)
     c.decode.update(batch=8, num_bleu=8, num_plots=1)
+    c.optim.warmup_steps = 0
   return c

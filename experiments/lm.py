@@ -23,6 +23,7 @@ from attnlab.data import text as text_lib
 from attnlab.models import gpt
 from attnlab.models import rnn_lm
 from attnlab.nn import rnn as rnn_lib
+from attnlab.nn import transformer as blocks
 
 
 def validate(config):
@@ -40,6 +41,9 @@ def validate(config):
     config_lib.check(len(config.sample.prompt) + config.sample.length <= m.max_len,
                      "sample.length", f"prompt + sample exceed the {m.max_len} positions",
                      "sample fewer characters or raise model.max_len")
+    config_lib.check(config.sample.length < m.max_len, "sample.length",
+                     f"{config.sample.length} leaves no room for a prompt in the "
+                     f"{m.max_len} positions", "sample fewer characters or raise model.max_len")
     return
   config_lib.check_choice(config, "model.cell", set(rnn_lib.CELLS))
   for key in ("hidden", "num_layers", "embed"):
@@ -84,6 +88,26 @@ class Experiment:
                            dropout=m.dropout, implementation=m.implementation)
     self._eval_step = self._eval_windows = self._sample_fn = None
     self._cells_fn = None
+    unknown = self.unknown_chars(config.sample.prompt)
+    config_lib.check(not unknown, "sample.prompt", f"has characters the training "
+                     f"text never shows: {unknown}", "remove them from the prompt")
+    self.prompt = config.sample.prompt or self._prompt_from_data()
+
+  def unknown_chars(self, text):
+    """Characters of `text` outside the vocabulary (they would be read as
+    the unknown id, which no training window ever contained)."""
+    return sorted(set(text) - set(self.vocab.chars[1:]))
+
+  def _prompt_from_data(self):
+    """The sample prompt when the config names none: the first line of the
+    held-out text (at most 40 characters), so samples of any language or
+    format start from something of its own."""
+    first = text_lib.load_text(self.config.data, self.config.data.eval_split).lstrip()
+    first = first.split("\n", 1)
+    prompt = first[0][:40] + ("\n" if len(first) > 1 and len(first[0]) <= 40 else "")
+    length = self.config.sample.length  # a GPT's positions hold prompt + sample
+    prompt = prompt[:self.config.model.get("max_len", len(prompt) + length) - length]
+    return "".join(c for c in prompt if c in self.vocab.index) or self.vocab.chars[1]
 
   # --- what the trainer needs --------------------------------------------
   def items_per_step(self, batch_size):
@@ -94,8 +118,7 @@ class Experiment:
     XLA's cost analysis counts a scan's body once, not once per step."""
     m, T = self.config.model, self.config.data.seq_len
     if not self.recurrent:  # projections, FFN, scores and contexts, output
-      per_token = (m.num_layers * (4 * 2 * m.d_model ** 2 + 2 * 2 * m.d_model * m.d_ff
-                                   + 2 * 2 * T * m.d_model)
+      per_token = (m.num_layers * blocks.layer_matmul_flops(m.d_model, m.d_ff, T)
                    + 2 * m.d_model * len(self.vocab))
       return 3 * per_token * self.items_per_step(batch_size)
     per_token = rnn_lib.matmul_flops_per_token(m.cell, m.embed, m.hidden,
@@ -143,7 +166,13 @@ class Experiment:
     config, data = self.config, self.config.data
     if self._eval_windows is None:  # the same windows at every evaluation
       local = sharding_lib.local_batch_size(config.batch_size, mesh)
-      ids = self.vocab.encode(text_lib.load_text(data, data.eval_split))
+      text = text_lib.load_text(data, data.eval_split)
+      unknown = self.unknown_chars(text)
+      if unknown and jax.process_index() == 0:
+        print(f"note: {len(unknown)} characters of the held-out text never occur in "
+              f"training ({''.join(unknown[:20])!r}); each counts as the unknown id",
+              flush=True)
+      ids = self.vocab.encode(text)
       self._eval_windows = text_lib.eval_windows(
           ids, data.seq_len, config.batch_size, local, jax.process_index(),
           data.eval_chars)
@@ -171,8 +200,7 @@ class Experiment:
 
   def evaluate(self, state, mesh, step, writer):
     nats = self.held_out_loss(state["params"], mesh)
-    sample = self.sample(state["params"], self.config.sample.prompt,
-                         self.config.sample.length,
+    sample = self.sample(state["params"], self.prompt, self.config.sample.length,
                          self.config.sample.temperature, seed=step)
     if jax.process_index() == 0:
       os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
@@ -185,7 +213,8 @@ class Experiment:
 
   def sample(self, params, prompt, length, temperature, seed=0):
     """Feeds the prompt, then samples `length` characters after it."""
-    ids = jnp.asarray(self.vocab.encode(prompt or "\n"))
+    prompt = prompt or self.prompt
+    ids = jnp.asarray(self.vocab.encode(prompt))
     if self._sample_fn is None:
       def run(params, ids, rng, length, temperature):
         if not self.recurrent:
@@ -203,7 +232,7 @@ class Experiment:
       self._sample_fn = jax.jit(run, static_argnames=("length", "temperature"))
     out = self._sample_fn(params, ids, jax.random.PRNGKey(seed), length=length,
                           temperature=float(temperature))
-    return (prompt or "\n") + self.vocab.decode(np.asarray(out[0]))
+    return prompt + self.vocab.decode(np.asarray(out[0]))
 
   def _sample_gpt(self, params, ids, rng, length, temperature):
     """The prompt through the key/value cache, then sampling from it."""

@@ -31,6 +31,7 @@ from attnlab.data import shakespeare
 from attnlab.data import text as text_lib
 from attnlab.data import tokenizer as tok_lib
 from attnlab.models import bert
+from attnlab.nn import transformer as blocks
 
 CLS, SEP = tok_lib.BOS, tok_lib.EOS
 FIRST_REGULAR = tok_lib.UNK + 1
@@ -81,9 +82,10 @@ class Experiment:
   def __init__(self, config, workdir=None):
     self.config, self.workdir = config, workdir
     data = config.data
-    path = os.path.join(catalog.data_dir(data), "attnlab_spm",
-                        f"{data.source}_{data.vocab_size}.model")
-    self.tokenizer = tok_lib.load_or_train(path, self._train_lines, data.vocab_size)
+    # A fine-tuned run reads text with its pretrained run's ids.
+    self.tokenizer = tok_lib.for_run(
+        workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"), data.source,
+        self._train_lines, data.vocab_size, copy_from=config.init_from or None)
     self.mask_id = len(self.tokenizer)
     self.classify = config.task == "classify"
     m = config.model
@@ -123,8 +125,7 @@ class Experiment:
   def flops_per_step(self, batch_size):
     """Matmul FLOPs of a train step: 3x the forward (the backward costs 2x)."""
     m, T = self.config.model, self.config.data.seq_len
-    per_token = m.num_layers * (4 * 2 * m.d_model ** 2 + 2 * 2 * m.d_model * m.d_ff
-                                + 2 * 2 * T * m.d_model)
+    per_token = m.num_layers * blocks.layer_matmul_flops(m.d_model, m.d_ff, T)
     if not self.classify:  # the MLM head's dense layer and output
       per_token += 2 * m.d_model ** 2 + 2 * m.d_model * (self.mask_id + 1)
     return 3 * per_token * T * batch_size

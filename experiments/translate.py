@@ -45,11 +45,9 @@ def validate(config):
     config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
     config_lib.check_choice(config, "model.dtype", {"float32", "bfloat16"})
   if config.data.source == "folder":
-    for lang in (config.data.src_lang, config.data.tgt_lang):
-      for split in (config.data.train_split, config.data.eval_split):
-        path = os.path.join(config.data.folder, f"{lang}.{split}.txt")
-        config_lib.check(os.path.exists(path), "data.folder", f"{path} is missing",
-                         "give {lang}.{split}.txt files with aligned lines")
+    translation.check_folder(config.data, (config.data.train_split, config.data.eval_split))
+  else:
+    translation.check_languages(config.data)
   config_lib.check(config.data.max_len > 1, "data.max_len", "must be > 1", "e.g. 64")
   config_lib.check(config.decode.beam >= 1, "decode.beam", "must be >= 1",
                    "use 1 for greedy-like search, 4 as in the papers")
@@ -89,10 +87,9 @@ class Experiment:
     if data.get("pack", False):
       self.item_name = "rows"  # packed: each row holds several sentence pairs
     if vocab_size is None:
-      name = (data.source if data.source != "folder" else "folder").replace("/", "_")
-      path = os.path.join(catalog.data_dir(data), "attnlab_spm",
-                          f"{name}_{data.src_lang}{data.tgt_lang}_{data.vocab_size}.model")
-      self.tokenizer = tok_lib.load_or_train(path, self._train_text, data.vocab_size)
+      self.tokenizer = tok_lib.for_run(
+          workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"),
+          data.source.replace("/", "_"), self._train_text, data.vocab_size)
       vocab_size = len(self.tokenizer)
     self.model = make_model(config.model, vocab_size)
     self._eval_fns = None

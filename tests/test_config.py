@@ -55,6 +55,9 @@ def bad_folder(tmp_path, kind):
     (d / "a.txt").write_bytes("caf\xe9 au lait".encode("latin-1") * 100)
   elif kind == "tiny":
     (d / "a.txt").write_text("too short")
+  elif kind == "train_only":
+    (d / "train").mkdir()
+    (d / "train" / "a.txt").write_text("text " * 1000)
   return str(d)
 
 
@@ -107,7 +110,13 @@ BAD = [
     ("wmt_variant", ["--config", "configs/wmt.py:huge"], ["unknown variant", "ding"]),
     ("seq2seq_folder", ["--config", "configs/seq2seq.py:data=folder",
                         "--config.data.folder=/nonexistent"],
-     ["data.folder", "de.train.txt is missing"]),
+     ["data.folder", "de.train.txt is missing", "data.src_lang", "data.tgt_lang"]),
+    ("seq2seq_language", ["--config", "configs/seq2seq.py:runlocal=True",
+                          "--config.data.src_lang=fr"],
+     ["data.src_lang", "'fr' is not a language of ding", "['de', 'en']"]),
+    ("warmup_past_the_end", ["--config.total_steps=10", "--config.optim.warmup_steps=10"],
+     ["optim.warmup_steps", "not below total_steps=10"]),
+    ("train_without_test", "train_only", ["data.folder", "no test/"]),
 ]
 
 

@@ -34,17 +34,13 @@ def validate(data):
                      f"{data.folder!r} contains no .txt files",
                      "put UTF-8 .txt files in it")
     for path in files:
-      with open(path, "rb") as f:
-        raw = f.read()
-      config_lib.check(b"\0" not in raw, "data.folder",
-                       f"{path} looks binary (NUL bytes)",
-                       "keep only UTF-8 text files in the folder")
-      try:
-        raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        config_lib.check(False, "data.folder",
-                         f"{path} is not UTF-8 ({e.reason} at byte {e.start})",
-                         "convert it with iconv -t utf-8")
+      read_utf8(path)
+    has = [os.path.isdir(os.path.join(data.folder, d)) for d in ("train", "test")]
+    config_lib.check(has[0] == has[1], "data.folder",
+                     f"{data.folder!r} has a {'train' if has[0] else 'test'}/ subfolder "
+                     f"but no {'test' if has[0] else 'train'}/ one",
+                     "give both (they are the splits) or neither (the last "
+                     "data.holdout of the text is held out)")
   else:
     config_lib.check(not data.folder, "data.folder",
                      f"set but data.source is {data.source!r}",
@@ -59,6 +55,22 @@ def validate(data):
                          "use 'shakespeare', 'folder' or a tfds name")
   config_lib.check(0 < data.holdout < 1, "data.holdout",
                    f"{data.holdout} is not in (0, 1)", "e.g. 0.05")
+
+
+def read_utf8(path, key="data.folder"):
+  """The text of a UTF-8 file, "\r\n" read as "\n" and a byte-order mark
+  dropped (neither is text a model should learn); one-line errors for a
+  binary file or another encoding."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  config_lib.check(b"\0" not in raw, key, f"{path} looks binary (NUL bytes)",
+                   "keep only UTF-8 text files in the folder")
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise config_lib.ConfigError(key, f"{path} is not UTF-8 ({e.reason} at byte {e.start})",
+                                 "convert it with iconv -t utf-8") from None
+  return text.replace("\r\n", "\n")
 
 
 def load_text(data, split):
@@ -86,9 +98,8 @@ def _folder_text(data, split):
   test_dir = os.path.join(data.folder, "test")
   if os.path.isdir(train_dir) and os.path.isdir(test_dir):
     files = _folder_files(train_dir if split == "train" else test_dir)
-    return "\n\n".join(open(p, encoding="utf-8").read() for p in files)
-  text = "\n\n".join(open(p, encoding="utf-8").read()
-                     for p in _folder_files(data.folder))
+    return "\n\n".join(read_utf8(p) for p in files)
+  text = "\n\n".join(read_utf8(p) for p in _folder_files(data.folder))
   cut = int(len(text) * (1 - data.holdout))
   return text[:cut] if split == "train" else text[cut:]
 

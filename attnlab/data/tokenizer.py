@@ -1,13 +1,30 @@
 """SentencePiece subword vocabulary (Kudo & Richardson 2018), trained on the
-training split only and cached beside the data, keyed by dataset, languages
-and size. Ids: 0 pad, 1 eos, 2 bos, 3 unk."""
+training split only. Ids: 0 pad, 1 eos, 2 bos, 3 unk.
+
+A run keeps its own copy, `workdir/tokenizer.model`: resuming, sampling,
+evaluating and fine-tuning from the run never depend on the data or a cache
+staying unchanged. The shared cache beside the data is keyed by a hash of
+the exact training text and every trainer setting, so other text (another
+folder with the same language codes, an edited file) never reuses a model
+it was not trained on.
+"""
+import hashlib
+import itertools
+import json
 import os
+import re
 import tempfile
 
 import numpy as np
 import sentencepiece as spm
 
+from attnlab import config as config_lib
+
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
+RUN_FILE = "tokenizer.model"
+SETTINGS = dict(model_type="unigram", character_coverage=1.0, pad_id=PAD,
+                eos_id=EOS, bos_id=BOS, unk_id=UNK,
+                hard_vocab_limit=False)  # small corpora get a smaller vocabulary
 
 
 class Tokenizer:
@@ -31,32 +48,101 @@ class Tokenizer:
   def pieces(self, ids):
     return [self.sp.id_to_piece(int(i)) for i in ids]
 
+  def unknown_chars(self, text):
+    """Characters of `text` the vocabulary has no piece for (-> unk)."""
+    return sorted({c for c in text if not c.isspace()
+                   and UNK in self.sp.encode(c)})
 
-def load_or_train(path, texts_fn, vocab_size, max_sentences=300_000):
-  """The tokenizer at `path` (.model), trained first if missing.
 
-  `texts_fn()` yields training sentences (both languages: a joint
-  vocabulary, as Vaswani et al. share it across source and target).
+def for_run(workdir, cache_dir, name, texts_fn, vocab_size, copy_from=None,
+            max_sentences=300_000):
+  """The run's tokenizer.
+
+  The run's own copy when it has one; else `copy_from`'s (the workdir of a
+  pretrained run, whose ids the new run must share); else trained on
+  `texts_fn()` (sentences of the training split; translation passes both
+  languages: a joint vocabulary, as Vaswani et al. share it) through the
+  cache, then copied into the run. With several processes, process 0's
+  model is sent to all, so every host uses the same ids whatever its disks
+  hold. `workdir` empty: the cache only (one process: benchmarks).
   """
-  if not os.path.exists(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
-      corpus = os.path.join(tmp, "corpus.txt")
-      with open(corpus, "w", encoding="utf-8") as f:
-        for i, line in enumerate(texts_fn()):
-          if i >= max_sentences:
-            break
-          f.write(line.replace("\n", " ") + "\n")
+  import jax
+  if not workdir:
+    return Tokenizer(cached(cache_dir, name, texts_fn(), vocab_size, max_sentences))
+  own = os.path.join(workdir, RUN_FILE)
+  if os.path.exists(own):
+    return Tokenizer(own)
+  blob, error = None, None
+  if jax.process_index() == 0:
+    try:
+      if copy_from:
+        source = os.path.join(copy_from, RUN_FILE)
+        config_lib.check(os.path.exists(source), "init_from",
+                         f"{copy_from} has no {RUN_FILE}",
+                         "give the workdir of a run that trained a tokenizer")
+      else:
+        source = cached(cache_dir, name, texts_fn(), vocab_size, max_sentences)
+      with open(source, "rb") as f:
+        blob = f.read()
+    except config_lib.ConfigError as e:
+      error = e
+  if jax.process_count() > 1:
+    blob = _broadcast_bytes(blob)  # empty: process 0 failed, and says why
+  if error or not blob:
+    raise error or config_lib.ConfigError(
+        "data", "process 0 could not build the tokenizer", "see its error")
+  os.makedirs(workdir, exist_ok=True)
+  tmp = f"{own}.{os.getpid()}.tmp"  # every process may write the same file
+  with open(tmp, "wb") as f:
+    f.write(blob)
+  os.replace(tmp, own)
+  return Tokenizer(own)
+
+
+def cached(cache_dir, name, texts, vocab_size, max_sentences=300_000):
+  """Path of the model trained on `texts` with SETTINGS and `vocab_size`,
+  trained first if the cache has none for exactly that text."""
+  lines = [t.replace("\n", " ") for t in itertools.islice(texts, max_sentences)]
+  config_lib.check(any(line.strip() for line in lines), "data.train_split",
+                   "the training split has no text", "check the data files")
+  settings = dict(SETTINGS, vocab_size=vocab_size, sentencepiece=spm.__version__)
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+  for line in lines:
+    key.update(line.encode("utf-8") + b"\n")
+  path = os.path.join(cache_dir, f"{name}_{vocab_size}_{key.hexdigest()[:16]}.model")
+  if os.path.exists(path):
+    return path
+  os.makedirs(cache_dir, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+    corpus = os.path.join(tmp, "corpus.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+      f.writelines(line + "\n" for line in lines)
+    try:
       spm.SentencePieceTrainer.train(
-          input=corpus, model_prefix=os.path.join(tmp, "spm"),
-          vocab_size=vocab_size, model_type="unigram", character_coverage=1.0,
-          pad_id=PAD, eos_id=EOS, bos_id=BOS, unk_id=UNK,
-          input_sentence_size=max_sentences, shuffle_input_sentence=True,
-          hard_vocab_limit=False,  # small corpora get a smaller vocabulary
-          num_threads=2, minloglevel=2)
-      # Atomic: a killed training never leaves a half-written model.
-      os.replace(os.path.join(tmp, "spm.model"), path)
-  return Tokenizer(path)
+          input=corpus, model_prefix=os.path.join(tmp, "spm"), vocab_size=vocab_size,
+          input_sentence_size=max_sentences, num_threads=2, minloglevel=2,
+          **SETTINGS)
+    except RuntimeError as e:
+      # "Vocabulary size is smaller than required_chars. 64 vs 129.": every
+      # character needs a piece (character_coverage 1.0), plus the 4 ids.
+      need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+      if not need:
+        raise
+      raise config_lib.ConfigError(
+          "data.vocab_size", f"{vocab_size} is smaller than the {need[1]} pieces the "
+          "training text needs (one per distinct character, plus 4 special ids)",
+          f"set --config.data.vocab_size={need[1]} or more") from None
+    # Atomic: a killed training never leaves a half-written model.
+    os.replace(os.path.join(tmp, "spm.model"), path)
+  return path
+
+
+def _broadcast_bytes(blob):
+  """Process 0's bytes on every process (others pass None)."""
+  from jax.experimental import multihost_utils
+  n = int(multihost_utils.broadcast_one_to_all(np.int64(len(blob) if blob else 0)))
+  data = np.frombuffer(blob, np.uint8) if blob else np.zeros(n, np.uint8)
+  return np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes()
 
 
 def pad_batch(rows, length):

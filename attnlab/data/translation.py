@@ -14,15 +14,18 @@ Test and validation pairs are provably disjoint from training text: a pair
 whose source or target side occurs in any training pair is dropped (the
 counts are in the builder's release notes and `split_report`).
 """
+import glob
 import html
 import os
 import re
 import struct
 import zlib
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from attnlab import config as config_lib
 from attnlab.data import fetch
 
 # --- Ding ----------------------------------------------------------------------
@@ -209,11 +212,7 @@ def load_pairs(data, split):
   """
   src, tgt = data.src_lang, data.tgt_lang
   if data.source == "folder":
-    sides = []
-    for lang in (src, tgt):
-      with open(os.path.join(data.folder, f"{lang}.{split}.txt"), encoding="utf-8") as f:
-        sides.append(f.read().splitlines())
-    return list(zip(*sides))
+    return folder_pairs(data.folder, src, tgt, split)
   from attnlab.data.catalog import data_dir
   ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
   decode = lambda x: x.decode("utf-8") if isinstance(x, bytes) else x
@@ -227,6 +226,70 @@ def load_pairs(data, split):
     except TypeError:
       block = [ds[i] for i in keys]
     pairs.extend((decode(x[src]), decode(x[tgt])) for x in block)
+  return pairs
+
+
+def check_languages(data):
+  """data.src_lang and data.tgt_lang must be languages of a tfds source
+  (a dataset that cannot be built yet is left to catalog.prepare)."""
+  from attnlab.data.catalog import data_dir
+  try:
+    languages = sorted(tfds.builder(data.source, data_dir=data_dir(data)).info.features.languages)
+  except Exception:  # not registered here, not prepared, not a Translation feature
+    return
+  for key in ("src_lang", "tgt_lang"):
+    config_lib.check(data[key] in languages, f"data.{key}",
+                     f"{data[key]!r} is not a language of {data.source} (it has {languages})",
+                     "set --config.data.src_lang and --config.data.tgt_lang to two of them")
+
+
+def folder_file(folder, lang, split):
+  return os.path.join(folder, f"{lang}.{split}.txt")
+
+
+def check_folder(data, splits):
+  """One-line errors for a parallel folder, before anything compiles: a
+  missing file (naming the keys that choose the file names), a file that
+  is not UTF-8, two sides of a split with different line counts."""
+  for split in splits:
+    for lang, key in ((data.src_lang, "data.src_lang"), (data.tgt_lang, "data.tgt_lang")):
+      path = folder_file(data.folder, lang, split)
+      if not os.path.exists(path):
+        found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(data.folder, "*.txt")))
+        raise config_lib.ConfigError(
+            "data.folder", f"{path} is missing: files are named {{{key}}}.{{split}}.txt, "
+            f"and data.src_lang={data.src_lang!r} data.tgt_lang={data.tgt_lang!r} "
+            f"(source -> target) now; the folder has {found or 'no .txt files'}",
+            "set --config.data.src_lang and --config.data.tgt_lang to your files' codes")
+    folder_pairs(data.folder, data.src_lang, data.tgt_lang, split)
+
+
+def folder_pairs(folder, src, tgt, split):
+  """Aligned lines of `{src}.{split}.txt` and `{tgt}.{split}.txt`.
+
+  Lines end at "\n" only (a "\r" before it is dropped), as `wc -l` counts
+  them: str.splitlines() would also break at U+2028, U+0085 or a form
+  feed inside a sentence and shift every pair after it. Files of different
+  line counts are refused, never zipped. Pairs with an empty side are
+  dropped, and their number printed.
+  """
+  from attnlab.data import text as text_lib
+  paths = [folder_file(folder, lang, split) for lang in (src, tgt)]
+  sides = []
+  for path in paths:
+    lines = text_lib.read_utf8(path).split("\n")
+    if lines[-1] == "":
+      lines.pop()  # the newline that ends the last line
+    sides.append(lines)
+  config_lib.check(
+      len(sides[0]) == len(sides[1]), "data.folder",
+      f"{paths[0]} has {len(sides[0]):,} lines but {paths[1]} has {len(sides[1]):,}: "
+      "pairing them would shift every pair after the first missing line",
+      "make line i of one file the translation of line i of the other")
+  pairs = [(s, t) for s, t in zip(*sides) if s.strip() and t.strip()]
+  if len(pairs) < len(sides[0]) and jax.process_index() == 0:
+    print(f"data: {len(sides[0]) - len(pairs)} of {len(sides[0]):,} {split} pairs of "
+          f"{folder} have an empty side; dropped", flush=True)
   return pairs
 
 

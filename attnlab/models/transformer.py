@@ -134,9 +134,9 @@ def matmul_flops(m, src_len, tgt_len):
   """Forward matmul FLOPs of one sentence pair (2 per multiply-add), the
   attention scores and contexts included (computed in full, masks and all)."""
   d, ff = m.d_model, m.d_ff
-  enc = m.enc_layers * (4 * 2 * d * d + 2 * 2 * d * ff + 2 * 2 * src_len * d)
-  dec = m.dec_layers * (6 * 2 * d * d + 2 * 2 * d * ff      # q k v o, q o, FFN
-                        + 2 * 2 * tgt_len * d + 2 * 2 * src_len * d)
+  enc = m.enc_layers * blocks.layer_matmul_flops(d, ff, src_len)
+  dec = m.dec_layers * (blocks.layer_matmul_flops(d, ff, tgt_len)
+                        + 2 * 2 * d * d + 2 * 2 * src_len * d)  # + cross q o, attention
   dec += 2 * d * m.vocab_size                               # output = embedding^T
   cross_kv = m.dec_layers * 2 * 2 * d * d                   # per source token
   return src_len * (enc + cross_kv) + tgt_len * dec

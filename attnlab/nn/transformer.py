@@ -105,6 +105,13 @@ class Layer(nn.Module):
     return x, weights, new_cache
 
 
+def layer_matmul_flops(d_model, d_ff, context):
+  """Forward matmul FLOPs per token of a self-attention + FFN layer (2 per
+  multiply-add): q k v o projections, the FFN, and scores and contexts
+  over `context` keys (computed in full, masks and all)."""
+  return 4 * 2 * d_model ** 2 + 2 * 2 * d_model * d_ff + 2 * 2 * context * d_model
+
+
 def empty_cache(batch, length, num_heads, head_dim, dtype=jnp.float32):
   """A layer's key/value cache for `length` tokens, nothing written yet."""
   shape = (batch, length, num_heads, head_dim)
