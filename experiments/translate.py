@@ -116,10 +116,14 @@ class Experiment:
     seen = {x for pair in pairs for x in pair}
     test = translation.load_pairs(config.data, config.data.eval_split)
     overlap = sum(1 for s, t in test if s in seen or t in seen)
+    src, tgt, keep = translation.encode_pairs(pairs, self.tokenizer, config.data.max_len)
     if jax.process_index() == 0:
       print(f"data: {len(pairs):,} training pairs, {len(test):,} {config.data.eval_split} "
             f"pairs, {overlap} of them share a side with training text", flush=True)
-    src, tgt, _ = translation.encode_pairs(pairs, self.tokenizer, config.data.max_len)
+      if len(keep) < len(pairs):  # said, so a short max_len never hides half the data
+        print(f"data: {len(pairs) - len(keep):,} training pairs ({1 - len(keep) / len(pairs):.0%}) "
+              f"are longer than data.max_len={config.data.max_len} pieces and are not "
+              "trained on; raise --config.data.max_len to keep them", flush=True)
     return iter(translation.train_dataset(
         src, tgt, local_batch, process_index, process_count, config.total_steps,
         config.batch_size, config.seed, pack=config.data.get("pack", False)))

@@ -287,10 +287,14 @@ def folder_pairs(folder, src, tgt, split):
       "pairing them would shift every pair after the first missing line",
       "make line i of one file the translation of line i of the other")
   pairs = [(s, t) for s, t in zip(*sides) if s.strip() and t.strip()]
-  if len(pairs) < len(sides[0]) and jax.process_index() == 0:
+  if len(pairs) < len(sides[0]) and jax.process_index() == 0 and paths[0] not in _REPORTED:
+    _REPORTED.add(paths[0])  # once per file, not at every evaluation
     print(f"data: {len(sides[0]) - len(pairs)} of {len(sides[0]):,} {split} pairs of "
           f"{folder} have an empty side; dropped", flush=True)
   return pairs
+
+
+_REPORTED = set()
 
 
 def encode_pairs(pairs, tokenizer, max_len):
