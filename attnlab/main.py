@@ -3,7 +3,8 @@
   train   --config CONFIG[:args] --workdir DIR [--config.KEY=VALUE ...]
   prepare --config CONFIG[:args]          fetch and prepare the data only
   sample  WORKDIR [--prompt P --length N --temperature T --seed S]
-  eval    WORKDIR                          held-out eval + analysis figures
+  eval    WORKDIR [--split validation|test]  validation metrics; with test, the
+          final test report and its figures (as at the end of training)
   compile --config CONFIG[:args] --devices N [--config.KEY=VALUE ...]
           ahead-of-time: lower and compile the train step for N devices
           (faked on the CPU), print memory per device and FLOPs per step
@@ -173,13 +174,16 @@ def load_run(workdir):
   if not os.path.exists(path):
     fail(f"{workdir} has no config.json: give the --workdir of a training run")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  if "data" in config and "test_split" not in config.data:  # runs made before it existed
+    config.data.test_split = "test"
+  return config
 
 
 # What a run writes into its workdir besides checkpoints/ (experiments
 # included: vocabularies, plots, samples, reports).
 RUN_FILES = ("config.json", "metrics.jsonl", "tb", "vocab.json", "tokenizer.model",
-             "plots", "samples", "bleu.json")
+             "plots", "samples", "bleu.json", "test.json")
 
 
 def has_checkpoint(workdir):
@@ -244,8 +248,7 @@ def cmd_train(argv):
     state = trainer.train()
   except train.NonFiniteError as e:
     fail(str(e), code=1)
-  if hasattr(exp, "finish"):
-    exp.finish(state)
+  trainer.finish(state)
 
 
 def cmd_prepare(argv):
@@ -319,13 +322,17 @@ def cmd_sample(argv):
 
 
 def cmd_eval(argv):
-  workdir = _workdir_arg(argv, flags.FlagValues())
-  _, exp, trainer, state = _restore(workdir)
-  step = int(state["step"])
-  trainer.evaluate(state, step)
+  values = flags.FlagValues()
+  flags.DEFINE_enum("split", "validation", ["validation", "test"], "validation: the "
+                    "metrics training reports; test: the final report (read it once)",
+                    flag_values=values)
+  workdir = _workdir_arg(argv, values)
+  _, _, trainer, state = _restore(workdir)
+  if values.split == "test":
+    trainer.finish(state)
+  else:
+    trainer.evaluate(state, int(state["step"]))
   trainer.writer.close()
-  if hasattr(exp, "finish"):
-    exp.finish(state)
 
 
 def _workdir_arg(argv, values):

@@ -19,7 +19,11 @@ An experiment object provides:
   loss(params, carry, extra, batch, rng) -> (loss, (metrics, carry, extra))
   train_iter(local_batch, process_index, process_count) -> grain iterator of
       this process's rows (dicts of numpy arrays)
-  evaluate(state, mesh, step, writer) -> {"eval/...": float}
+  evaluate(state, mesh, step, writer) -> {"eval/...": float} on the
+      validation split (`config.data.eval_split`), during training
+  finish(state, mesh, writer) -> {"test/...": float}, optional: the test
+      split (`config.data.test_split`), read once after training (and by
+      `eval --split test`): the numbers a run reports, and its figures
   items_per_step(batch_size), item_name ("tokens", "examples", ...)
   pretrained(params) -> (params, source), optional: a new run's params
       with some taken from a pretrained run (source None: none taken)
@@ -283,6 +287,24 @@ class Trainer:
     log(f"eval at step {step}: " + ", ".join(
         f"{k} {v:.4f}" for k, v in results.items()) +
         f" ({time.time() - t0:.1f}s)")
+    return results
+
+  def finish(self, state):
+    """The test split, read once after training: written as test/... rows
+    in metrics.jsonl and workdir/test.json."""
+    if not hasattr(self.exp, "finish"):
+      return {}
+    t0, step = time.time(), int(state["step"])
+    results = self.exp.finish(state, self.mesh, self.writer) or {}
+    self.writer.write_scalars(step, results)
+    self.writer.close()
+    if jax.process_index() == 0 and results:
+      import json
+      with open(os.path.join(self.workdir, "test.json"), "w") as f:
+        json.dump({"step": step, "split": self.config.data.test_split, **results}, f,
+                  indent=1)
+    log(f"test ({self.config.data.test_split} split) at step {step}: " + ", ".join(
+        f"{k} {v:.4f}" for k, v in results.items()) + f" ({time.time() - t0:.1f}s)")
     return results
 
   def _check_finite(self, state, step):

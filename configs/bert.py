@@ -46,7 +46,8 @@ def get_config(arg=None):
   c.mask_rate = 0.15
   c.data = ml_collections.ConfigDict(dict(
       source="shakespeare", folder="", data_dir="", text_key="text",
-      train_split="train", eval_split="test", vocab_size=4000, seq_len=128))
+      train_split="train", eval_split="validation",
+      test_split="test", vocab_size=4000, seq_len=128))
   d_model, heads, layers = SIZES[arg.size]
   c.model = ml_collections.ConfigDict(dict(
       d_model=d_model, num_heads=heads, d_ff=4 * d_model, num_layers=layers,

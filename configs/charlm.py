@@ -37,7 +37,8 @@ def get_config(arg=None):
              optim=dict(lr=2e-3, warmup_steps=50, clip_norm=5.0))
   c.data = ml_collections.ConfigDict(dict(
       source="shakespeare", folder="", data_dir="", text_key="text",
-      train_split="train", eval_split="test", holdout=0.05, seq_len=128,
+      train_split="train", eval_split="validation",
+      test_split="test", holdout=0.05, seq_len=128,
       stateful=True, eval_chars=120_000))
 
   # Equal parameter count: a layer has gates * (H * (H + X) + H) weights,

@@ -26,7 +26,8 @@ def get_config(arg=None):
              optim=dict(lr=1e-3, warmup_steps=100, clip_norm=1.0, b2=0.99))
   c.data = ml_collections.ConfigDict(dict(
       source="shakespeare", folder="", data_dir="", text_key="text",
-      train_split="train", eval_split="test", holdout=0.05, seq_len=256,
+      train_split="train", eval_split="validation",
+      test_split="test", holdout=0.05, seq_len=256,
       stateful=False, eval_chars=120_000))
   d_model, heads, layers = SIZES[arg.size]
   c.model = ml_collections.ConfigDict(dict(

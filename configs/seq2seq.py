@@ -42,7 +42,8 @@ def get_config(arg=None):
   src, tgt, vocab, max_len = DATASETS.get(arg.data, ("de", "en", 8000, 48))
   c.data = ml_collections.ConfigDict(dict(
       source=arg.data, folder="", data_dir="", src_lang=src, tgt_lang=tgt,
-      train_split="train", eval_split="test", vocab_size=vocab, max_len=max_len))
+      train_split="train", eval_split="validation",
+      test_split="test", vocab_size=vocab, max_len=max_len))
   embed, hidden = SIZES[arg.size]
   c.model = ml_collections.ConfigDict(dict(
       model=arg.model, cell=arg.cell, score=arg.score, embed=embed,

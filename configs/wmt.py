@@ -52,7 +52,8 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       source="wmt14_translate/de-en" if wmt else "ding", folder="", data_dir="",
       src_lang="en" if wmt else "de", tgt_lang="de" if wmt else "en",
-      train_split="train", eval_split="test", vocab_size=32000 if wmt else 4000,
+      train_split="train", eval_split="validation",
+      test_split="test", vocab_size=32000 if wmt else 4000,
       max_len=max_len, pack=True))
   c.model = ml_collections.ConfigDict(dict(
       model="transformer", d_model=d_model, num_heads=heads, d_ff=d_ff,

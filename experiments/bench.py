@@ -270,7 +270,7 @@ def attention(ns=(1024, 2048, 4096, 8192, 16384), heads=8, head_dim=64,
 
 
 def beam(workdir, beams=(1, 4)):
-  """Each beam size runs twice over the test set: the first pass compiles
+  """Each beam size runs twice over the validation split: the first pass compiles
   (one program per padded source length), the second is timed."""
   import jax
   from attnlab import main as main_lib

@@ -86,7 +86,8 @@ class Experiment:
       self.model = gpt.GPT(len(self.vocab), d_model=m.d_model, num_heads=m.num_heads,
                            d_ff=m.d_ff, num_layers=m.num_layers, max_len=m.max_len,
                            dropout=m.dropout, implementation=m.implementation)
-    self._eval_step = self._eval_windows = self._sample_fn = None
+    self._eval_step = self._sample_fn = None
+    self._eval_windows = {}  # split -> the same windows at every evaluation
     self._cells_fn = None
     unknown = self.unknown_chars(config.sample.prompt)
     config_lib.check(not unknown, "sample.prompt", f"has characters the training "
@@ -161,22 +162,22 @@ class Experiment:
     return nll, ({"bits_per_char": nll / jnp.log(2.0)}, aux["carry"], extra)
 
   # --- evaluation ---------------------------------------------------------
-  def held_out_loss(self, params, mesh):
-    """Mean nats/char over the eval split's streams (carry across windows)."""
+  def held_out_loss(self, params, mesh, split):
+    """Mean nats/char over a held-out split's streams (carry across windows)."""
     config, data = self.config, self.config.data
-    if self._eval_windows is None:  # the same windows at every evaluation
+    if split not in self._eval_windows:
       local = sharding_lib.local_batch_size(config.batch_size, mesh)
-      text = text_lib.load_text(data, data.eval_split)
+      text = text_lib.load_text(data, split)
       unknown = self.unknown_chars(text)
       if unknown and jax.process_index() == 0:
         print(f"note: {len(unknown)} characters of the held-out text never occur in "
               f"training ({''.join(unknown[:20])!r}); each counts as the unknown id",
               flush=True)
       ids = self.vocab.encode(text)
-      self._eval_windows = text_lib.eval_windows(
+      self._eval_windows[split] = text_lib.eval_windows(
           ids, data.seq_len, config.batch_size, local, jax.process_index(),
           data.eval_chars)
-    windows = self._eval_windows
+    windows = self._eval_windows[split]
     if self._eval_step is None:
       def eval_step(params, carry, batch):
         if not self.recurrent:
@@ -199,7 +200,7 @@ class Experiment:
     return total / (windows.shape[0] * config.batch_size * data.seq_len)
 
   def evaluate(self, state, mesh, step, writer):
-    nats = self.held_out_loss(state["params"], mesh)
+    nats = self.held_out_loss(state["params"], mesh, self.config.data.eval_split)
     sample = self.sample(state["params"], self.prompt, self.config.sample.length,
                          self.config.sample.temperature, seed=step)
     if jax.process_index() == 0:
@@ -244,11 +245,15 @@ class Experiment:
                             state, ids[:-1])
     return decode.sample(step, state, ids[-1:], length, rng, temperature)[0]
 
-  def finish(self, state):
-    """After training (and on `launch.sh eval`): the cell figures."""
+  def finish(self, state, mesh, writer):
+    """After training (and on `eval --split test`): nats/char on the test
+    split, and the cell figures (over the validation text: an analysis,
+    not a reported number)."""
+    nats = self.held_out_loss(state["params"], mesh, self.config.data.test_split)
     if jax.process_index() == 0 and self.recurrent:
       report = self.cell_report(jax.device_get(state["params"]), self.workdir)
       print(f"interpretable cells (plots/cell_*.png):\n{report}", flush=True)
+    return {"test/loss": nats, "test/bits_per_char": nats / np.log(2)}
 
   # --- interpretable cells (Karpathy et al. 2015, figures 2-3) -------------
   def cell_activations(self, params, text, carry=None, window=4096):

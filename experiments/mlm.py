@@ -11,6 +11,8 @@ config.task
             supplies every parameter except the head. Evaluation: accuracy
             over the held-out plays' passages, per play, and a confusion
             matrix.
+Held-out plays: validation (macbeth, tempest) during training; test
+(hamlet, twelfth_night) once after it.
 
 Ids: SentencePiece's 0 pad, 1 eos = [SEP], 2 bos = [CLS], 3 unk; [MASK] is
 one id past the SentencePiece vocabulary.
@@ -185,8 +187,16 @@ class Experiment:
 
   # --- evaluation ---------------------------------------------------------
   def evaluate(self, state, mesh, step, writer):
+    return self._evaluate(state, mesh, step, writer, self.config.data.eval_split, "eval")
+
+  def finish(self, state, mesh, writer):
+    """The test plays, once, after training."""
+    return self._evaluate(state, mesh, int(state["step"]), writer,
+                          self.config.data.test_split, "test")
+
+  def _evaluate(self, state, mesh, step, writer, split, prefix):
     c = self.config
-    tokens, labels, names = self.split(c.data.eval_split)
+    tokens, labels, names = self.split(split)
     if self._eval_fn is None:
       def eval_step(params, batch):
         # One fixed corruption (the same key at every evaluation) so
@@ -202,16 +212,18 @@ class Experiment:
     for batch in sharding_lib.eval_batches(columns, c.batch_size, local, jax.process_index()):
       totals += [float(x) for x in self._eval_fn(state["params"],
                                                  sharding_lib.global_batch(batch, mesh))]
-    results = {"eval/loss": totals[0] / totals[2], "eval/accuracy": totals[1] / totals[2]}
+    results = {f"{prefix}/loss": totals[0] / totals[2],
+               f"{prefix}/accuracy": totals[1] / totals[2]}
     if jax.process_index() == 0:
       params = jax.device_get(state["params"])
       if self.classify:
-        self._report_genres(params, tokens, labels, names, step, writer)
+        self._report_genres(params, tokens, labels, names, f"{split}_step{step}", writer,
+                            step)
       else:
         self._show_guesses(params, tokens[len(tokens) // 2], step, writer)
     return results
 
-  def _report_genres(self, params, tokens, labels, names, step, writer):
+  def _report_genres(self, params, tokens, labels, names, tag, writer, step):
     """Accuracy per held-out play, and the confusion matrix as a plot."""
     predict = jax.jit(lambda p, x: self.model.apply({"params": p}, x, x > 0)[2].argmax(-1))
     pred = np.concatenate([np.asarray(predict(params, tokens[i:i + 256]))
@@ -225,8 +237,8 @@ class Experiment:
     counts = np.zeros((k, k), int)
     np.add.at(counts, (labels, pred), 1)
     viz.confusion(counts, shakespeare.GENRES,
-                  os.path.join(self.workdir, "plots", f"confusion_step{step}.png"),
-                  writer, step, title=f"genre of held-out passages, step {step}")
+                  os.path.join(self.workdir, "plots", f"confusion_{tag}.png"),
+                  writer, step, title=f"genre of held-out passages, {tag.replace('_', ' ')}")
 
   def _show_guesses(self, params, row, step, writer):
     """A held-out passage with its masked words and the model's guesses."""

@@ -2,9 +2,10 @@
 the Transformer (attnlab/models/transformer): one objective, one decoder.
 
 Training: teacher forcing, cross-entropy over target tokens (optional label
-smoothing). Evaluation: validation loss, then sacreBLEU of beam-search
-translations of the test set (and BLEU per source-length bucket), sample
-translations in workdir/samples/, and source x target alignment heatmaps.
+smoothing). Evaluation during training, on the validation split: loss,
+sacreBLEU of beam-search translations, samples in workdir/samples/, source x
+target alignment heatmaps. After training, once, on the test split: BLEU of
+every sentence and BLEU per source-length bucket (bleu.json, a plot).
 """
 import os
 
@@ -45,7 +46,7 @@ def validate(config):
     config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
     config_lib.check_choice(config, "model.dtype", {"float32", "bfloat16"})
   if config.data.source == "folder":
-    translation.check_folder(config.data, (config.data.train_split, config.data.eval_split))
+    translation.check_folder(config.data)
   else:
     translation.check_languages(config.data)
   config_lib.check(config.data.max_len > 1, "data.max_len", "must be > 1", "e.g. 64")
@@ -69,6 +70,13 @@ def make_model(m, vocab_size):
   return seq2seq.Seq2Seq(vocab_size, model=m.model, cell=m.cell, embed=m.embed,
                          hidden=m.hidden, score=m.score, dropout=m.dropout,
                          num_layers=m.num_layers)
+
+
+def overlap(train_pairs, held_out):
+  """Held-out pairs with a side that is also training text (it must be
+  unseen: the builders drop such pairs; a user's folder may have them)."""
+  seen = {x for pair in train_pairs for x in pair}
+  return sum(1 for s, t in held_out if s in seen or t in seen)
 
 
 def padded_length(n):
@@ -112,14 +120,12 @@ class Experiment:
   def train_iter(self, local_batch, process_index, process_count):
     config = self.config
     pairs = translation.load_pairs(config.data, config.data.train_split)
-    # Held-out text must be unseen: report exact matches with training text.
-    seen = {x for pair in pairs for x in pair}
-    test = translation.load_pairs(config.data, config.data.eval_split)
-    overlap = sum(1 for s, t in test if s in seen or t in seen)
     src, tgt, keep = translation.encode_pairs(pairs, self.tokenizer, config.data.max_len)
     if jax.process_index() == 0:
-      print(f"data: {len(pairs):,} training pairs, {len(test):,} {config.data.eval_split} "
-            f"pairs, {overlap} of them share a side with training text", flush=True)
+      held = translation.load_pairs(config.data, config.data.eval_split)
+      print(f"data: {len(pairs):,} training pairs, {len(held):,} {config.data.eval_split} "
+            f"pairs, {overlap(pairs, held)} of them share a side with training text",
+            flush=True)
       if len(keep) < len(pairs):  # said, so a short max_len never hides half the data
         print(f"data: {len(pairs) - len(keep):,} training pairs ({1 - len(keep) / len(pairs):.0%}) "
               f"are longer than data.max_len={config.data.max_len} pieces and are not "
@@ -227,46 +233,51 @@ class Experiment:
       total, count = total + float(nll), count + float(n)
     results = {"eval/loss": total / max(count, 1)}
     if c.decode.num_bleu:
-      test = pairs[:c.decode.num_bleu]
-      hyps = self.translate(jax.device_get(params), [s for s, _ in test])
-      refs = [t for _, t in test]
-      score, signature = bleu.corpus_bleu(hyps, refs)
+      shown = pairs[:c.decode.num_bleu]
+      hyps = self.translate(jax.device_get(params), [s for s, _ in shown])
+      score, signature = bleu.corpus_bleu(hyps, [t for _, t in shown])
       results["eval/bleu"] = score
       if jax.process_index() == 0:
-        self._write_samples(step, test, hyps, score, signature, writer)
-        self._plot_alignments(jax.device_get(params), test[:c.decode.num_plots], step, writer)
+        self._write_samples(step, shown, hyps, score, signature, writer)
+        self._plot_alignments(jax.device_get(params), shown[:c.decode.num_plots], step,
+                              writer)
     return results
 
-  def finish(self, state):
-    """Final report: BLEU of the whole test set, by source length (Bahdanau
-    et al. 2015, Figure 2), as JSON, a table and a plot."""
+  def finish(self, state, mesh, writer):
+    """Final report: BLEU of the whole test split, by source length
+    (Bahdanau et al. 2015, Figure 2), as JSON, a table and a plot."""
     if jax.process_index() != 0:
-      return
+      return {}
     import json
     c = self.config
     params = jax.device_get(state["params"])
-    pairs = translation.load_pairs(c.data, c.data.eval_split)
+    pairs = translation.load_pairs(c.data, c.data.test_split)
     hyps = self.translate(params, [s for s, _ in pairs])
     refs = [t for _, t in pairs]
     score, signature = bleu.corpus_bleu(hyps, refs)
     buckets = bleu.bleu_by_length(hyps, refs, [len(s.split()) for s, _ in pairs],
                                   list(c.decode.buckets))
-    report = {"bleu": score, "signature": signature, "sentences": len(pairs),
+    shared = overlap(translation.load_pairs(c.data, c.data.train_split), pairs)
+    report = {"bleu": score, "signature": signature, "split": c.data.test_split,
+              "sentences": len(pairs), "sharing_a_side_with_training": shared,
               "by_source_length": [dict(lo=lo, hi=hi, n=n, bleu=b)
                                    for lo, hi, n, b in buckets]}
     with open(os.path.join(self.workdir, "bleu.json"), "w") as f:
       json.dump(report, f, indent=1)
     viz.bleu_by_length(buckets, f"{c.model.model} ({c.data.source})",
                        os.path.join(self.workdir, "plots", "bleu_by_length.png"))
-    print(f"test BLEU {score:.2f} on {len(pairs)} sentences ({signature})")
+    print(f"test BLEU {score:.2f} on {len(pairs)} sentences ({signature}); {shared} "
+          "of them share a side with training text")
     for lo, hi, n, b in buckets:
       print(f"  source words {lo:>3}-{hi - 1:<3} n={n:<5} BLEU {b:6.2f}")
+    return {"test/bleu": score}
 
-  def _write_samples(self, step, test, hyps, score, signature, writer):
+  def _write_samples(self, step, pairs, hyps, score, signature, writer):
     folder = os.path.join(self.workdir, "samples")
     os.makedirs(folder, exist_ok=True)
-    lines = [f"BLEU {score:.2f} ({signature}) on {len(test)} test sentences", ""]
-    for (s, t), h in list(zip(test, hyps))[:20]:
+    lines = [f"BLEU {score:.2f} ({signature}) on {len(pairs)} "
+             f"{self.config.data.eval_split} sentences", ""]
+    for (s, t), h in list(zip(pairs, hyps))[:20]:
       lines += [f"SRC  {s}", f"REF  {t}", f"HYP  {h}", ""]
     text = "\n".join(lines)
     with open(os.path.join(folder, f"step_{step}.txt"), "w") as f:

@@ -16,7 +16,7 @@ from experiments import mlm
 from conftest import make_text
 
 PLAYS = {"train": ("lear", "john", "as_you_like_it", "sonnets"),
-         "test": ("hamlet", "twelfth_night")}
+         "validation": ("macbeth", "tempest"), "test": ("hamlet", "twelfth_night")}
 
 
 @pytest.fixture
@@ -24,6 +24,8 @@ def fake_plays(monkeypatch, tmp_path):
   def load_documents(data, split):
     return [(name, make_text(6_000, seed=i)) for i, name in enumerate(PLAYS[split])]
   monkeypatch.setattr(text_lib, "load_documents", load_documents)
+  from attnlab.data import catalog
+  monkeypatch.setattr(catalog, "prepare", lambda data: None)  # no fetching in tests
   return [f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.batch_size=8"]
 
 
@@ -76,8 +78,9 @@ def test_pretrain_then_fine_tune_from_its_checkpoint(tmp_path, fake_plays, capsy
   main_lib.main(["train", "--config", "configs/bert.py:classify,runlocal=True",
                  "--workdir", ft, *fake_plays, f"--config.init_from={pre}"])
   out = capsys.readouterr().out
-  assert f"parameters from {pre}" in out and "hamlet" in out and "twelfth_night" in out
-  assert os.path.exists(os.path.join(ft, "plots", "confusion_step4.png"))
+  assert f"parameters from {pre}" in out and "macbeth" in out and "hamlet" in out
+  for tag in ("validation_step4", "test_step4"):
+    assert os.path.exists(os.path.join(ft, "plots", f"confusion_{tag}.png"))
 
 
 def test_bad_fine_tuning_source_is_one_line(tmp_path, fake_plays, capsys):
@@ -87,3 +90,22 @@ def test_bad_fine_tuning_source_is_one_line(tmp_path, fake_plays, capsys):
                    f"--config.init_from={tmp_path / 'missing'}"])
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "init_from" in err[0] and "pretrain" in err[0]
+
+
+@pytest.mark.parametrize("task", ["pretrain", "classify"])
+def test_analytic_flops_match_xla_cost_analysis(fake_plays, task):  # noqa: F811
+  """mlm.flops_per_step is 3x the forward; XLA's count of the compiled
+  forward (the MLM head and output, or the pooler and classifier) matches
+  the analytic forward up to elementwise ops (a few percent at this width)."""
+  config, _ = main_lib.parse_config(["--config", f"configs/bert.py:{task},runlocal=True",
+                                     *fake_plays])
+  config.model.update(d_model=64, num_heads=4, d_ff=256, num_layers=2)
+  exp = mlm.Experiment(config, None)
+  tokens = np.ones((2, config.data.seq_len), np.int32)
+  params = exp.model.init(jax.random.PRNGKey(0), tokens, tokens > 0)
+  used = 2 if task == "classify" else 0  # the output the loss reads (XLA drops the rest)
+  cost = jax.jit(lambda p: exp.model.apply(p, tokens, tokens > 0)[used]).lower(
+      params).cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+  forward = exp.flops_per_step(2) / 3
+  assert forward <= cost <= 1.1 * forward, (forward, cost)

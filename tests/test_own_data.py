@@ -209,7 +209,7 @@ def test_prompts_outside_the_vocabulary_are_refused(tmp_path, text_folder, capsy
 
 def test_sample_prompt_comes_from_the_data_and_sample_writes_no_events(tmp_path, capsys):
   folder = tmp_path / "german"
-  for split, n in (("train", 30), ("test", 10)):
+  for split, n in (("train", 30), ("validation", 10), ("test", 10)):
     lines = sentences("der könig spricht zu seiner tochter über das große reich".split(), n * 20, n)
     (folder / split).mkdir(parents=True)
     (folder / split / "a.txt").write_text("Erster Akt, erste Szene.\n" + "\n".join(lines))

@@ -3,9 +3,12 @@ pipelines of windows for truncated backprop through time.
 
 Sources (`config.data`):
   source="shakespeare"  the tfds builder in attnlab/data/shakespeare.py
-  source="folder"       `folder` of .txt files (bring your own); `train/`
-                        and `test/` subfolders if present, else the last
-                        `holdout` fraction of the text is the test split
+  source="folder"       `folder` of .txt files (bring your own): `train/`,
+                        `test/` and optionally `validation/` subfolders
+                        (without `validation/` the last `holdout` fraction
+                        of train/ is validation); without subfolders the
+                        last `holdout` of the text is test, and the last
+                        `holdout` of the rest validation
   source=<tfds name>    any prepared tfds dataset with a `text_key` feature
 """
 import glob
@@ -93,15 +96,25 @@ def load_documents(data, split):
   return sorted((text(d["name"]), text(d[data.text_key])) for d in ds)
 
 
+FOLDER_SPLITS = ("train", "validation", "test")
+
+
 def _folder_text(data, split):
-  train_dir = os.path.join(data.folder, "train")
-  test_dir = os.path.join(data.folder, "test")
-  if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-    files = _folder_files(train_dir if split == "train" else test_dir)
-    return "\n\n".join(read_utf8(p) for p in files)
-  text = "\n\n".join(read_utf8(p) for p in _folder_files(data.folder))
-  cut = int(len(text) * (1 - data.holdout))
-  return text[:cut] if split == "train" else text[cut:]
+  read = lambda folder: "\n\n".join(read_utf8(p) for p in _folder_files(folder))
+  config_lib.check(split in FOLDER_SPLITS, "data", f"a folder has no split {split!r}",
+                   f"use one of {FOLDER_SPLITS}")
+  subfolder = {s: os.path.join(data.folder, s) for s in FOLDER_SPLITS}
+  if os.path.isdir(subfolder["train"]):
+    if split == "test" or os.path.isdir(subfolder["validation"]):
+      return read(subfolder[split])
+    parts = {"train": read(subfolder["train"]), "test": ""}  # validation from train
+  else:
+    text = read(data.folder)
+    cut = int(len(text) * (1 - data.holdout))
+    parts = {"train": text[:cut], "test": text[cut:]}
+  cut = int(len(parts["train"]) * (1 - data.holdout))
+  parts["train"], parts["validation"] = parts["train"][:cut], parts["train"][cut:]
+  return parts[split]
 
 
 class CharVocab:

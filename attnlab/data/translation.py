@@ -202,16 +202,27 @@ class Bible(tfds.core.GeneratorBasedBuilder):
 
 
 # --- loading and batching ------------------------------------------------------
+FOLDER_VALIDATION_PERCENT = 4
+
+
 def load_pairs(data, split):
   """[(source, target)] strings of a split.
 
   data.source: "ding", "bible", any prepared tfds translation dataset
   (e.g. "wmt14_translate/de-en"), or "folder": `data.folder` laid out as
   tfds.TranslateFolder expects, `{lang}.{split}.txt` with aligned lines
-  (read directly: TranslateFolder itself needs TensorFlow to iterate).
+  (read directly: TranslateFolder itself needs TensorFlow to iterate); a
+  folder without `{lang}.validation.txt` files has 4% of its training
+  pairs as validation.
   """
   src, tgt = data.src_lang, data.tgt_lang
   if data.source == "folder":
+    if split in ("train", "validation") and not has_validation_files(data):
+      # No validation files: FOLDER_VALIDATION_PERCENT of the training pairs,
+      # chosen by a hash of the source (stable), are validation instead.
+      return [(s, t) for s, t in folder_pairs(data.folder, src, tgt, "train")
+              if (split_of(s, 0, FOLDER_VALIDATION_PERCENT) == "validation")
+              == (split == "validation")]
     return folder_pairs(data.folder, src, tgt, split)
   from attnlab.data.catalog import data_dir
   ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
@@ -247,10 +258,18 @@ def folder_file(folder, lang, split):
   return os.path.join(folder, f"{lang}.{split}.txt")
 
 
-def check_folder(data, splits):
+def has_validation_files(data):
+  return any(os.path.exists(folder_file(data.folder, lang, "validation"))
+             for lang in (data.src_lang, data.tgt_lang))
+
+
+def check_folder(data):
   """One-line errors for a parallel folder, before anything compiles: a
   missing file (naming the keys that choose the file names), a file that
   is not UTF-8, two sides of a split with different line counts."""
+  splits = [data.train_split, data.test_split]
+  if data.eval_split != "validation" or has_validation_files(data):
+    splits.append(data.eval_split)  # else held out from train (load_pairs)
   for split in splits:
     for lang, key in ((data.src_lang, "data.src_lang"), (data.tgt_lang, "data.tgt_lang")):
       path = folder_file(data.folder, lang, split)
