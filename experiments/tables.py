@@ -146,10 +146,12 @@ def params():
       ("Transformer big", 213e6, enc_dec(1024, 16, 4096), ""),
       ("BERT-base", 110e6, bert_(768, 12, 3072, 12), "ours includes the MLM head (0.6 M)"),
       ("BERT-large", 340e6, bert_(1024, 16, 4096, 24), "ours includes the MLM head (1.1 M)"),
-      ("GPT-2 small", 117e6, gpt2(768, 12, 12), "released model: 124 M"),
-      ("GPT-2 medium", 345e6, gpt2(1024, 16, 24), "released model: 355 M"),
-      ("GPT-2 large", 762e6, gpt2(1280, 20, 36), "released model: 774 M"),
-      ("GPT-2 XL", 1542e6, gpt2(1600, 25, 48), "released model: 1,558 M"),
+      # Radford et al.'s Table 2 (117/345/762/1542 M) undercounts the
+      # released checkpoints, which are the reference here.
+      ("GPT-2 small (released)", 124.4e6, gpt2(768, 12, 12), "paper's Table 2: 117 M"),
+      ("GPT-2 medium (released)", 354.8e6, gpt2(1024, 16, 24), "paper's Table 2: 345 M"),
+      ("GPT-2 large (released)", 774.0e6, gpt2(1280, 20, 36), "paper's Table 2: 762 M"),
+      ("GPT-2 XL (released)", 1557.6e6, gpt2(1600, 25, 48), "paper's Table 2: 1,542 M"),
   ]
   print("| model | published | ours (jax.eval_shape) | gap | note |")
   print("| --- | --- | --- | --- | --- |")

@@ -109,3 +109,25 @@ def test_analytic_flops_match_xla_cost_analysis(fake_plays, task):  # noqa: F811
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
   forward = exp.flops_per_step(2) / 3
   assert forward <= cost <= 1.1 * forward, (forward, cost)
+
+
+def test_pretraining_learns_what_the_data_allows(tmp_path, fake_plays, capsys):  # noqa: F811
+  """The fake plays are random words, so a masked word is barely more
+  predictable than its frequency: a working objective reaches about the
+  majority token's share of the validation tokens (computed from the data);
+  one that trains nothing stays near 1/vocabulary, and one that leaks the
+  chosen token into the input copies it (accuracy near 1)."""
+  wd = str(tmp_path / "pre")
+  main_lib.main(["train", "--config", "configs/bert.py:pretrain,runlocal=True",
+                 "--workdir", wd, *fake_plays, "--config.total_steps=60",
+                 "--config.eval_every=60", "--config.optim.lr=1e-2",
+                 "--config.model.d_model=32", "--config.model.d_ff=64",
+                 '--config.mesh=(("data", 1),)'])
+  rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+  accuracy = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r][-1]
+  exp = mlm.Experiment(main_lib.load_run(wd), wd)
+  tokens = exp.split("validation")[0]
+  regular = tokens[(tokens >= mlm.FIRST_REGULAR)]
+  majority = np.bincount(regular).max() / len(regular)
+  assert majority > 10 / exp.mask_id  # the bound is far above a model that learned nothing
+  assert 0.8 * majority <= accuracy <= 0.5, (accuracy, majority)
