@@ -296,7 +296,8 @@ class Trainer:
       return {}
     t0, step = time.time(), int(state["step"])
     results = self.exp.finish(state, self.mesh, self.writer) or {}
-    self.writer.write_scalars(step, results)
+    if results:
+      self.writer.write_scalars(step, results)
     self.writer.close()
     if jax.process_index() == 0 and results:
       import json

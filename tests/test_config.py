@@ -55,9 +55,10 @@ def bad_folder(tmp_path, kind):
     (d / "a.txt").write_bytes("caf\xe9 au lait".encode("latin-1") * 100)
   elif kind == "tiny":
     (d / "a.txt").write_text("too short")
-  elif kind == "train_only":
-    (d / "train").mkdir()
-    (d / "train" / "a.txt").write_text("text " * 1000)
+  elif kind in ("train_only", "validation_only"):
+    sub = d / kind.split("_")[0]
+    sub.mkdir()
+    (sub / "a.txt").write_text("text " * 1000)
   return str(d)
 
 
@@ -117,6 +118,7 @@ BAD = [
     ("warmup_past_the_end", ["--config.total_steps=10", "--config.optim.warmup_steps=10"],
      ["optim.warmup_steps", "not below total_steps=10"]),
     ("train_without_test", "train_only", ["data.folder", "no test/"]),
+    ("validation_alone", "validation_only", ["data.folder", "validation/", "no train/"]),
 ]
 
 

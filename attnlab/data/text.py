@@ -44,6 +44,9 @@ def validate(data):
                      f"but no {'test' if has[0] else 'train'}/ one",
                      "give both (they are the splits) or neither (the last "
                      "data.holdout of the text is held out)")
+    config_lib.check(has[0] or not os.path.isdir(os.path.join(data.folder, "validation")),
+                     "data.folder", f"{data.folder!r} has a validation/ subfolder but "
+                     "no train/ and test/ ones", "give all three, or train/ and test/")
   else:
     config_lib.check(not data.folder, "data.folder",
                      f"set but data.source is {data.source!r}",
