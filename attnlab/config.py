@@ -78,6 +78,9 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   c.mesh = (("data", -1),)
   c.param_sharding = ()  # (regex, PartitionSpec tuple) rules; replicated
   c.peak_flops = 0.0  # per device; 0 measures a matmul at start-up
+  # Read data.test_split once when training ends. A tuning try sets it False
+  # (choose on validation; read test later with `eval --split test`).
+  c.final_test = True
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", schedule="cosine", b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0))

@@ -248,7 +248,11 @@ def cmd_train(argv):
     state = trainer.train()
   except train.NonFiniteError as e:
     fail(str(e), code=1)
-  trainer.finish(state)
+  if config.get("final_test", True):
+    trainer.finish(state)
+  else:
+    print(f"final_test=False: the {config.data.get('test_split', 'test')} split was not "
+          f"read; read it once with: ./launch.sh eval {workdir} --split test", flush=True)
 
 
 def cmd_prepare(argv):

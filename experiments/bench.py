@@ -1,8 +1,12 @@
 """Benchmarks that print numbers (never timed asserts in tests).
 
-  python -m experiments.bench charlm [CONFIG_ARGS] [--no_cold_start]
-      step tokens/s + MFU, input pipeline examples/s vs what a step
-      consumes, cold start to the first step
+  python -m experiments.bench charlm [CONFIG_ARGS...] [--no_cold_start]
+      step tokens/s + MFU (several CONFIG_ARGS, e.g. cell=lstm cell=gru:
+      alternating windows, median ratios), input pipeline examples/s vs
+      what a step consumes, cold start to the first step (of the first)
+  python -m experiments.bench steps SPEC [--config.K=V...] [SPEC ...]
+      train steps/s of several configs (CONFIG[:args] and overrides, each
+      on its own data) in alternating windows: median ratio, spread
   python -m experiments.bench compare WORKDIR...     table of finished runs
   python -m experiments.bench curves WORKDIR... [--key K] [--x step|minutes]
       [--max_step N] [--out PNG]   one metric of several runs on one plot
@@ -16,7 +20,8 @@
       recomputation of the prefix at every step
   python -m experiments.bench flaxwmt DIR          train-step target tokens/s
       and MFU at the Transformer's base dims, batch 16 x 64, f32 and bf16,
-      side by side with the flax WMT example (DIR = its examples/wmt)
+      against the flax WMT example (DIR = its examples/wmt) in alternating
+      windows: the median ratio of the rounds and their spread
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -39,63 +44,131 @@ def header():
         f"device(s), {os.cpu_count()} CPU cores")
 
 
-def bench_charlm(arg, cold_start=True):
-  """The train step and the input pipeline of configs/charlm.py:ARG."""
+def interleaved(contenders, rounds=5):
+  """Seconds per call of each contender, timed in alternating windows (A, B,
+  C, A, B, C, ...): on a shared, noisy machine a slow spell then hits every
+  contender alike, where back-to-back windows (all of A, then all of B)
+  charge it to whoever ran then. `contenders` maps a name to a function
+  that runs one window (already compiled) and blocks until it is done.
+  Returns {name: [seconds of each round]}."""
+  times = {name: [] for name in contenders}
+  for _ in range(rounds):
+    for name, window in contenders.items():
+      t0 = time.perf_counter()
+      window()
+      times[name].append(time.perf_counter() - t0)
+  return times
+
+
+def ratio_summary(times, base, name):
+  """The median over rounds of base's time / name's time (> 1: name is
+  faster), with the spread of the rounds."""
+  import numpy as np
+  r = np.asarray(times[base]) / np.asarray(times[name])
+  return float(np.median(r)), float(r.min()), float(r.max())
+
+
+def compiled_step(spec, overrides=()):
+  """The jitted train step of `spec` (CONFIG[:args] plus --config.KEY=VALUE
+  overrides) on one real batch of its data, compiled: a dict with `window(n)`
+  (n steps, blocking), its config, FLOPs and items per step, and the input
+  iterator."""
   import jax
   from attnlab import main as main_lib
   from attnlab import sharding as sharding_lib
   from attnlab import train as train_lib
-  from experiments import lm
-
-  spec = "configs/charlm.py" + (f":{arg}" if arg else "")
-  config, _ = main_lib.parse_config(["--config", spec])
+  config, _ = main_lib.parse_config(["--config", spec, *overrides])
   workdir = tempfile.mkdtemp()
-  exp = lm.Experiment(config, workdir)
+  exp = main_lib.experiment_module(config).Experiment(config, workdir)
   trainer = train_lib.Trainer(config, exp, workdir)
-  tokens_per_step = exp.items_per_step(config.batch_size)
-
-  # Input pipeline alone: batches/s of the grain iterator.
   data = exp.train_iter(trainer.local_batch, 0, 1)
-  next(data)
-  n, t0 = 2000, time.perf_counter()
-  for _ in range(n):
-    next(data)
-  pipe = n / (time.perf_counter() - t0)
-
-  # The jitted train step alone, on device-resident batches.
-  state = trainer.create_state()
   step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr,
-                                           config.grad_accum),
-                 donate_argnums=(0,))
-  batch = sharding_lib.global_batch(next(data), trainer.mesh)
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
-  n, t0 = 20, time.perf_counter()
-  for _ in range(n):
-    state, m = step(state, batch)
-  jax.block_until_ready(m)
-  sps = n / (time.perf_counter() - t0)
-  flops = exp.flops_per_step(config.batch_size)
-  peak = train_lib.measured_peak_flops()
-  print(f"config {spec}: {config.model.cell} hidden {config.model.hidden} x "
-        f"{config.model.num_layers}, batch {config.batch_size} x "
-        f"{config.data.seq_len}, {train_lib.param_count(state['params']):,} params")
-  print(f"train step: {sps:.2f} steps/s = {sps * tokens_per_step:,.0f} tokens/s, "
-        f"{flops / 1e9:.1f} GFLOP/step (analytic), "
-        f"MFU {100 * sps * flops / peak:.1f}% of a measured "
-        f"{peak / 1e9:.1f} GFLOP/s f32 matmul")
-  print(f"input pipeline: {pipe:,.0f} batches/s = {pipe * config.batch_size:,.0f} "
-        f"examples/s = {pipe * tokens_per_step:,.0f} tokens/s, "
-        f"{pipe / sps:,.0f}x what the step consumes")
+                                           config.grad_accum), donate_argnums=(0,))
+  run = dict(spec=" ".join([spec, *overrides]), config=config, data=data,
+             items=exp.items_per_step(config.batch_size),
+             flops=exp.flops_per_step(config.batch_size),
+             state=trainer.create_state(),
+             batch=sharding_lib.global_batch(next(data), trainer.mesh))
+  run["params"] = train_lib.param_count(run["state"]["params"])
+
+  def window(n):
+    for _ in range(n):
+      run["state"], m = step(run["state"], run["batch"])
+    jax.block_until_ready(m)
+  window(1)  # compile
+  run["window"] = window
   shutil.rmtree(workdir)
+  return run
+
+
+def step_speeds(runs, rounds, window):
+  """Steps/s of each compiled_step, in alternating windows; prints a table
+  with each one's median speed relative to the first's."""
+  import functools
+  import numpy as np
+  from attnlab import train as train_lib
+  peak = train_lib.measured_peak_flops()
+  times = interleaved({k: functools.partial(r["window"], window)
+                       for k, r in runs.items()}, rounds)
+  first = next(iter(runs))
+  print(f"train steps, {rounds} alternating windows of {window} steps; f32 matmul "
+        f"peak {peak / 1e9:.0f} GFLOP/s (measured)")
+  print(f"{'':>12}{'params':>11}{'steps/s':>9}{'items/s':>10}{'GFLOP/step':>12}"
+        f"{'MFU':>6}{'speed / first (median)':>24}{'rounds':>12}  config")
+  for name, r in runs.items():
+    sps = window / float(np.median(times[name]))
+    med, lo, hi = ratio_summary(times, first, name)
+    r["steps_per_sec"] = sps
+    print(f"{name:>12}{r['params']:>11,}{sps:>9.2f}{sps * r['items']:>10,.0f}"
+          f"{r['flops'] / 1e9:>12.1f}{100 * sps * r['flops'] / peak:>5.0f}%"
+          f"{med:>23.2f}x{lo:>7.2f}-{hi:.2f}  {r['spec']}", flush=True)
+  return times
+
+
+def bench_steps(args, rounds=5, window=5):
+  """`bench steps SPEC [--config.K=V ...] [SPEC ...]`: several configs' train
+  steps side by side (e.g. two models at their tuned settings)."""
+  specs = []
+  for a in args:
+    if a.startswith("--config."):
+      specs[-1][1].append(a)
+    else:
+      specs.append((a, []))
+  runs = {f"#{i + 1}": compiled_step(spec, overrides)
+          for i, (spec, overrides) in enumerate(specs)}
+  step_speeds(runs, rounds, window)
+
+
+def bench_charlm(args, cold_start=True, rounds=5, window=5):
+  """The train step and the input pipeline of configs/charlm.py:ARG for each
+  ARG; the train steps of several ARGs (e.g. cell=lstm cell=gru cell=rnn) are
+  timed in alternating windows of `window` steps, medians of `rounds`."""
+  runs = {}
+  for arg in args or [""]:
+    run = compiled_step("configs/charlm.py" + (f":{arg}" if arg else ""))
+    n, t0 = 2000, time.perf_counter()  # the input pipeline alone
+    for _ in range(n):
+      next(run["data"])
+    run["pipe"] = n / (time.perf_counter() - t0)
+    runs[arg or "default"] = run
+  step_speeds(runs, rounds, window)
+  for name, r in runs.items():
+    config = r["config"]
+    print(f"{name}: {config.model.cell} hidden {config.model.hidden} x "
+          f"{config.model.num_layers}, batch {config.batch_size} x "
+          f"{config.data.seq_len}; input pipeline: {r['pipe']:,.0f} batches/s = "
+          f"{r['pipe'] * config.batch_size:,.0f} examples/s = "
+          f"{r['pipe'] * r['items']:,.0f} tokens/s, "
+          f"{r['pipe'] / r['steps_per_sec']:,.0f}x what the step consumes")
+  first = next(iter(runs))
+  spec = runs[first]["spec"]
   if not cold_start:
     return
 
   # Cold start: a fresh process, from `python -m attnlab.main` to step 1.
   for label, cache in (("empty compile cache", tempfile.mkdtemp()),
                        ("warm compile cache", None)):
-    runs = 2 if cache is None else 1
-    for _ in range(runs):
+    for _ in range(2 if cache is None else 1):
       wd = tempfile.mkdtemp()
       env = dict(os.environ)
       env["JAX_COMPILATION_CACHE_DIR"] = cache or os.path.join(
@@ -107,12 +180,12 @@ def bench_charlm(arg, cold_start=True):
           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for line in p.stdout:
         if line.startswith("step 1/"):
-          first = time.perf_counter() - t0
+          secs = time.perf_counter() - t0
           break
       p.kill()
       p.wait()
       shutil.rmtree(wd)
-    print(f"cold start to first step ({label}): {first:.1f}s")
+    print(f"cold start to first step ({label}): {secs:.1f}s")
 
 
 def compare(workdirs):
@@ -230,12 +303,14 @@ def gradflow(workdirs, distances=(1, 2, 4, 8, 16, 32, 64, 100), windows=8):
 
 
 def attention(ns=(1024, 2048, 4096, 8192, 16384), heads=8, head_dim=64,
-              budget_gib=16.0):
+              budget_gib=16.0, rounds=3):
   """Peak memory is XLA's buffer assignment for the compiled program
   (arguments + outputs + temporaries), so a program too big to run here is
-  still measured; it is timed only when it fits in `budget_gib`."""
+  still measured; it is timed only when it fits in `budget_gib`, naive and
+  chunked in alternating calls (`rounds` each), reported as medians."""
   import jax
   import jax.numpy as jnp
+  import numpy as np
   from attnlab.nn import attention as att
 
   def loss(impl):
@@ -247,26 +322,33 @@ def attention(ns=(1024, 2048, 4096, 8192, 16384), heads=8, head_dim=64,
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
 
   print(f"causal self-attention, batch 1, {heads} heads x {head_dim}, f32, "
-        "forward + backward")
-  print(f"{'n':>6}{'impl':>9}{'peak GiB':>10}{'x prev':>8}{'seconds':>9}")
-  for impl in ("naive", "chunked"):
-    prev = None
-    for n in ns:
-      shape = jax.ShapeDtypeStruct((1, n, heads, head_dim), jnp.float32)
+        f"forward + backward; seconds: median of {rounds} alternating calls")
+  print(f"{'n':>6}{'naive GiB':>10}{'chunked GiB':>12}{'growth at 2n':>13}"
+        f"{'naive s':>9}{'chunked s':>10}{'naive/chunked':>14}{'rounds':>12}")
+  prev = None
+  for n in ns:
+    shape = jax.ShapeDtypeStruct((1, n, heads, head_dim), jnp.float32)
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, n, heads, head_dim))
+    peaks, calls = {}, {}
+    for impl in ("naive", "chunked"):
       compiled = loss(impl).lower(shape, shape, shape).compile()
       m = compiled.memory_analysis()
-      peak = (m.argument_size_in_bytes + m.output_size_in_bytes
-              + m.temp_size_in_bytes) / 2 ** 30
-      ratio = f"{peak / prev:.2f}" if prev else ""
-      prev = peak
-      secs = "too big"
-      if peak < budget_gib:
-        x = jax.random.normal(jax.random.PRNGKey(0), (1, n, heads, head_dim))
-        jax.block_until_ready(compiled(x, x, x))
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(x, x, x))
-        secs = f"{time.perf_counter() - t0:.2f}"
-      print(f"{n:>6}{impl:>9}{peak:>10.3f}{ratio:>8}{secs:>9}", flush=True)
+      peaks[impl] = (m.argument_size_in_bytes + m.output_size_in_bytes
+                     + m.temp_size_in_bytes) / 2 ** 30
+      if peaks[impl] < budget_gib:
+        jax.block_until_ready(compiled(x, x, x))  # first call: allocation
+        calls[impl] = lambda c=compiled: jax.block_until_ready(c(x, x, x))
+    times = interleaved(calls, rounds)
+    med = {k: f"{np.median(v):.2f}" for k, v in times.items()}
+    growth = f"{peaks['chunked'] / prev:.2f}x" if prev else ""
+    prev = peaks["chunked"]
+    ratio, spread = "", ""
+    if len(times) == 2:
+      r, lo, hi = ratio_summary(times, "naive", "chunked")
+      ratio, spread = f"{r:.2f}x", f"{lo:.2f}-{hi:.2f}"
+    print(f"{n:>6}{peaks['naive']:>10.3f}{peaks['chunked']:>12.3f}{growth:>13}"
+          f"{med.get('naive', 'too big'):>9}{med.get('chunked', 'too big'):>10}"
+          f"{ratio:>14}{spread:>12}", flush=True)
 
 
 def beam(workdir, beams=(1, 4)):
@@ -304,7 +386,7 @@ def beam(workdir, beams=(1, 4)):
           f"{tokens / secs:>10.0f}{score:>7.2f}", flush=True)
 
 
-def decode_speed(new_tokens=128, batch=8, src_len=32):
+def decode_speed(new_tokens=128, batch=8, src_len=32, rounds=3):
   """Both decoders run the same jitted greedy loop over fixed shapes; the
   uncached one re-runs the whole decoder on the (padded) prefix each step."""
   import jax
@@ -344,21 +426,30 @@ def decode_speed(new_tokens=128, batch=8, src_len=32):
   print(f"Transformer base dims (32k vocab, 6+6 layers, d_model 512), random "
         f"weights, batch {batch}, source {src_len} tokens, greedy, "
         f"{new_tokens} new tokens")
-  results = {}
-  for name, fn in (("cached", cached), ("uncached", uncached)):
-    out = jax.block_until_ready(fn(params, src))  # compile
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(params, src))
-    secs = time.perf_counter() - t0
-    results[name] = np.asarray(out)
-    print(f"{name:>9}: {secs:6.2f} s, {batch * new_tokens / secs:8.1f} tokens/s", flush=True)
+  results = {name: np.asarray(jax.block_until_ready(fn(params, src)))  # compile
+             for name, fn in (("cached", cached), ("uncached", uncached))}
+  times = interleaved({"cached": lambda: jax.block_until_ready(cached(params, src)),
+                       "uncached": lambda: jax.block_until_ready(uncached(params, src))},
+                      rounds)
+  for name, ts in times.items():
+    secs = float(np.median(ts))
+    print(f"{name:>9}: {secs:6.2f} s, {batch * new_tokens / secs:8.1f} tokens/s "
+          f"(median of {rounds} alternating calls)", flush=True)
+  r, lo, hi = ratio_summary(times, "uncached", "cached")
+  print(f"cached / uncached speed: {r:.1f}x (rounds {lo:.1f}-{hi:.1f})")
   same = (results["cached"] == results["uncached"]).mean()
   print(f"same tokens: {100 * same:.1f}%")
 
 
-def flax_wmt(flax_dir, steps=10, batch=16, length=64):
-  """Train steps of the flax WMT example and of ours at its base dims, side
-  by side in one process, on the same random full-length batches.
+def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
+  """Train steps of the flax WMT example and of ours at its base dims, in one
+  process, on the same random full-length batches, timed in alternating
+  windows of `window` steps (ours f32, ours bf16, theirs, ... `rounds`
+  times); the figure is the median ratio of the rounds, with their spread.
+
+  Also timed, to explain figures made otherwise: the back-to-back protocol
+  (`sequential` steps of one, then of the other, in both orders) and the
+  flax step under jit(vmap) instead of its pmap on this one device.
 
   FLAX_DIR is google/flax's examples/wmt (fetched, never committed). Its
   train.py imports TensorFlow and its input pipeline at the top, for data
@@ -394,24 +485,25 @@ def flax_wmt(flax_dir, steps=10, batch=16, length=64):
   rng = jax.random.PRNGKey(0)
   tokens = jax.random.randint(rng, (2, batch, length), 4, vocab)
   src, tgt = tokens[0], tokens[1]
-  peak = train_lib.measured_peak_flops()
 
-  def timed(step, state, batch):
-    state, m = step(state, batch)  # compile
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      state, m = step(state, batch)
-    jax.block_until_ready(m)
-    return (time.perf_counter() - t0) / steps
+  class Contender:
+    """A compiled train step and its state: run(n) does n steps, blocking."""
+
+    def __init__(self, step, state, batch):
+      self.step, self.state, self.batch = step, state, batch
+      self.run(1)  # compile
+
+    def run(self, n):
+      for _ in range(n):
+        self.state, m = self.step(self.state, self.batch)
+      jax.block_until_ready(m)
 
   # Ours: configs/wmt.py:base at this batch, attention dropout as theirs.
   config, _ = main_lib.parse_config(["--config", "configs/wmt.py:base"])
   config.batch_size = batch
   config.data.update(max_len=length, pack=False)
   config.model.attention_dropout = 0.1
-  flops = None
-  results = {}
+  contenders = {}
   for dtype in ("float32", "bfloat16"):
     config.model.dtype = dtype
     exp = translate.Experiment(config, None, vocab_size=vocab)
@@ -420,8 +512,8 @@ def flax_wmt(flax_dir, steps=10, batch=16, length=64):
     trainer = train_lib.Trainer(config, exp, workdir)
     step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr, 1),
                    donate_argnums=(0,))
-    results[f"attnlab {dtype}"] = timed(step, trainer.create_state(),
-                                        {"src": src, "tgt": tgt})
+    contenders[f"attnlab {dtype}"] = Contender(step, trainer.create_state(),
+                                               {"src": src, "tgt": tgt})
     shutil.rmtree(workdir)
 
   # Theirs: its own model, TrainState, optimizer and pmapped train_step.
@@ -435,28 +527,56 @@ def flax_wmt(flax_dir, steps=10, batch=16, length=64):
   model = flax_models.Transformer(cfg.replace(deterministic=True))
   params = jax.jit(model.init)(rng, src, tgt)["params"]
   lr = flax_train.create_learning_rate_schedule(0.0625, 1000)
-  state = jax_utils.replicate(flax_train.TrainState.create(
-      apply_fn=model.apply, params=params, dynamic_scale=None,
-      tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0)))
-  step = jax.pmap(functools.partial(flax_train.train_step, config=cfg,
-                                    learning_rate_fn=lr, label_smoothing=0.1),
-                  axis_name="batch", donate_argnums=(0,))
+  their_step = functools.partial(flax_train.train_step, config=cfg,
+                                 learning_rate_fn=lr, label_smoothing=0.1)
   rngs = jax.random.split(rng, 1)
-  results["flax examples/wmt float32"] = timed(
-      lambda s, b: step(s, b, dropout_rng=rngs), state,
-      {"inputs": src[None], "targets": tgt[None]})
+  their_batch = {"inputs": src[None], "targets": tgt[None]}
 
+  def their_state():
+    return jax_utils.replicate(flax_train.TrainState.create(
+        apply_fn=model.apply, params=params, dynamic_scale=None,
+        tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0)))
+  pmapped = jax.pmap(their_step, axis_name="batch", donate_argnums=(0,))
+  contenders["flax examples/wmt (its pmap)"] = Contender(
+      lambda s, b: pmapped(s, b, dropout_rng=rngs), their_state(), their_batch)
+  # The same function under jit(vmap) over the one-device axis: isolates
+  # pmap's own cost from the model's.
+  vmapped = jax.jit(jax.vmap(their_step, axis_name="batch"), donate_argnums=(0,))
+  contenders["flax examples/wmt (jit)"] = Contender(
+      lambda s, b: vmapped(s, b, dropout_rng=rngs), their_state(), their_batch)
+
+  peak = train_lib.measured_peak_flops()
   print(f"base dims: vocab {vocab}, d_model {d}, {heads} heads, FFN {d_ff}, "
         f"{layers}+{layers} layers, dropout 0.1 + attention dropout 0.1, "
-        f"batch {batch} x {length} tokens, {steps} steps each after compiling")
-  bf16_peak = train_lib.measured_peak_flops(dtype=jnp.bfloat16)
-  print(f"{flops / 1e9:.0f} GFLOP/step (analytic matmuls); measured matmul peak "
-        f"{peak / 1e9:.0f} GFLOP/s in float32, {bf16_peak / 1e9:.0f} in bfloat16")
-  base = results["flax examples/wmt float32"]
-  for name, secs in results.items():
-    print(f"{name:>27}: {batch * length / secs:7.0f} target tokens/s, "
-          f"{secs:.2f} s/step, MFU {100 * flops / secs / peak:5.1f}%, "
-          f"{base / secs:.2f}x flax")
+        f"batch {batch} x {length} tokens; {flops / 1e9:.0f} GFLOP/step "
+        f"(analytic matmuls); measured f32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+  base = "flax examples/wmt (its pmap)"
+  times = interleaved({k: functools.partial(c.run, window)
+                       for k, c in contenders.items()}, rounds)
+  print(f"\nalternating windows: {rounds} rounds of {window} steps each, "
+        f"{' / '.join(contenders)}:")
+  print(f"{'':>30}{'tokens/s':>10}{'s/step':>8}{'MFU':>7}{'x flax (median)':>17}"
+        f"{'rounds':>13}")
+  import numpy as np
+  for name, ts in times.items():
+    secs = float(np.median(ts)) / window
+    med, lo, hi = ratio_summary(times, base, name)
+    print(f"{name:>30}{batch * length / secs:>10.0f}{secs:>8.2f}"
+          f"{100 * flops / secs / peak:>6.1f}%{med:>16.2f}x{lo:>7.2f}-{hi:.2f}")
+
+  print(f"\nback to back ({sequential} steps of one, then of the other; "
+        "the protocol of the earlier README figure):")
+  ours, theirs = contenders["attnlab float32"], contenders[base]
+  for order in ((ours, theirs), (theirs, ours)):
+    secs = {}
+    for c in order:
+      t0 = time.perf_counter()
+      c.run(sequential)
+      secs[c] = time.perf_counter() - t0
+    first = "ours first" if order[0] is ours else "flax first"
+    print(f"{first:>30}: ours {batch * length * sequential / secs[ours]:.0f}, flax "
+          f"{batch * length * sequential / secs[theirs]:.0f} target tokens/s: "
+          f"{secs[theirs] / secs[ours]:.2f}x flax")
 
 
 def main():
@@ -464,8 +584,10 @@ def main():
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
   header()
   if what == "charlm":
-    bench_charlm(sys.argv[2] if len(sys.argv) > 2 else "",
+    bench_charlm([a for a in sys.argv[2:] if not a.startswith("--")],
                  cold_start="--no_cold_start" not in sys.argv)
+  elif what == "steps":
+    bench_steps(sys.argv[2:])
   elif what == "compare":
     compare(sys.argv[2:])
   elif what == "curves":
@@ -483,7 +605,7 @@ def main():
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
     flax_wmt(sys.argv[2])
   else:
-    sys.exit(f"unknown benchmark {what!r}: use charlm, compare, curves, gradflow, beam, "
+    sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
              "decode, flaxwmt or attention")
 
 

@@ -97,7 +97,7 @@ class Experiment:
         num_classes=len(shakespeare.GENRES) if self.classify else 0,
         implementation=m.implementation)
     self._splits = {}
-    self._eval_fn = None
+    self._eval_fn = self._predict_fn = self._guess_fn = None
 
   def _train_lines(self):
     for _, text in text_lib.load_documents(self.config.data, self.config.data.train_split):
@@ -225,8 +225,10 @@ class Experiment:
 
   def _report_genres(self, params, tokens, labels, names, tag, writer, step):
     """Accuracy per held-out play, and the confusion matrix as a plot."""
-    predict = jax.jit(lambda p, x: self.model.apply({"params": p}, x, x > 0)[2].argmax(-1))
-    pred = np.concatenate([np.asarray(predict(params, tokens[i:i + 256]))
+    if self._predict_fn is None:  # compiled once, not at every report
+      self._predict_fn = jax.jit(
+          lambda p, x: self.model.apply({"params": p}, x, x > 0)[2].argmax(-1))
+    pred = np.concatenate([np.asarray(self._predict_fn(params, tokens[i:i + 256]))
                            for i in range(0, len(tokens), 256)])
     for play in sorted(set(names)):
       rows = names == play
@@ -242,11 +244,16 @@ class Experiment:
 
   def _show_guesses(self, params, row, step, writer):
     """A held-out passage with its masked words and the model's guesses."""
-    x = jnp.asarray(row[None])
-    inputs, chosen = bert.mask_tokens(jax.random.PRNGKey(step), x, x > 0, self.mask_id,
-                                      self.mask_id, FIRST_REGULAR, self.config.mask_rate)
-    logits, _, _ = self.model.apply({"params": params}, inputs, x > 0)
-    guess = np.asarray(logits.argmax(-1))[0]
+    if self._guess_fn is None:  # one compiled program (eagerly, every op compiles)
+      def guess_fn(params, x, key):
+        inputs, chosen = bert.mask_tokens(key, x, x > 0, self.mask_id, self.mask_id,
+                                          FIRST_REGULAR, self.config.mask_rate)
+        logits, _, _ = self.model.apply({"params": params}, inputs, x > 0)
+        return logits.argmax(-1), chosen
+      self._guess_fn = jax.jit(guess_fn)
+    guess, chosen = jax.device_get(self._guess_fn(params, jnp.asarray(row[None]),
+                                                  jax.random.PRNGKey(step)))
+    guess = guess[0]
     pieces = self.tokenizer.pieces(row)
     out = []
     for i, t in enumerate(row):

@@ -1,6 +1,8 @@
-"""Test set-up: 8 fake CPU devices and a persistent compilation cache.
+"""Test set-up: 8 fake CPU devices, a persistent compilation cache and
+unoptimised machine code.
 
-Both must be set before JAX starts, so they are set here, at import.
+All must be set before JAX starts, so they are set here, at import (the
+CLI subprocesses inherit them).
 """
 import os
 import sys
@@ -9,6 +11,12 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.expanduser("~"), ".cache", "attnlab", "jax-tests"))
+# The tests' programs are tiny: compiling them, not running them, is the
+# suite's cost, and LLVM's optimisation passes are a large part of it. The
+# programs are the same (XLA's own passes still run), and every comparison a
+# test makes runs both sides under this same setting.
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -44,14 +52,25 @@ def make_text(n_chars, seed=0):
   return "".join(out)[:n_chars]
 
 
-@pytest.fixture
-def text_folder(tmp_path):
+def write_text_folder(root):
   """A bring-your-own-data folder with train/ and test/ text files."""
   for split, n, seed in (("train", 40_000, 0), ("test", 8_000, 1)):
-    d = tmp_path / "data" / split
+    d = root / "data" / split
     d.mkdir(parents=True)
     (d / "a.txt").write_text(make_text(n, seed))
-  return str(tmp_path / "data")
+  return str(root / "data")
+
+
+@pytest.fixture
+def text_folder(tmp_path):
+  return write_text_folder(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_text_folder(tmp_path_factory):
+  """The same folder, made once for tests that share runs on it (session
+  scope: pytest-xdist may interleave other modules' tests between them)."""
+  return write_text_folder(tmp_path_factory.mktemp("shared"))
 
 
 def tiny_overrides(folder, **extra):

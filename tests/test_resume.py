@@ -1,13 +1,17 @@
 """A run killed at any moment resumes bit-identically when rerun."""
 import os
 import random
+import shutil
 import signal
 import time
+
+import pytest
 
 from conftest import tiny_overrides
 from helpers import assert_trees_equal, cli, load_state, run_cli
 
 STEPS = 24
+pytestmark = pytest.mark.xdist_group("resume")  # one worker: one shared reference run
 
 
 def args(workdir, folder):
@@ -17,10 +21,13 @@ def args(workdir, folder):
               eval_every=0, keep_ckpts=10)]
 
 
-def reference(tmp_path, folder):
-  rc, out = run_cli(*args(tmp_path / "ref", folder))
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, shared_text_folder):
+  """One uninterrupted run that every test here compares against."""
+  workdir = tmp_path_factory.mktemp("reference") / "ref"
+  rc, out = run_cli(*args(workdir, shared_text_folder))
   assert rc == 0, out
-  return load_state(tmp_path / "ref")
+  return workdir, load_state(workdir)
 
 
 def finished_checkpoints(workdir):
@@ -47,10 +54,10 @@ def run_until_step(workdir, folder, step, sig, after_a_checkpoint=False):
   return p.returncode, out
 
 
-def test_kill_9_then_rerun_is_bit_identical(tmp_path, text_folder):
+def test_kill_9_then_rerun_is_bit_identical(tmp_path, shared_text_folder, reference):
   """Killed at a seeded step after the first finished checkpoint, so the
   rerun always proves a resume (not a restart from scratch)."""
-  ref = reference(tmp_path, text_folder)
+  text_folder, ref = shared_text_folder, reference[1]
   kill_at = random.Random(9).randint(6, STEPS - 3)  # ckpt_every is 4
   wd = tmp_path / "killed"
   rc, out = run_until_step(wd, text_folder, kill_at, signal.SIGKILL, after_a_checkpoint=True)
@@ -63,8 +70,8 @@ def test_kill_9_then_rerun_is_bit_identical(tmp_path, text_folder):
   assert_trees_equal(load_state(wd), ref)
 
 
-def test_sigterm_saves_exits_0_and_resumes(tmp_path, text_folder):
-  ref = reference(tmp_path, text_folder)
+def test_sigterm_saves_exits_0_and_resumes(tmp_path, shared_text_folder, reference):
+  text_folder, ref = shared_text_folder, reference[1]
   wd = tmp_path / "term"
   rc, out = run_until_step(wd, text_folder, 10, signal.SIGTERM)
   assert rc == 0, out
@@ -77,12 +84,12 @@ def test_sigterm_saves_exits_0_and_resumes(tmp_path, text_folder):
   assert_trees_equal(load_state(wd), ref)
 
 
-def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path,
-                                                            text_folder):
+def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, shared_text_folder,
+                                                            reference):
   wd = tmp_path / "run"
-  rc, out = run_cli(*args(wd, text_folder))
-  assert rc == 0, out
-  ref = load_state(wd)
+  shutil.copytree(reference[0], wd)  # a finished run, its newest checkpoint then cut
+  ref = reference[1]
+  text_folder = shared_text_folder
   newest = wd / "checkpoints" / str(STEPS)
   files = [os.path.join(d, f) for d, _, fs in os.walk(newest / "state")
            for f in fs]
