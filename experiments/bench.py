@@ -12,9 +12,9 @@
       [--max_step N] [--out PNG]   one metric of several runs on one plot
   python -m experiments.bench gradflow WORKDIR...    how far back gradients
       reach: |d loss_T / d state_{T-d}| for trained char-LMs, and a plot
-  python -m experiments.bench beam WORKDIR [BEAM...]  beam-search translation
-      of a trained run's whole test set: sentences/s, tokens/s and BLEU per
-      beam size (default 1 and 4)
+  python -m experiments.bench beam WORKDIR... [BEAM...]  beam-search
+      translation of trained runs' validation split: sentences/s, tokens/s
+      and BLEU per beam size (default 1 and 4); several runs alternate
   python -m experiments.bench decode                 greedy decoding of 128
       new tokens with the Transformer (base dims): key/value cache vs full
       recomputation of the prefix at every step
@@ -351,39 +351,50 @@ def attention(ns=(1024, 2048, 4096, 8192, 16384), heads=8, head_dim=64,
           f"{ratio:>14}{spread:>12}", flush=True)
 
 
-def beam(workdir, beams=(1, 4)):
-  """Each beam size runs twice over the validation split: the first pass compiles
-  (one program per padded source length), the second is timed."""
+def beam(workdirs, beams=(1, 4), rounds=2):
+  """Beam-search translation of the validation split by each trained run in
+  WORKDIRS, per beam size: one pass compiles (a program per padded source
+  length), then the runs translate in alternating passes (`rounds` each);
+  the figures are medians, and with several runs the speed relative to the
+  first's."""
   import jax
+  import numpy as np
   from attnlab import main as main_lib
   from attnlab.data import translation
   from attnlab.evals import bleu
-  config, exp, _, state = main_lib._restore(workdir)
-  params = jax.device_get(state["params"])
-  pairs = translation.load_pairs(config.data, config.data.eval_split)
-  sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
-  m = config.model
-  size = (f"d_model {m.d_model}, {m.enc_layers}+{m.dec_layers} layers"
-          if m.model == "transformer" else f"{m.cell} {m.hidden}")
-  print(f"{workdir}: {m.model} ({size}), "
-        f"step {int(state['step'])}; {config.data.source} {config.data.eval_split}: "
-        f"{len(pairs)} sentences, batch {config.decode.batch}, "
-        f"length penalty alpha {config.decode.alpha}")
+  runs = {}
+  for workdir in workdirs:
+    config, exp, _, state = main_lib._restore(workdir)
+    pairs = translation.load_pairs(config.data, config.data.eval_split)
+    m = config.model
+    size = (f"d_model {m.d_model}, {m.enc_layers}+{m.dec_layers} layers"
+            if m.model == "transformer" else f"{m.cell} {m.hidden}")
+    print(f"{workdir}: {m.model} ({size}), step {int(state['step'])}; "
+          f"{config.data.source} {config.data.eval_split}: {len(pairs)} sentences, "
+          f"batch {config.decode.batch}, length penalty alpha {config.decode.alpha}")
+    runs[workdir] = dict(config=config, exp=exp, params=jax.device_get(state["params"]),
+                         sources=[s for s, _ in pairs], refs=[t for _, t in pairs])
   print(f"{'beam':>5}{'compile+run s':>15}{'run s':>8}{'sentences/s':>13}"
-        f"{'tokens/s':>10}{'BLEU':>7}")
+        f"{'tokens/s':>10}{'BLEU':>7}{'speed / first':>15}  run")
   for b in beams:
-    config.decode.beam = int(b)
-    exp._eval_fns = None  # recompile for this beam size
-    t0 = time.perf_counter()
-    exp.translate(params, sources)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hyps = exp.translate(params, sources)
-    secs = time.perf_counter() - t0
-    tokens = sum(len(exp.tokenizer.encode(h)) + 1 for h in hyps)  # + EOS
-    score, _ = bleu.corpus_bleu(hyps, refs)
-    print(f"{b:>5}{first:>15.1f}{secs:>8.1f}{len(hyps) / secs:>13.1f}"
-          f"{tokens / secs:>10.0f}{score:>7.2f}", flush=True)
+    first_pass = {}
+    for wd, r in runs.items():
+      r["config"].decode.beam = int(b)
+      r["exp"]._eval_fns = None  # recompile for this beam size
+      t0 = time.perf_counter()
+      r["hyps"] = r["exp"].translate(r["params"], r["sources"])
+      first_pass[wd] = time.perf_counter() - t0
+    times = interleaved({wd: (lambda r=r: r["exp"].translate(r["params"], r["sources"]))
+                         for wd, r in runs.items()}, rounds)
+    first = next(iter(runs))
+    for wd, r in runs.items():
+      secs = float(np.median(times[wd]))
+      tokens = sum(len(r["exp"].tokenizer.encode(h)) + 1 for h in r["hyps"])  # + EOS
+      score, _ = bleu.corpus_bleu(r["hyps"], r["refs"])
+      med, lo, hi = ratio_summary(times, first, wd)
+      rel = f"{med:.2f}x ({lo:.2f}-{hi:.2f})" if wd != first else ""
+      print(f"{b:>5}{first_pass[wd]:>15.1f}{secs:>8.1f}{len(r['hyps']) / secs:>13.1f}"
+            f"{tokens / secs:>10.0f}{score:>7.2f}{rel:>15}  {wd}", flush=True)
 
 
 def decode_speed(new_tokens=128, batch=8, src_len=32, rounds=3):
@@ -564,6 +575,9 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
     print(f"{name:>30}{batch * length / secs:>10.0f}{secs:>8.2f}"
           f"{100 * flops / secs / peak:>6.1f}%{med:>16.2f}x{lo:>7.2f}-{hi:.2f}")
 
+  med, lo, hi = ratio_summary(times, "attnlab float32", "attnlab bfloat16")
+  print(f"attnlab bfloat16 / float32 speed: {med:.2f}x (rounds {lo:.2f}-{hi:.2f})")
+
   print(f"\nback to back ({sequential} steps of one, then of the other; "
         "the protocol of the earlier README figure):")
   ours, theirs = contenders["attnlab float32"], contenders[base]
@@ -595,7 +609,9 @@ def main():
   elif what == "gradflow":
     gradflow(sys.argv[2:])
   elif what == "beam":
-    beam(sys.argv[2], *([sys.argv[3:]] if len(sys.argv) > 3 else []))
+    dirs = [a for a in sys.argv[2:] if not a.isdigit()]
+    beam(dirs, *([[a for a in sys.argv[2:] if a.isdigit()]]
+                 if any(a.isdigit() for a in sys.argv[2:]) else []))
   elif what == "attention":
     attention()
   elif what == "decode":
