@@ -11,7 +11,6 @@ from conftest import tiny_overrides
 from helpers import assert_trees_equal, cli, load_state, run_cli
 
 STEPS = 24
-pytestmark = pytest.mark.xdist_group("resume")  # one worker: one shared reference run
 
 
 def args(workdir, folder):
@@ -23,7 +22,8 @@ def args(workdir, folder):
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, shared_text_folder):
-  """One uninterrupted run that every test here compares against."""
+  """One uninterrupted run that every test here compares against (made once
+  per pytest-xdist worker that runs one of them)."""
   workdir = tmp_path_factory.mktemp("reference") / "ref"
   rc, out = run_cli(*args(workdir, shared_text_folder))
   assert rc == 0, out
