@@ -251,7 +251,7 @@ def cmd_train(argv):
   if config.get("final_test", True):
     trainer.finish(state)
   else:
-    print(f"final_test=False: the {config.data.get('test_split', 'test')} split was not "
+    print(f"final_test=False: the {config.data.test_split} split was not "
           f"read; read it once with: ./launch.sh eval {workdir} --split test", flush=True)
 
 

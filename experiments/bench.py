@@ -68,6 +68,21 @@ def ratio_summary(times, base, name):
   return float(np.median(r)), float(r.min()), float(r.max())
 
 
+class Stepper:
+  """A jitted train step with its state and one fixed batch, compiled on
+  creation: window(n) runs n steps and blocks until they are done."""
+
+  def __init__(self, step, state, batch):
+    self.step, self.state, self.batch = step, state, batch
+    self.window(1)
+
+  def window(self, n):
+    import jax
+    for _ in range(n):
+      self.state, m = self.step(self.state, self.batch)
+    jax.block_until_ready(m)
+
+
 def compiled_step(spec, overrides=()):
   """The jitted train step of `spec` (CONFIG[:args] plus --config.KEY=VALUE
   overrides) on one real batch of its data, compiled: a dict with `window(n)`
@@ -84,21 +99,14 @@ def compiled_step(spec, overrides=()):
   data = exp.train_iter(trainer.local_batch, 0, 1)
   step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr,
                                            config.grad_accum), donate_argnums=(0,))
-  run = dict(spec=" ".join([spec, *overrides]), config=config, data=data,
-             items=exp.items_per_step(config.batch_size),
-             flops=exp.flops_per_step(config.batch_size),
-             state=trainer.create_state(),
-             batch=sharding_lib.global_batch(next(data), trainer.mesh))
-  run["params"] = train_lib.param_count(run["state"]["params"])
-
-  def window(n):
-    for _ in range(n):
-      run["state"], m = step(run["state"], run["batch"])
-    jax.block_until_ready(m)
-  window(1)  # compile
-  run["window"] = window
+  stepper = Stepper(step, trainer.create_state(),
+                    sharding_lib.global_batch(next(data), trainer.mesh))
   shutil.rmtree(workdir)
-  return run
+  return dict(spec=" ".join([spec, *overrides]), config=config, data=data,
+              items=exp.items_per_step(config.batch_size),
+              flops=exp.flops_per_step(config.batch_size),
+              params=train_lib.param_count(stepper.state["params"]),
+              window=stepper.window)
 
 
 def step_speeds(runs, rounds, window):
@@ -497,18 +505,6 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   tokens = jax.random.randint(rng, (2, batch, length), 4, vocab)
   src, tgt = tokens[0], tokens[1]
 
-  class Contender:
-    """A compiled train step and its state: run(n) does n steps, blocking."""
-
-    def __init__(self, step, state, batch):
-      self.step, self.state, self.batch = step, state, batch
-      self.run(1)  # compile
-
-    def run(self, n):
-      for _ in range(n):
-        self.state, m = self.step(self.state, self.batch)
-      jax.block_until_ready(m)
-
   # Ours: configs/wmt.py:base at this batch, attention dropout as theirs.
   config, _ = main_lib.parse_config(["--config", "configs/wmt.py:base"])
   config.batch_size = batch
@@ -523,7 +519,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
     trainer = train_lib.Trainer(config, exp, workdir)
     step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr, 1),
                    donate_argnums=(0,))
-    contenders[f"attnlab {dtype}"] = Contender(step, trainer.create_state(),
+    contenders[f"attnlab {dtype}"] = Stepper(step, trainer.create_state(),
                                                {"src": src, "tgt": tgt})
     shutil.rmtree(workdir)
 
@@ -548,12 +544,12 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
         apply_fn=model.apply, params=params, dynamic_scale=None,
         tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0)))
   pmapped = jax.pmap(their_step, axis_name="batch", donate_argnums=(0,))
-  contenders["flax examples/wmt (its pmap)"] = Contender(
+  contenders["flax examples/wmt (its pmap)"] = Stepper(
       lambda s, b: pmapped(s, b, dropout_rng=rngs), their_state(), their_batch)
   # The same function under jit(vmap) over the one-device axis: isolates
   # pmap's own cost from the model's.
   vmapped = jax.jit(jax.vmap(their_step, axis_name="batch"), donate_argnums=(0,))
-  contenders["flax examples/wmt (jit)"] = Contender(
+  contenders["flax examples/wmt (jit)"] = Stepper(
       lambda s, b: vmapped(s, b, dropout_rng=rngs), their_state(), their_batch)
 
   peak = train_lib.measured_peak_flops()
@@ -562,7 +558,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
         f"batch {batch} x {length} tokens; {flops / 1e9:.0f} GFLOP/step "
         f"(analytic matmuls); measured f32 matmul peak {peak / 1e9:.0f} GFLOP/s")
   base = "flax examples/wmt (its pmap)"
-  times = interleaved({k: functools.partial(c.run, window)
+  times = interleaved({k: functools.partial(c.window, window)
                        for k, c in contenders.items()}, rounds)
   print(f"\nalternating windows: {rounds} rounds of {window} steps each, "
         f"{' / '.join(contenders)}:")
@@ -585,7 +581,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
     secs = {}
     for c in order:
       t0 = time.perf_counter()
-      c.run(sequential)
+      c.window(sequential)
       secs[c] = time.perf_counter() - t0
     first = "ours first" if order[0] is ours else "flax first"
     print(f"{first:>30}: ours {batch * length * sequential / secs[ours]:.0f}, flax "
