@@ -13,12 +13,17 @@ import os
 import shutil
 
 from absl import logging
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
 
 
 MANIFEST = "attnlab_manifest.json"
+
+
+class MismatchError(ValueError):
+  """An intact checkpoint whose tree is not the one this config builds."""
 
 
 class Checkpointer:
@@ -86,16 +91,35 @@ class Checkpointer:
     for step in reversed(self.steps()):
       try:
         return self.restore(step, abstract_state, data_iter)
+      except MismatchError:
+        raise  # intact, but of another model: never set aside
       except Exception as e:  # orbax/tensorstore raise many types
         self._set_aside(step, e)
     return None
 
   def restore(self, step, abstract_state, data_iter=None):
     self._verify(step)
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    # Parts of the state added since a checkpoint was written (model_state)
+    # are not on disk: restored as the empty trees they are in such runs.
+    on_disk = set(ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state").tree)
+    added = {k: v for k, v in abstract_state.items()
+             if k not in on_disk and not jax.tree.leaves(v)}
+    target = {k: v for k, v in abstract_state.items() if k not in added}
+    items = {"state": ocp.args.StandardRestore(target)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    return self._manager.restore(step, args=ocp.args.Composite(**items)).state
+    try:
+      state = self._manager.restore(step, args=ocp.args.Composite(**items)).state
+    except ValueError as e:
+      if "structure" not in str(e):
+        raise
+      raise MismatchError(
+          f"checkpoint {step} in {self.directory} holds a state of another shape "
+          f"than this config builds ({str(e).splitlines()[0]}): it was written by "
+          "another model or optimizer configuration; use its config.json, or a new "
+          "--workdir") from None
+    return {**state, **added}
 
   def _set_aside(self, step, error):
     reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
@@ -128,11 +152,11 @@ def sync(name):
     multihost_utils.sync_global_devices(name)
 
 
-def load_params(workdir):
-  """The parameters of the newest checkpoint of another run (to fine-tune
-  from it), on this process's first device, whatever mesh saved them.
+def load_variables(workdir):
+  """(params, model_state) of the newest checkpoint of another run (to
+  fine-tune from it), on this process's first device, whatever mesh saved
+  them; model_state is {} for runs without one (or made before it existed).
   Read-only: that run's folder is not touched."""
-  from etils import epath
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) \
       if os.path.isdir(directory) else []
@@ -144,4 +168,5 @@ def load_params(workdir):
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                         meta)
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path, target)["params"]
+    state = ckptr.restore(path, target)
+  return state["params"], state.get("model_state", {})

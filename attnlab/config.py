@@ -7,8 +7,14 @@ reported as one line that names the key and says how to fix it.
 """
 import ast
 import os
+import re
 
 import ml_collections
+
+
+# The default `optim.wd_mults`: as in the BERT and ViT recipes, no weight
+# decay on biases and normalisation scales.
+NO_DECAY = (("(.*/)?(bias|scale)", 0.0),)
 
 
 class ConfigError(ValueError):
@@ -83,7 +89,9 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   c.final_test = True
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", schedule="cosine", b1=0.9, b2=0.999, eps=1e-8,
-      weight_decay=0.0))
+      weight_decay=0.0, wd_schedule="constant", weight_decay_end=0.0,
+      # per-parameter rules (attnlab/optim.py): ((regex, multiplier), ...)
+      lr_mults=(), wd_mults=NO_DECAY, frozen=()))
   c.optim.update(optim)
   # A short run (steps=N) warms up for at most a quarter of its steps, so
   # its learning rate always peaks and decays.
@@ -132,6 +140,23 @@ def validate_common(config, device_count):
   check(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0",
         "set --config.optim.weight_decay=0 for none")
   check_choice(config, "optim.name", {"adam", "adamw", "sgd"})
+  check_choice(config, "optim.wd_schedule", {"constant", "cosine"})
+  check(config.optim.weight_decay_end >= 0, "optim.weight_decay_end", "must be >= 0",
+        "set it to the weight decay the cosine schedule ends at")
+  for key, pairs in (("lr_mults", True), ("wd_mults", True), ("frozen", False)):
+    for rule in config.optim[key]:
+      pattern = rule[0] if pairs and isinstance(rule, (tuple, list)) else rule
+      shaped = (isinstance(rule, (tuple, list)) and len(rule) == 2
+                and isinstance(rule[1], (int, float)) and rule[1] >= 0) if pairs else True
+      example = '\'(("head/.*", 10.0),)\'' if pairs else '\'("embed/.*",)\''
+      check(shaped and isinstance(pattern, str), f"optim.{key}",
+            f"{rule!r} is not a {'(regex, multiplier >= 0) pair' if pairs else 'regex'}",
+            f"e.g. --config.optim.{key}={example}")
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise ConfigError(f"optim.{key}", f"bad regex {pattern!r}: {e}",
+                          "fix the regular expression") from None
   check_choice(config, "optim.schedule",
                {"constant", "cosine", "linear", "rsqrt"})
   mesh_devices = mesh_size(config, device_count)

@@ -152,11 +152,16 @@ def experiment_module(config):
   name = config.get("experiment", None)
   if not name:
     fail("config.experiment: missing; the config must name its experiment")
+  # "translate" is experiments/translate.py; a dotted name is any module
+  # (an experiment of your own package: "mypackage.my_objective").
+  module = name if "." in name else f"experiments.{name}"
   try:
-    return importlib.import_module(f"experiments.{name}")
-  except ModuleNotFoundError:
-    fail(f"config.experiment: no experiments/{name}.py; use an existing "
-         "experiment name")
+    return importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if e.name and not module.startswith(e.name):
+      raise  # the experiment exists but imports something missing
+    fail(f"config.experiment: no module {module}; use an experiment of "
+         "experiments/ or an importable dotted module name")
 
 
 def validate(config, jax):
@@ -177,6 +182,10 @@ def load_run(workdir):
     config = ml_collections.ConfigDict(json.load(f))
   if "data" in config and "test_split" not in config.data:  # runs made before it existed
     config.data.test_split = "test"
+  if "optim" in config and "wd_mults" not in config.optim:
+    # Runs made before per-parameter rules: weight decay on every parameter.
+    config.optim.update(dict(lr_mults=(), wd_mults=(), frozen=(),
+                             wd_schedule="constant", weight_decay_end=0.0))
   return config
 
 
@@ -184,6 +193,12 @@ def load_run(workdir):
 # included: vocabularies, plots, samples, reports).
 RUN_FILES = ("config.json", "metrics.jsonl", "tb", "vocab.json", "tokenizer.model",
              "plots", "samples", "bleu.json", "test.json")
+
+
+def _flat(tree, prefix=""):
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
 
 
 def has_checkpoint(workdir):
@@ -199,11 +214,14 @@ def claim_workdir(config, workdir):
   vocabulary of other data would silently corrupt the new run)."""
   import jax
   if has_checkpoint(workdir):
-    old = load_run(workdir)
-    if old.to_json(sort_keys=True) != ml_collections.ConfigDict(
-        json.loads(config.to_json_best_effort())).to_json(sort_keys=True):
-      fail(f"{workdir} holds a run with another config (see its "
-           "config.json): use a new --workdir, or the same config to resume")
+    old = _flat(json.loads(load_run(workdir).to_json()))
+    new = _flat(json.loads(config.to_json_best_effort()))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+      k = differ[0]
+      fail(f"{workdir} holds a run with another config ({len(differ)} key(s) "
+           f"differ, e.g. {k}: run {old.get(k)!r}, now {new.get(k)!r}): use a new "
+           "--workdir, or the run's config (its config.json) to resume")
     return
   if jax.process_index() == 0:
     for name in RUN_FILES:
@@ -227,6 +245,16 @@ def build(module, config, workdir):
     fail(str(e))
 
 
+def make_trainer(config, exp, workdir):
+  """The trainer; rules that fit no parameter of the model (a regex that
+  matches nothing, ...) are one line and exit 2, before any compile."""
+  from attnlab import train
+  try:
+    return train.Trainer(config, exp, workdir)
+  except config_lib.ConfigError as e:
+    fail(str(e))
+
+
 # --- commands ----------------------------------------------------------------
 def cmd_train(argv):
   config, workdir = parse_config(argv)
@@ -243,11 +271,16 @@ def cmd_train(argv):
   claim_workdir(config, workdir)
   exp = build(module, config, workdir)
   train.write_config(config, workdir)
-  trainer = train.Trainer(config, exp, workdir)
+  trainer = make_trainer(config, exp, workdir)
+  from attnlab import checkpoint
   try:
     state = trainer.train()
   except train.NonFiniteError as e:
     fail(str(e), code=1)
+  except checkpoint.MismatchError as e:
+    fail(str(e))
+  if int(state["step"]) < config.total_steps:
+    return  # stopped by a signal: the test split waits for the finished run
   if config.get("final_test", True):
     trainer.finish(state)
   else:
@@ -270,8 +303,12 @@ def _restore(workdir):
   module = validate(config, jax)
   from attnlab import train
   exp = build(module, config, workdir)
-  trainer = train.Trainer(config, exp, workdir)
-  state = trainer.restore_params()
+  trainer = make_trainer(config, exp, workdir)
+  from attnlab import checkpoint
+  try:
+    state = trainer.restore_params()
+  except checkpoint.MismatchError as e:
+    fail(str(e))
   if state is None:
     fail(f"{workdir} has no readable checkpoint yet: train first")
   return config, exp, trainer, state
@@ -412,13 +449,13 @@ def cmd_compile(argv):
   from attnlab import train
   exp = module.Experiment(config, None, vocab_size=config.data.vocab_size)
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = train.Trainer(config, exp, workdir)
+    trainer = make_trainer(config, exp, workdir)
     abstract, shardings = trainer.abstract_state()
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                        sharding=sharding_lib.batch_sharding(trainer.mesh)),
         exp.abstract_batch(config.batch_size))
-    step = jax.jit(train.make_train_step(exp.loss, trainer.tx, trainer.lr, config.grad_accum),
+    step = jax.jit(trainer.step_fn(),
                    donate_argnums=(0,),
                    out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
     compiled = step.lower(abstract, batch).compile()
@@ -447,14 +484,19 @@ def cmd_average(argv):
   module = validate(config, jax)
   from attnlab import checkpoint
   from attnlab import train
-  trainer = train.Trainer(config, module.Experiment(config, workdir), workdir)
+  trainer = make_trainer(config, module.Experiment(config, workdir), workdir)
   steps = trainer.ckpt.steps()[-values.last:]
   if values.last < 1 or len(steps) < values.last:
     fail(f"{workdir} has {len(steps)} checkpoints, --last {values.last} asked: "
          "use a smaller --last, or train with a larger config.keep_ckpts")
   states = [trainer.restore_params(step) for step in steps]
-  mean = jax.tree.map(lambda *xs: sum(xs) / len(xs), *[s["params"] for s in states])
-  state = dict(states[-1], params=mean)  # the rest (step, optimizer) of the last
+  def mean(key):  # of float leaves; counters are the last checkpoint's
+    one = lambda *xs: ((sum(xs) / len(xs)).astype(xs[-1].dtype)
+                       if jax.numpy.issubdtype(xs[-1].dtype, jax.numpy.floating) else xs[-1])
+    return jax.tree.map(one, *[s[key] for s in states])
+  # model_state (BatchNorm statistics) is averaged with the params: a mean
+  # of running means; the rest (step, optimizer) is the last checkpoint's.
+  state = dict(states[-1], params=mean("params"), model_state=mean("model_state"))
   out = values.out or f"{workdir.rstrip('/')}_avg{values.last}"
   train.write_config(config, out)
   ckpt = checkpoint.Checkpointer(out, keep=1, async_save=False)

@@ -1,6 +1,24 @@
-"""Optimizers and learning-rate schedules from `config.optim`."""
+"""Optimizers, schedules and per-parameter rules from `config.optim`.
+
+Per-parameter rules are regex lists over parameter names (attnlab/rules.py;
+first match wins), as in big_vision:
+
+  lr_mults  ((regex, m), ...)  learning rate times m (e.g. a new head at 10x)
+  wd_mults  ((regex, m), ...)  weight decay times m; the default, as in the
+            BERT and ViT recipes, decays no biases and no normalisation scales
+  frozen    (regex, ...)       not trained: zero updates and no optimizer state
+
+Weight decay may follow a schedule: `wd_schedule="cosine"` goes from
+`weight_decay` to `weight_decay_end` (DINO raises it from 0.04 to 0.4). The
+schedules are callables optax evaluates on its own step count; the
+optimizer state has no extra hyperparameter copies.
+"""
+import jax
 import jax.numpy as jnp
 import optax
+
+from attnlab import rules as rules_lib
+from attnlab.config import NO_DECAY, ConfigError
 
 
 def schedule(optim, total_steps):
@@ -17,27 +35,107 @@ def schedule(optim, total_steps):
       s = step + 1.0
       return lr * jnp.minimum(s ** -0.5, s * max(warmup, 1) ** -1.5)
     return rsqrt
-  decay_steps = max(total_steps - warmup, 1)
-  decay = {
-      "constant": optax.constant_schedule(lr),
-      "cosine": optax.cosine_decay_schedule(lr, decay_steps),
-      "linear": optax.linear_schedule(lr, 0.0, decay_steps),
-  }[optim.schedule]
+  # (optax's warm-up schedules start at 0 even when warmup_steps is 0.)
+  if optim.schedule == "cosine":
+    return (optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total_steps)
+            if warmup else optax.cosine_decay_schedule(lr, total_steps))
+  if optim.schedule == "constant":
+    return (optax.warmup_constant_schedule(0.0, lr, warmup)
+            if warmup else optax.constant_schedule(lr))
+  decay = optax.linear_schedule(lr, 0.0, max(total_steps - warmup, 1))
   if warmup == 0:
     return decay
   return optax.join_schedules(
       [optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def make_optimizer(optim, total_steps):
-  """Global-norm clipping, then the named optimizer on the schedule."""
-  lr = schedule(optim, total_steps)
-  if optim.name == "sgd":
-    opt = optax.sgd(lr, momentum=optim.b1 or None)
-  elif optim.name == "adam":
+def weight_decay(optim, total_steps):
+  """The weight-decay rate: a float, or a schedule of the step."""
+  wd, end = optim.weight_decay, optim.get("weight_decay_end", 0.0)
+  if optim.get("wd_schedule", "constant") == "constant":
+    return wd
+  return lambda step: end + (wd - end) * optax.cosine_decay_schedule(1.0, total_steps)(step)
+
+
+def _scaled(value, m):
+  if m == 1.0:
+    return value
+  return (lambda step: m * value(step)) if callable(value) else m * value
+
+
+def _group(optim, lr, wd, lr_mult, wd_mult):
+  """The optimizer of one group of parameters (equal multipliers)."""
+  lr, wd = _scaled(lr, lr_mult), _scaled(wd, wd_mult)
+  if optim.name == "adamw":
+    return optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                       weight_decay=wd)
+  if optim.name == "adam":
     opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   else:
-    opt = optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                      weight_decay=optim.weight_decay)
+    opt = optax.sgd(lr, momentum=optim.b1 or None)
+  # sgd and adam: weight decay is L2 on the gradient (torch.optim's meaning).
+  return opt if wd == 0.0 else optax.chain(optax.add_decayed_weights(wd), opt)
+
+
+def labels(optim, params):
+  """Each parameter's group: "frozen", or "lr=<m>,wd=<m>"."""
+  lr_rules = [tuple(r) for r in optim.get("lr_mults", ())]
+  wd_rules = [tuple(r) for r in optim.get("wd_mults", NO_DECAY)]
+  frozen = list(optim.get("frozen", ()))
+
+  def one(path, _):
+    name = rules_lib.path_name(path)
+    if rules_lib.first_match(frozen, name) is not None:
+      return "frozen"
+    i = rules_lib.first_match([p for p, _ in lr_rules], name)
+    j = rules_lib.first_match([p for p, _ in wd_rules], name)
+    lr_mult = 1.0 if i is None else float(lr_rules[i][1])
+    wd_mult = 1.0 if j is None or optim.weight_decay == 0 else float(wd_rules[j][1])
+    return f"lr={lr_mult:g},wd={wd_mult:g}"
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def check_rules(optim, params):
+  """One-line errors for rules that cannot be what the user meant."""
+  checks = [("optim.lr_mults", [p for p, _ in optim.get("lr_mults", ())]),
+            ("optim.frozen", list(optim.get("frozen", ())))]
+  if optim.weight_decay > 0:
+    checks.append(("optim.wd_mults", [p for p, _ in optim.get("wd_mults", NO_DECAY)]))
+  for key, patterns in checks:
+    missing = rules_lib.unmatched(patterns, params)
+    if missing:
+      some = ", ".join(rules_lib.names(params)[:4])
+      raise ConfigError(key, f"regex {missing[0]!r} matches no parameter",
+                        f"names look like {some}; run with one that matches "
+                        "(re.fullmatch on the whole name)")
+  if all(label == "frozen" for label in jax.tree.leaves(labels(optim, params))):
+    raise ConfigError("optim.frozen", "freezes every parameter: nothing would train",
+                      "leave some parameters out of the frozen regexes")
+
+
+def make_optimizer(optim, total_steps, params):
+  """Global-norm clipping, then the named optimizer on the schedule, per
+  group of parameters with equal rules (`params`: the tree or its shapes).
+
+  Returns (tx, schedules): schedules are {"lr": fn, "wd": fn} of the step,
+  the base values the multipliers scale, logged each step.
+  """
+  check_rules(optim, params)
+  lr, wd = schedule(optim, total_steps), weight_decay(optim, total_steps)
+  tree = labels(optim, params)
+  groups = sorted(set(jax.tree.leaves(tree)))
+  txs = {}
+  for g in groups:
+    if g == "frozen":
+      txs[g] = optax.set_to_zero()
+    else:
+      lr_mult, wd_mult = (float(kv.split("=")[1]) for kv in g.split(","))
+      txs[g] = _group(optim, lr, wd, lr_mult, wd_mult)
+  # One group (no rule applies): the plain optimizer, whose state has the
+  # same structure as before rules existed, so older checkpoints resume.
+  opt = txs[groups[0]] if len(groups) == 1 else optax.partition(txs, tree)
   chain = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
-  return optax.chain(*chain, opt), lr
+  schedules = {"lr": lr}
+  if callable(wd):
+    schedules["wd"] = wd
+  return optax.chain(*chain, opt), schedules

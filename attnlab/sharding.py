@@ -5,11 +5,12 @@ parameters are replicated unless a regex rule in `config.param_sharding`
 gives them a PartitionSpec (e.g. FSDP: `(".*", ("data",))`).
 """
 import os
-import re
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from attnlab import rules as rules_lib
 
 
 def initialize_distributed():
@@ -61,16 +62,17 @@ def param_shardings(params_shape, mesh, rules):
   A dimension whose size the mesh axis does not divide stays replicated, so
   one FSDP rule `(".*", ("data",))` works for every parameter.
   """
+  patterns = [pattern for pattern, _ in rules]
+
   def one(path, leaf):
-    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-    for pattern, spec in rules:
-      if re.fullmatch(pattern, name):
-        spec = tuple(spec)[:leaf.ndim]
-        spec = tuple(
-            axis if axis is None or leaf.shape[i] % _axis_size(mesh, axis) == 0
-            else None for i, axis in enumerate(spec))
-        return NamedSharding(mesh, P(*spec))
-    return NamedSharding(mesh, P())
+    i = rules_lib.first_match(patterns, rules_lib.path_name(path))
+    if i is None:
+      return NamedSharding(mesh, P())
+    spec = tuple(rules[i][1])[:leaf.ndim]
+    spec = tuple(
+        axis if axis is None or leaf.shape[d] % _axis_size(mesh, axis) == 0
+        else None for d, axis in enumerate(spec))
+    return NamedSharding(mesh, P(*spec))
   return jax.tree_util.tree_map_with_path(one, params_shape)
 
 

@@ -5,18 +5,32 @@ the mesh, sharded state, the jitted step, gradient accumulation, clipping,
 the NaN guard, metrics, evals, checkpoints and resumption. The train state is
 a dict:
 
-  step      completed steps (int32)
-  params    trained parameters
-  opt_state optax state
-  carry     per-example state with a leading batch axis, split like the
-            batch (e.g. an RNN's hidden state carried across windows)
-  extra     other non-trained state (e.g. a DINO teacher); replicated
-  rng       base key; step s uses fold_in(rng, s)
-  bad_step  first step whose loss or gradient was not finite, else -1
+  step         completed steps (int32)
+  params       trained parameters
+  opt_state    optax state
+  model_state  flax mutable collections of the model that are not trained
+               (BatchNorm statistics); sharded like params, carried by
+               `average` and taken over with the params by `pretrained`
+  carry        per-example state with a leading batch axis, split like the
+               batch (e.g. an RNN's hidden state carried across windows)
+  extra        other non-trained state of the objective (a DINO teacher and
+               centre); sharded like params
+  rng          base key; step s uses fold_in(rng, s)
+  bad_step     first step whose loss or gradient was not finite, else -1
 
 An experiment object provides:
-  init(rng, batch_size) -> (params, carry, extra)
-  loss(params, carry, extra, batch, rng) -> (loss, (metrics, carry, extra))
+  init(rng, batch_size) -> {"params": ..., and any of "model_state",
+      "carry", "extra"} (missing ones are {})
+  loss(params, state, batch, ctx) -> (loss, (metrics, state)): `state` is
+      {"model_state", "carry", "extra"} in and out; `ctx` a `StepContext`
+      (rng, step, mesh, batch_axis). A loss that is a mean over a count
+      that varies between batches (target tokens) returns the count as
+      metrics["loss_weight"], so accumulated microbatches average exactly.
+  whole_batch, optional: a sentence saying why the loss depends on the
+      whole batch at once (contrastive negatives, BatchNorm statistics);
+      grad_accum > 1 is then refused
+  post_update(params, extra, step) -> extra, optional: called with the
+      updated params inside the step (an EMA teacher, a clamped temperature)
   train_iter(local_batch, process_index, process_count) -> grain iterator of
       this process's rows (dicts of numpy arrays)
   evaluate(state, mesh, step, writer) -> {"eval/...": float} on the
@@ -25,10 +39,12 @@ An experiment object provides:
       split (`config.data.test_split`), read once after training (and by
       `eval --split test`): the numbers a run reports, and its figures
   items_per_step(batch_size), item_name ("tokens", "examples", ...)
-  pretrained(params) -> (params, source), optional: a new run's params
-      with some taken from a pretrained run (source None: none taken)
+  pretrained(params, model_state) -> (params, model_state, source),
+      optional: a new run's variables with some taken from a pretrained run
+      (source None: none taken)
   flops_per_step(batch_size), optional: when XLA's count is wrong (scans)
 """
+import dataclasses
 import os
 import signal
 import time
@@ -40,6 +56,7 @@ import numpy as np
 import optax
 
 from attnlab import checkpoint as ckpt_lib
+from attnlab import config as config_lib
 from attnlab import metrics as metrics_lib
 from attnlab import optim as optim_lib
 from attnlab import sharding as sharding_lib
@@ -68,39 +85,69 @@ def _unmicrobatch(tree):
       lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
 
 
-def make_train_step(loss_fn, tx, lr_schedule, grad_accum):
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+  """What a loss may need besides params, state and batch.
+
+  rng: this (micro)batch's key. step: the step being taken (0-based, a
+  traced int32: for schedules inside the loss). mesh and batch_axis: for
+  collectives over the global batch under `jax.shard_map`.
+  """
+  rng: jax.Array
+  step: jax.Array
+  mesh: jax.sharding.Mesh
+  batch_axis: str = "data"
+
+
+STATE_KEYS = ("model_state", "carry", "extra")  # what a loss reads and returns
+
+
+def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
   """jit-able `(state, batch) -> (state, metrics)`.
 
-  `loss_fn(params, carry, extra, batch, rng) -> (loss, (metrics, carry,
-  extra))` is the experiment's objective on one (micro)batch.
+  `loss_fn(params, state, batch, ctx) -> (loss, (metrics, state))` is the
+  experiment's objective on one (micro)batch; `schedules` ({"lr": fn of
+  the step, ...}) are logged; `post_update(params, extra, step) -> extra`
+  runs after the optimizer update.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
+    ctx = lambda key: StepContext(key, state["step"], mesh)
     params = state["params"]
+    aux = {k: state[k] for k in STATE_KEYS}
     if grad_accum == 1:
-      (loss, (metrics, carry, extra)), grads = grad_fn(
-          params, state["carry"], state["extra"], batch, rng)
+      (loss, (metrics, aux)), grads = grad_fn(params, aux, batch, ctx(rng))
     else:
+      # Microbatches in turn; model_state and extra pass from one to the
+      # next, carry is split like the batch. A loss averaged over a varying
+      # count (metrics["loss_weight"]) is weighted by it: sum(w_i g_i) /
+      # sum(w_i) is then the gradient of the whole batch's mean.
       def one(acc, xs):
-        grads_sum, extra, i = acc
+        grads_sum, weight_sum, kept, i = acc
         mb, mc = xs
-        (l, (m, c, extra)), g = grad_fn(params, mc, extra, mb,
-                                        jax.random.fold_in(rng, i))
-        return (jax.tree.map(jnp.add, grads_sum, g), extra, i + 1), (l, m, c)
+        (l, (m, out)), g = grad_fn(params, dict(kept, carry=mc), mb,
+                                   ctx(jax.random.fold_in(rng, i)))
+        w = m.get("loss_weight", jnp.ones((), jnp.float32))
+        grads_sum = jax.tree.map(lambda a, b: a + w * b, grads_sum, g)
+        kept = {k: out[k] for k in ("model_state", "extra")}
+        return (grads_sum, weight_sum + w, kept, i + 1), (l * w, w, m, out["carry"])
       zeros = jax.tree.map(jnp.zeros_like, params)
-      (grads, extra, _), (losses, metrics, carry) = jax.lax.scan(
-          one, (zeros, state["extra"], 0),
-          (_microbatches(batch, grad_accum),
-           _microbatches(state["carry"], grad_accum)))
-      grads = jax.tree.map(lambda g: g / grad_accum, grads)
-      loss = losses.mean()
-      metrics = jax.tree.map(lambda m: m.mean(0), metrics)
-      carry = _unmicrobatch(carry)
+      kept = {k: aux[k] for k in ("model_state", "extra")}
+      (grads, weight, kept, _), (losses, weights, metrics, carry) = jax.lax.scan(
+          one, (zeros, jnp.zeros((), jnp.float32), kept, 0),
+          (_microbatches(batch, grad_accum), _microbatches(aux["carry"], grad_accum)))
+      grads = jax.tree.map(lambda g: g / weight, grads)
+      loss = losses.sum() / weight
+      metrics = {k: v.sum(0) if k == "loss_weight" else
+                 jnp.tensordot(weights, v, 1) / weight for k, v in metrics.items()}
+      aux = dict(kept, carry=_unmicrobatch(carry))
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
+    if post_update is not None:
+      aux = dict(aux, extra=post_update(new_params, aux["extra"], state["step"]))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # NaN guard: a non-finite step changes nothing, and remembers where.
     keep = lambda new, old: jax.tree.map(
@@ -109,14 +156,13 @@ def make_train_step(loss_fn, tx, lr_schedule, grad_accum):
         step=state["step"] + 1,
         params=keep(new_params, params),
         opt_state=keep(opt_state, state["opt_state"]),
-        carry=keep(carry, state["carry"]),
-        extra=keep(extra, state["extra"]),
+        **{k: keep(aux[k], state[k]) for k in STATE_KEYS},
         rng=state["rng"],
         bad_step=jnp.where((state["bad_step"] < 0) & ~finite, state["step"],
                            state["bad_step"]))
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
                "param_norm": optax.tree.norm(new_params),
-               "lr": lr_schedule(state["step"])}
+               **{k: f(state["step"]) for k, f in schedules.items()}}
     return new_state, metrics
   return step_fn
 
@@ -128,16 +174,29 @@ class Trainer:
     self.config, self.exp, self.workdir = config, experiment, workdir
     self.mesh = sharding_lib.make_mesh(config.mesh)
     self.local_batch = sharding_lib.local_batch_size(config.batch_size, self.mesh)
-    self.tx, self.lr = optim_lib.make_optimizer(config.optim, config.total_steps)
+    if config.grad_accum > 1 and getattr(experiment, "whole_batch", None):
+      raise config_lib.ConfigError(
+          "grad_accum", f"{config.grad_accum} would split a loss over the whole batch "
+          f"({experiment.whole_batch})", "set --config.grad_accum=1 (lower "
+          "batch_size, or use more devices, to fit memory)")
+    params = jax.eval_shape(lambda rng: self._init_vars(rng)["params"],
+                            jax.random.PRNGKey(0))
+    self.tx, self.schedules = optim_lib.make_optimizer(
+        config.optim, config.total_steps, params)
     self.writer = metrics_lib.MetricsWriter(workdir, jax.process_index() == 0)
     self.ckpt = ckpt_lib.Checkpointer(workdir, config.keep_ckpts)
     self._stop_requested = False
 
   # --- state -------------------------------------------------------------
+  def _init_vars(self, rng):
+    out = self.exp.init(rng, self.config.batch_size)
+    return {"params": out["params"], **{k: out.get(k, {}) for k in STATE_KEYS}}
+
   def _init_state(self, rng):
-    params, carry, extra = self.exp.init(rng, self.config.batch_size)
-    return dict(step=jnp.zeros((), jnp.int32), params=params,
-                opt_state=self.tx.init(params), carry=carry, extra=extra,
+    v = self._init_vars(rng)
+    return dict(step=jnp.zeros((), jnp.int32), params=v["params"],
+                opt_state=self.tx.init(v["params"]),
+                **{k: v[k] for k in STATE_KEYS},
                 rng=jax.random.fold_in(rng, 1), bad_step=-jnp.ones((), jnp.int32))
 
   def state_shardings(self, abstract):
@@ -146,6 +205,7 @@ class Trainer:
     rep = sharding_lib.replicated(self.mesh)
     return dict(step=rep, params=shard(abstract["params"]),
                 opt_state=shard(abstract["opt_state"]),
+                model_state=shard(abstract["model_state"]),
                 carry=jax.tree.map(lambda _: sharding_lib.batch_sharding(self.mesh),
                                    abstract["carry"]),
                 extra=shard(abstract["extra"]), rng=rep, bad_step=rep)
@@ -171,6 +231,11 @@ class Trainer:
       return self.ckpt.restore_newest(abstract, None)
     return self.ckpt.restore(step, abstract)
 
+  def step_fn(self):
+    return make_train_step(self.exp.loss, self.tx, self.schedules,
+                           self.config.grad_accum, self.mesh,
+                           getattr(self.exp, "post_update", None))
+
   # --- loop --------------------------------------------------------------
   def train(self):
     config, exp = self.config, self.exp
@@ -183,7 +248,8 @@ class Trainer:
     t_start = time.time()
     data = exp.train_iter(self.local_batch, jax.process_index(),
                           jax.process_count())
-    if not config.peak_flops:
+    peak, peak_source = peak_flops(config)
+    if not peak:
       # The peak matmul rate is measured twice, here and after compiling (a
       # machine busy at one moment is rarely busy at both); the larger wins.
       measured_peak_flops()
@@ -192,11 +258,13 @@ class Trainer:
     if state is None:
       state = self.create_state()
       if hasattr(exp, "pretrained"):  # fine-tuning: start from another run
-        params, source = exp.pretrained(state["params"])
+        params, model_state, source = exp.pretrained(state["params"],
+                                                     state["model_state"])
         if source:
           params = jax.device_put(params, shardings["params"])
           state = dict(state, params=params, opt_state=jax.jit(
-              self.tx.init, out_shardings=shardings["opt_state"])(params))
+              self.tx.init, out_shardings=shardings["opt_state"])(params),
+              model_state=jax.device_put(model_state, shardings["model_state"]))
           log(f"parameters from {source}")
       log(f"initialised new run in {self.workdir}")
     else:
@@ -207,7 +275,7 @@ class Trainer:
                    parameter_overview.get_parameter_overview(state["params"]))
     log(f"params: {param_count(state['params']):,}")
 
-    step_fn = make_train_step(exp.loss, self.tx, self.lr, config.grad_accum)
+    step_fn = self.step_fn()
     train_step = jax.jit(step_fn, donate_argnums=(0,),
                          out_shardings=(shardings, sharding_lib.replicated(self.mesh)))
     step = int(state["step"])
@@ -217,11 +285,11 @@ class Trainer:
     flops, how = step_flops(compiled), "XLA cost analysis"
     if hasattr(exp, "flops_per_step"):
       flops, how = exp.flops_per_step(config.batch_size), "analytic"
-    peak = config.peak_flops or measured_peak_flops()
+    peak = peak or measured_peak_flops()
     compile_sec = time.time() - t_start
     log(f"compiled train step in {compile_sec:.1f}s from start; "
         f"{flops / 1e9:.2f} GFLOP/step ({how}), peak {peak / 1e9:.1f} GFLOP/s/device "
-        f"for MFU ({'config.peak_flops' if config.peak_flops else 'best of 2 measured matmuls'})")
+        f"for MFU ({peak_source})")
     progress = metrics_lib.Progress(config.total_steps)
     batch, window_t0, window_steps = first_batch, time.time(), 0
     items_per_step = exp.items_per_step(config.batch_size)
@@ -348,6 +416,39 @@ def step_flops(compiled):
     return float(cost.get("flops", 0.0))
   except Exception:  # some backends do not implement it
     return 0.0
+
+
+# Published dense peak FLOP/s of one chip: (bfloat16, float32). At default
+# precision XLA runs float32 matmuls as bfloat16 passes on TPUs and as TF32
+# on NVIDIA GPUs since Ampere, so the float32 column is that rate. Matched
+# against `device_kind` by substring, longest first.
+PUBLISHED_PEAK = {
+    "TPU v4": (275e12, 275e12),
+    "TPU v5 lite": (197e12, 197e12),  # v5e
+    "TPU v5e": (197e12, 197e12),
+    "TPU v5": (459e12, 459e12),  # v5p
+    "TPU v6 lite": (918e12, 918e12),  # v6e (Trillium)
+    "TPU v6e": (918e12, 918e12),
+    "A100": (312e12, 156e12),
+    "H100": (989e12, 495e12),  # SXM
+    "H100 PCIe": (756e12, 378e12),
+    "H200": (989e12, 495e12),
+}
+
+
+def peak_flops(config, device=None):
+  """(peak FLOP/s of one device, where it comes from) for MFU: the config's
+  `peak_flops`, else the published peak of the device in the model's dtype,
+  else (0, ...): the CPU, whose peak is measured in-process."""
+  if config.peak_flops:
+    return config.peak_flops, "config.peak_flops"
+  device = device or jax.devices()[0]
+  dtype = config.get("model", {}).get("dtype", "float32")
+  column = 0 if dtype in ("bfloat16", "float16") else 1
+  for name in sorted(PUBLISHED_PEAK, key=len, reverse=True):
+    if name in device.device_kind:
+      return PUBLISHED_PEAK[name][column], f"published {name} peak in {['bfloat16', 'float32'][column]}"
+  return 0.0, "best of 2 measured matmuls"
 
 
 _PEAK = {}

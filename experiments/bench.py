@@ -97,8 +97,7 @@ def compiled_step(spec, overrides=()):
   exp = main_lib.experiment_module(config).Experiment(config, workdir)
   trainer = train_lib.Trainer(config, exp, workdir)
   data = exp.train_iter(trainer.local_batch, 0, 1)
-  step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr,
-                                           config.grad_accum), donate_argnums=(0,))
+  step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
   stepper = Stepper(step, trainer.create_state(),
                     sharding_lib.global_batch(next(data), trainer.mesh))
   shutil.rmtree(workdir)
@@ -517,8 +516,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
     flops = exp.flops_per_step(batch)
     workdir = tempfile.mkdtemp()
     trainer = train_lib.Trainer(config, exp, workdir)
-    step = jax.jit(train_lib.make_train_step(exp.loss, trainer.tx, trainer.lr, 1),
-                   donate_argnums=(0,))
+    step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
     contenders[f"attnlab {dtype}"] = Stepper(step, trainer.create_state(),
                                                {"src": src, "tgt": tgt})
     shutil.rmtree(workdir)

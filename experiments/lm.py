@@ -139,18 +139,18 @@ class Experiment:
   def init(self, rng, batch_size):
     tokens = jnp.zeros((batch_size, self.config.data.seq_len), jnp.int32)
     if not self.recurrent:
-      return self.model.init(rng, tokens)["params"], {}, {}
+      return {"params": self.model.init(rng, tokens)["params"]}
     carry = self.model.zero_carry(batch_size)
-    params = self.model.init(rng, tokens, carry)["params"]
-    return params, carry, {}
+    return {"params": self.model.init(rng, tokens, carry)["params"], "carry": carry}
 
-  def loss(self, params, carry, extra, batch, rng):
+  def loss(self, params, state, batch, ctx):
+    rng, carry = ctx.rng, state["carry"]
     if not self.recurrent:
       logits = self.model.apply({"params": params}, batch["inputs"], train=True,
                                 rngs={"dropout": rng})
       nll = optax.softmax_cross_entropy_with_integer_labels(
           logits, batch["targets"]).mean()
-      return nll, ({"bits_per_char": nll / jnp.log(2.0)}, carry, extra)
+      return nll, ({"bits_per_char": nll / jnp.log(2.0)}, state)
     if not self.config.data.stateful:
       carry = jax.tree.map(jnp.zeros_like, carry)
     # Truncated BPTT: the carried state is an input, not a path for gradients.
@@ -159,7 +159,7 @@ class Experiment:
                                    train=True, rngs={"dropout": rng})
     nll = optax.softmax_cross_entropy_with_integer_labels(
         logits, batch["targets"]).mean()
-    return nll, ({"bits_per_char": nll / jnp.log(2.0)}, aux["carry"], extra)
+    return nll, ({"bits_per_char": nll / jnp.log(2.0)}, dict(state, carry=aux["carry"]))
 
   # --- evaluation ---------------------------------------------------------
   def held_out_loss(self, params, mesh, split):

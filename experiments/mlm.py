@@ -148,20 +148,20 @@ class Experiment:
 
   def init(self, rng, batch_size):
     x = jnp.ones((batch_size, self.config.data.seq_len), jnp.int32)
-    return self.model.init(rng, x, x > 0)["params"], {}, {}
+    return {"params": self.model.init(rng, x, x > 0)["params"]}
 
-  def pretrained(self, params):
+  def pretrained(self, params, model_state):
     """Every parameter but the classification head from `init_from`."""
     source = self.config.init_from
     if not source:
-      return params, None
-    loaded = ckpt_lib.load_params(source)
+      return params, model_state, None
+    loaded, _ = ckpt_lib.load_variables(source)
     mine = {k: v for k, v in params.items() if k != "classifier"}
     shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
     if shapes(mine) != shapes(loaded):
       raise ValueError(f"init_from: {source} holds a different model; pretrain "
                        "with the same configs/bert.py size and data.vocab_size")
-    return {**params, **loaded}, source
+    return {**params, **loaded}, model_state, source  # BERT has no model_state
 
   def _forward(self, params, tokens, labels, rng, train):
     valid = tokens > 0
@@ -178,12 +178,15 @@ class Experiment:
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
     return nll, (logits.argmax(-1) == tokens), chosen.astype(jnp.float32)
 
-  def loss(self, params, carry, extra, batch, rng):
+  def loss(self, params, state, batch, ctx):
+    """Mean over the masked tokens (pretraining) or passages (classifying);
+    the count is the loss weight, exact under gradient accumulation."""
     nll, correct, weight = self._forward(params, batch["tokens"], batch["label"],
-                                         rng, True)
-    n = jnp.maximum(weight.sum(), 1)
-    loss = (nll * weight).sum() / n
-    return loss, ({"accuracy": (correct * weight).sum() / n}, carry, extra)
+                                         ctx.rng, True)
+    n = weight.sum()
+    loss = (nll * weight).sum() / jnp.maximum(n, 1)
+    return loss, ({"accuracy": (correct * weight).sum() / jnp.maximum(n, 1),
+                   "loss_weight": n}, state)
 
   # --- evaluation ---------------------------------------------------------
   def evaluate(self, state, mesh, step, writer):

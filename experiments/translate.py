@@ -142,8 +142,7 @@ class Experiment:
 
   def init(self, rng, batch_size):
     x = jnp.ones((batch_size, self.config.data.max_len), jnp.int32)
-    params = self.model.init(rng, x, x > 0, x)["params"]
-    return params, {}, {}
+    return {"params": self.model.init(rng, x, x > 0, x)["params"]}
 
   def _forward(self, params, batch, train, rng=None):
     src, tgt = batch["src"], batch["tgt"]
@@ -159,10 +158,13 @@ class Experiment:
     nll = optax.softmax_cross_entropy(logits, labels)
     return nll, tgt > 0, aux
 
-  def loss(self, params, carry, extra, batch, rng):
-    nll, mask, _ = self._forward(params, batch, True, rng)
-    loss = jnp.sum(nll * mask) / jnp.maximum(mask.sum(), 1)
-    return loss, ({"target_tokens": mask.sum().astype(jnp.float32)}, carry, extra)
+  def loss(self, params, state, batch, ctx):
+    """Mean over target tokens; their count is the loss weight, so that
+    accumulated microbatches of unequal lengths average exactly."""
+    nll, mask, _ = self._forward(params, batch, True, ctx.rng)
+    tokens = mask.sum().astype(jnp.float32)
+    loss = jnp.sum(nll * mask) / jnp.maximum(tokens, 1)
+    return loss, ({"target_tokens": tokens, "loss_weight": tokens}, state)
 
   # --- evaluation ---------------------------------------------------------
   def _compile_eval(self):

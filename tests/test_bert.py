@@ -59,9 +59,9 @@ def test_pretrain_then_fine_tune_from_its_checkpoint(tmp_path, fake_plays, capsy
                                      "--workdir", str(tmp_path / "ft"), *fake_plays,
                                      f"--config.init_from={pre}"])
   exp = mlm.Experiment(config, str(tmp_path / "ft"))
-  fresh, _, _ = jax.jit(exp.init, static_argnums=1)(jax.random.PRNGKey(5), 2)
-  loaded = ckpt_lib.load_params(pre)
-  params, source = exp.pretrained(fresh)
+  fresh = jax.jit(exp.init, static_argnums=1)(jax.random.PRNGKey(5), 2)["params"]
+  loaded, _ = ckpt_lib.load_variables(pre)
+  params, _, source = exp.pretrained(fresh, {})
   assert source == pre and set(params) == set(fresh)
   for name in loaded:
     jax.tree.map(np.testing.assert_array_equal, params[name], loaded[name])
@@ -73,7 +73,7 @@ def test_pretrain_then_fine_tune_from_its_checkpoint(tmp_path, fake_plays, capsy
   with pytest.raises(ValueError, match="different model"):
     mlm.Experiment(config, str(tmp_path / "ft")).pretrained(
         jax.eval_shape(lambda k: mlm.Experiment(config, None).init(k, 2),
-                       jax.random.PRNGKey(0))[0])
+                       jax.random.PRNGKey(0))["params"], {})
 
   ft = str(tmp_path / "ft")
   main_lib.main(["train", "--config", "configs/bert.py:classify,runlocal=True",

@@ -117,6 +117,10 @@ BAD = [
      ["data.src_lang", "'fr' is not a language of ding", "['de', 'en']"]),
     ("warmup_past_the_end", ["--config.total_steps=10", "--config.optim.warmup_steps=10"],
      ["optim.warmup_steps", "not below total_steps=10"]),
+    ("bad_rule_regex", ["--config.optim.frozen=('embed[',)"], ["optim.frozen", "bad regex"]),
+    ("bad_rule_shape", ["--config.optim.lr_mults=(('head/.*',),)"],
+     ["optim.lr_mults", "(regex, multiplier >= 0) pair"]),
+    ("bad_wd_schedule", ["--config.optim.wd_schedule=step"], ["optim.wd_schedule"]),
     ("train_without_test", "train_only", ["data.folder", "no test/"]),
     ("validation_alone", "validation_only", ["data.folder", "validation/", "no train/"]),
 ]
@@ -164,7 +168,23 @@ def test_workdir_of_another_config_is_refused(tmp_path, text_folder, capsys):
                    *tiny_overrides(text_folder, total_steps=1),
                    "--config.optim.lr=0.5"])
   assert e.value.code == 2
-  assert "another config" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "another config" in err and "optim.lr: run 0.002, now 0.5" in err, err
+
+
+@pytest.mark.parametrize("rule, words", [
+    ("--config.optim.lr_mults=(('haed/.*', 10.0),)", ["optim.lr_mults", "'haed/.*' matches no parameter"]),
+    ("--config.optim.frozen=('.*',)", ["optim.frozen", "freezes every parameter"]),
+])
+def test_optimizer_rules_that_fit_no_parameter(tmp_path, text_folder, capsys, rule, words):
+  """Found from the model's parameter names, before anything compiles."""
+  with pytest.raises(SystemExit) as e:
+    main_lib.main(["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"),
+                   *tiny_overrides(text_folder, total_steps=1), rule])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
 def test_sample_without_a_run(tmp_path, capsys):

@@ -78,6 +78,8 @@ def test_sigterm_saves_exits_0_and_resumes(tmp_path, shared_text_folder, referen
   stopped = int(out.split("stopped by signal at step ")[1].split(";")[0])
   assert 10 <= stopped < STEPS
   assert str(stopped) in os.listdir(wd / "checkpoints")
+  # The test split is for the finished run, not for a stopped one.
+  assert "test (" not in out and not (wd / "test.json").exists(), out
   rc, out = run_cli(*args(wd, text_folder))
   assert rc == 0, out
   assert f"resumed from checkpoint at step {stopped}" in out

@@ -75,10 +75,10 @@ def test_truncated_bptt_stops_gradient_at_the_window_border():
   params = exp.model.init(jax.random.PRNGKey(0), batch["inputs"],
                           exp.model.zero_carry(2))["params"]
   carry = jax.tree.map(lambda x: x + 0.5, exp.model.zero_carry(2))
-  extra = {}
-  g = jax.grad(lambda c: exp.loss(params, c, extra, batch,
-                                  jax.random.PRNGKey(1))[0])(carry)
+  from attnlab.train import StepContext
+  ctx = StepContext(jax.random.PRNGKey(1), jnp.zeros((), jnp.int32), None)
+  state = lambda c: {"model_state": {}, "carry": c, "extra": {}}
+  g = jax.grad(lambda c: exp.loss(params, state(c), batch, ctx)[0])(carry)
   assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(g))
-  g_params = jax.grad(lambda p: exp.loss(p, carry, extra, batch,
-                                         jax.random.PRNGKey(1))[0])(params)
+  g_params = jax.grad(lambda p: exp.loss(p, state(carry), batch, ctx)[0])(params)
   assert any(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g_params))

@@ -108,7 +108,7 @@ def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folde
       f"--config.data.folder={parallel_folder}",
       f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.decode.batch=2"])
   exp = translate.Experiment(config, str(tmp_path / "wd"))
-  params = exp.init(jax.random.PRNGKey(1), 1)[0]
+  params = exp.init(jax.random.PRNGKey(1), 1)["params"]
   long = " ".join(DE * 3)
   assert len(exp.tokenizer.encode(long)) > 2 * config.data.max_len
   sentences = [long, "der hund.", "die katze sieht ein haus.", "das haus."]

@@ -1,24 +1,42 @@
 """Where datasets live and how they get prepared.
 
 Local sources are tfds builders whose raw files come through the package
-clients (DATA.md): importing this module registers them. Any other tfds name
+clients (DATA.md), defined in the data modules named below; `builder` and
+`data_source` import (register) the one they need, so this module imports
+no data module and every data module can import it. Any other tfds name
 must already be prepared in the data dir (these machines reach no website).
 """
+import importlib
 import os
 
 import tensorflow_datasets as tfds
 
 from attnlab import config as config_lib
 from attnlab.data import fetch
-from attnlab.data import shakespeare  # noqa: F401  (registers the builder)
-from attnlab.data import translation  # noqa: F401  (registers ding, bible)
 
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
-LOCAL_BUILDERS = ("shakespeare", "ding", "bible")
+LOCAL_BUILDERS = {"shakespeare": "attnlab.data.shakespeare",
+                  "ding": "attnlab.data.translation",
+                  "bible": "attnlab.data.translation"}
 
 
 def data_dir(data):
   return os.path.expanduser(data.data_dir or DEFAULT_DATA_DIR)
+
+
+def _register(name):
+  if name in LOCAL_BUILDERS:
+    importlib.import_module(LOCAL_BUILDERS[name])
+
+
+def builder(data, **kwargs):
+  _register(data.source)
+  return tfds.builder(data.source, data_dir=data_dir(data), **kwargs)
+
+
+def data_source(data, split):
+  _register(data.source)
+  return tfds.data_source(data.source, split=split, data_dir=data_dir(data))
 
 
 def prepare(data):
@@ -28,9 +46,8 @@ def prepare(data):
   """
   if data.source == "folder":
     return
-  builder = tfds.builder(data.source, data_dir=data_dir(data),
-                         file_format="array_record")
-  if builder.is_prepared():
+  local = builder(data, file_format="array_record")
+  if local.is_prepared():
     return
   config_lib.check(
       data.source in LOCAL_BUILDERS, "data.source",
@@ -38,7 +55,7 @@ def prepare(data):
       f"run `tfds build {data.source} --file_format=array_record` where it "
       "can be downloaded and copy it there, or set --config.data.data_dir")
   try:
-    builder.download_and_prepare()
+    local.download_and_prepare()
   except fetch.FetchError as e:
     raise config_lib.ConfigError("data.source", f"cannot fetch "
                                  f"{data.source!r}: {e}",

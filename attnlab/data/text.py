@@ -17,10 +17,9 @@ import os
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
 from attnlab import config as config_lib
-from attnlab.data.catalog import data_dir
+from attnlab.data import catalog
 
 def _folder_files(folder):
   return sorted(glob.glob(os.path.join(folder, "**", "*.txt"), recursive=True))
@@ -53,7 +52,7 @@ def validate(data):
                      "also set --config.data.source=folder")
     if data.source != "shakespeare":
       try:
-        tfds.builder(data.source, data_dir=data_dir(data))
+        catalog.builder(data)
       except Exception as e:
         config_lib.check(False, "data.source",
                          f"{data.source!r} is not a known tfds dataset "
@@ -83,7 +82,7 @@ def load_text(data, split):
   """The whole split as one string (documents joined by blank lines)."""
   if data.source == "folder":
     return _folder_text(data, split)
-  ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
+  ds = catalog.data_source(data, split)
   docs = [ds[i] for i in range(len(ds))]
   if "name" in (docs[0] if docs else {}):
     docs.sort(key=lambda d: d["name"])  # a fixed order of plays
@@ -94,7 +93,7 @@ def load_text(data, split):
 
 def load_documents(data, split):
   """[(name, text)] of a tfds split with a `name` feature, sorted by name."""
-  ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
+  ds = catalog.data_source(data, split)
   text = lambda t: t.decode("utf-8") if isinstance(t, bytes) else t
   return sorted((text(d["name"]), text(d[data.text_key])) for d in ds)
 

@@ -26,7 +26,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from attnlab import config as config_lib
+from attnlab.data import catalog
 from attnlab.data import fetch
+from attnlab.data import text as text_lib
+from attnlab.data import tokenizer as tok
 
 # --- Ding ----------------------------------------------------------------------
 DING = dict(name="trans-de-en", version="1.9-6",
@@ -224,8 +227,7 @@ def load_pairs(data, split):
               if (split_of(s, 0, FOLDER_VALIDATION_PERCENT) == "validation")
               == (split == "validation")]
     return folder_pairs(data.folder, src, tgt, split)
-  from attnlab.data.catalog import data_dir
-  ds = tfds.data_source(data.source, split=split, data_dir=data_dir(data))
+  ds = catalog.data_source(data, split)
   decode = lambda x: x.decode("utf-8") if isinstance(x, bytes) else x
   # Read in blocks: one record at a time costs a lookup each (minutes for
   # Ding's 391k phrase pairs). tfds.testing.mock_data reads one at a time.
@@ -243,9 +245,8 @@ def load_pairs(data, split):
 def check_languages(data):
   """data.src_lang and data.tgt_lang must be languages of a tfds source
   (a dataset that cannot be built yet is left to catalog.prepare)."""
-  from attnlab.data.catalog import data_dir
   try:
-    languages = sorted(tfds.builder(data.source, data_dir=data_dir(data)).info.features.languages)
+    languages = sorted(catalog.builder(data).info.features.languages)
   except Exception:  # not registered here, not prepared, not a Translation feature
     return
   for key in ("src_lang", "tgt_lang"):
@@ -292,7 +293,6 @@ def folder_pairs(folder, src, tgt, split):
   line counts are refused, never zipped. Pairs with an empty side are
   dropped, and their number printed.
   """
-  from attnlab.data import text as text_lib
   paths = [folder_file(folder, lang, split) for lang in (src, tgt)]
   sides = []
   for path in paths:
@@ -319,7 +319,6 @@ _REPORTED = set()
 def encode_pairs(pairs, tokenizer, max_len):
   """Token ids [N, max_len] for source and target (target ends with EOS);
   pairs longer than max_len are dropped (training) by the caller."""
-  from attnlab.data import tokenizer as tok
   src = [tokenizer.encode(s) for s, _ in pairs]
   tgt = [tokenizer.encode(t) + [tok.EOS] for _, t in pairs]
   keep = [i for i in range(len(pairs)) if len(src[i]) <= max_len and len(tgt[i]) <= max_len]

@@ -1,0 +1,55 @@
+"""The library's import graph (DESIGN.md): attnlab/ never imports
+experiments/ or configs/, and no attnlab module imports itself back through
+others, at module level or inside functions (a hidden circle)."""
+import ast
+import os
+
+from helpers import ROOT
+
+
+def imports_of(path):
+  """Every attnlab/experiments/configs module a file imports, anywhere in it."""
+  found = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      found.add(node.module)
+      found.update(f"{node.module}.{a.name}" for a in node.names)
+  return {m for m in found if m.split(".")[0] in ("attnlab", "experiments", "configs")}
+
+
+def library_graph():
+  graph = {}
+  for d, _, files in os.walk(os.path.join(ROOT, "attnlab")):
+    for f in files:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(d, f), ROOT)[:-3].replace(os.sep, ".")
+        graph[rel.removesuffix(".__init__")] = imports_of(os.path.join(d, f))
+  return {m: {i for i in deps if i in graph and i != m} | {i for i in deps if i not in graph}
+          for m, deps in graph.items()}
+
+
+def test_library_never_imports_experiments_or_configs():
+  bad = {m: sorted(i for i in deps if not i.startswith("attnlab"))
+         for m, deps in library_graph().items()}
+  assert not any(bad.values()), {m: v for m, v in bad.items() if v}
+
+
+def test_no_import_circles_in_the_library():
+  graph = {m: {i for i in deps if i.startswith("attnlab.")} for m, deps in library_graph().items()}
+  graph = {m: {i for i in deps if i in graph} for m, deps in graph.items()}
+  state, circle = {}, []
+
+  def visit(m, path):
+    state[m] = "open"
+    for n in sorted(graph[m]):
+      if state.get(n) == "open":
+        circle.append(path[path.index(n):] + [n] if n in path else [m, n])
+      elif n not in state:
+        visit(n, path + [n])
+    state[m] = "done"
+  for m in sorted(graph):
+    if m not in state:
+      visit(m, [m])
+  assert not circle, circle
