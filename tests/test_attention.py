@@ -43,6 +43,10 @@ def masks():
       "causal": att.Mask(causal=True),
       "causal_padding": att.Mask(causal=True, kv_valid=valid),
       "window": att.Mask(window=2),
+      # padding as lengths (0: a row with no key at all): the structured xla path
+      "lengths": att.Mask(kv_lengths=jnp.array([T, 0])),
+      "causal_lengths": att.Mask(causal=True, kv_lengths=jnp.array([9, T])),
+      "causal_window": att.Mask(causal=True, window=3),
       "segments": att.Mask(q_segments=seg, kv_segments=seg, causal=True),
   }
 
@@ -256,3 +260,45 @@ def test_reinforce_estimator_is_unbiased():
   exact = jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * REWARDS))(THETA)
   estimate, _ = _surrogate_grad(400_000, 0.5)
   np.testing.assert_allclose(estimate, exact, atol=0.025)
+
+
+@pytest.mark.parametrize("name", ["lengths", "causal_lengths", "window", "causal", "causal_window"])
+def test_structured_masks_reach_jax_without_a_dense_mask(name, monkeypatch):
+  """The xla path hands lengths, causality and windows to
+  jax.nn.dot_product_attention as such (so cuDNN can fuse them); outputs
+  and gradients equal the dense-mask path."""
+  mask = masks()[name]
+  q, k, v = qkv(3)
+  calls = []
+  real = jax.nn.dot_product_attention
+  monkeypatch.setattr(jax.nn, "dot_product_attention",
+                      lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+  loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(
+      att.dot_product_attention(q, k, v, mask, implementation=impl)))
+  fast = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  assert calls and all(kw.get("mask") is None for kw in calls)
+  dense = jax.value_and_grad(loss("naive"), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(dense)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("impl", ["naive", "xla"])
+@pytest.mark.parametrize("name", ["none", "padding", "causal_lengths"])
+def test_additive_bias_is_added_to_the_scaled_scores(impl, name):
+  """softmax(q k^T / sqrt(d) + bias) v, bias [1, H, Tq, Tk] (Swin's relative
+  position bias), against the formula written out with a dense mask."""
+  mask = masks()[name]
+  q, k, v = qkv(4)
+  bias = jax.random.normal(jax.random.PRNGKey(5), (1, H, T, T))
+  out = att.dot_product_attention(q, k, v, mask, bias=bias, implementation=impl)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D) + bias
+  allowed = mask.dense(T, T)
+  w = jnp.where(allowed, jax.nn.softmax(jnp.where(allowed, scores, -1e30), -1), 0.0)
+  want = jnp.einsum("bhqk,bkhd->bqhd", w, v)
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_with_the_chunked_path_is_refused():
+  q, k, v = qkv()
+  with pytest.raises(ValueError, match="bias"):
+    att.dot_product_attention(q, k, v, bias=jnp.zeros((1, H, T, T)), implementation="chunked")

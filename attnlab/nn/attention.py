@@ -92,6 +92,9 @@ class Mask:
   """Which keys each query may see. Every field is optional.
 
   kv_valid     [B, Tk] bool, False for padding keys
+  kv_lengths   [B] int: keys from this position on are padding (padding at
+               the end); the same as kv_valid, but the "xla" path can hand
+               it to fused kernels instead of a dense mask
   causal       query i sees keys j <= i (+ q_offset)
   window       restricted attention: |i - j| <= window (Vaswani et al.,
                Table 1, "Self-Attention (restricted)")
@@ -100,6 +103,7 @@ class Mask:
   q_offset     position of query 0 among the keys (decoding with a cache)
   """
   kv_valid: Optional[jax.Array] = None
+  kv_lengths: Optional[jax.Array] = None
   causal: bool = False
   window: Optional[int] = None
   q_segments: Optional[jax.Array] = None
@@ -120,28 +124,64 @@ class Mask:
       m &= q_seg[:, None, :, None] == kv_seg[:, None, None, :]
     return m
 
+  def valid_keys(self, kv_len):
+    """[B, Tk] bool of the non-padding keys (None: all are)."""
+    valid = self.kv_valid
+    if self.kv_lengths is not None:
+      by_length = jnp.arange(kv_len)[None] < self.kv_lengths[:, None]
+      valid = by_length if valid is None else valid & by_length
+    return valid
+
   def dense(self, q_len, kv_len):
-    return self.block(jnp.arange(q_len), jnp.arange(kv_len), self.kv_valid,
+    return self.block(jnp.arange(q_len), jnp.arange(kv_len), self.valid_keys(kv_len),
                       self.q_segments, self.kv_segments)
+
+  def structured(self, q_len, kv_len):
+    """Whether jax.nn.dot_product_attention can take this mask as lengths,
+    `is_causal` and `local_window_size` (no dense [Tq, Tk] mask)."""
+    return (self.kv_valid is None and self.q_segments is None and self.q_offset == 0
+            and (q_len == kv_len or not (self.causal or self.window is not None)))
 
 
 # --- multi-head dot-product attention: three implementations -----------------
-def dot_product_attention(q, k, v, mask=None, *, implementation="xla",
+def dot_product_attention(q, k, v, mask=None, *, bias=None, implementation="xla",
                           return_weights=False, q_chunk=256, kv_chunk=256):
   """q [B, Tq, H, D], k/v [B, Tk, H, D] -> out [B, Tq, H, D] (, weights
-  [B, H, Tq, Tk] when `return_weights`, which uses the naive path)."""
+  [B, H, Tq, Tk] when `return_weights`, which uses the naive path).
+
+  `bias` [B or 1, H or 1, Tq, Tk] is added to the scaled scores before the
+  softmax (Swin's relative position bias: softmax(q k^T / sqrt(d) + B)).
+  """
   mask = mask or Mask()
+  Tq, Tk = q.shape[1], k.shape[1]
   if return_weights or implementation == "naive":
     # Scores and softmax in float32 whatever the inputs (bfloat16 policy).
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    weights = masked_softmax(scores / q.shape[-1] ** 0.5, mask.dense(q.shape[1], k.shape[1]))
+    scores = scores / q.shape[-1] ** 0.5
+    if bias is not None:
+      scores = scores + bias.astype(jnp.float32)
+    weights = masked_softmax(scores, mask.dense(Tq, Tk))
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
     return (out, weights) if return_weights else out
   if implementation == "xla":
-    dense = mask.dense(q.shape[1], k.shape[1])
-    out = jax.nn.dot_product_attention(q, k, v, mask=dense)
+    if mask.structured(Tq, Tk):
+      # Lengths, causality and windows as such: fused kernels (cuDNN) take
+      # them without a [Tq, Tk] mask in memory.
+      window = None if mask.window is None else (mask.window, mask.window)
+      lengths = None if mask.kv_lengths is None else mask.kv_lengths.astype(jnp.int32)
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=mask.causal,
+                                         key_value_seq_lengths=lengths,
+                                         local_window_size=window)
+      if lengths is None:
+        return out
+      return out * (lengths > 0)[:, None, None, None].astype(out.dtype)
+    dense = mask.dense(Tq, Tk)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=dense)
     # jax gives a fully masked row the mean of the values; make it zero.
     return out * jnp.any(dense, -1).transpose(0, 2, 1)[..., None]
+  if bias is not None:
+    raise ValueError(f"attention bias needs implementation naive or xla, not "
+                     f"{implementation!r}")
   if implementation == "chunked":
     return chunked_attention(q, k, v, mask, q_chunk=q_chunk, kv_chunk=kv_chunk)
   if implementation == "banded":
@@ -161,7 +201,8 @@ def banded_attention(q, k, v, mask):
   n = -(-T // r)
   pad = n * r - T
   padded = lambda x: jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
-  valid = jnp.ones((B, T), bool) if mask.kv_valid is None else mask.kv_valid
+  valid = mask.valid_keys(T)
+  valid = jnp.ones((B, T), bool) if valid is None else valid
   seg = mask.q_segments
   qb = padded(q).reshape(B, n, r, H, D)
 
@@ -199,7 +240,8 @@ def chunked_attention(q, k, v, mask=None, *, q_chunk=256, kv_chunk=256):
   cq, ck = min(q_chunk, Tq), min(kv_chunk, Tk)
   nq, nk = -(-Tq // cq), -(-Tk // ck)
   pad_q, pad_k = nq * cq - Tq, nk * ck - Tk
-  kv_valid = jnp.ones((B, Tk), bool) if mask.kv_valid is None else mask.kv_valid
+  kv_valid = mask.valid_keys(Tk)
+  kv_valid = jnp.ones((B, Tk), bool) if kv_valid is None else kv_valid
   kv_valid = jnp.pad(kv_valid, ((0, 0), (0, pad_k)))
   segmented = mask.q_segments is not None
   q_seg = jnp.pad(mask.q_segments, ((0, 0), (0, pad_q))) if segmented else jnp.zeros((B, nq * cq), jnp.int32)
@@ -349,16 +391,17 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_q, x_kv=None, mask=None, *, kv=None, return_weights=False,
-               train=False):
+  def __call__(self, x_q, x_kv=None, mask=None, *, kv=None, bias=None,
+               return_weights=False, train=False):
     q = self._dense("query", x_q)
     k, v = kv if kv is not None else self.project_kv(x_q if x_kv is None else x_kv)
     if train and self.dropout_rate > 0:
-      out, weights = dot_product_attention(q, k, v, mask, return_weights=True)
+      out, weights = dot_product_attention(q, k, v, mask, bias=bias, return_weights=True)
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
       out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
     else:
-      result = dot_product_attention(q, k, v, mask, implementation=self.implementation,
+      result = dot_product_attention(q, k, v, mask, bias=bias,
+                                     implementation=self.implementation,
                                      return_weights=return_weights)
       out, weights = result if return_weights else (result, None)
     out = nn.DenseGeneral(x_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
