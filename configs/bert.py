@@ -22,8 +22,9 @@ import ml_collections
 
 from attnlab.config import check, common, parse_arg, parse_variant
 
-# d_model, heads, layers (d_ff = 4 d_model)
-SIZES = {"tiny": (128, 2, 2), "mini": (256, 4, 4)}
+# d_ff = 4 d_model
+SIZES = {"tiny": dict(d_model=128, heads=2, layers=2),
+         "mini": dict(d_model=256, heads=4, layers=4)}
 # steps, peak lr (Devlin et al. fine-tune at 2e-5..5e-5 with big batches;
 # small models on small data want more)
 TASKS = {"pretrain": (2000, 1e-3), "classify": (400, 1e-4)}
@@ -48,7 +49,7 @@ def get_config(arg=None):
       source="shakespeare", folder="", data_dir="", text_key="text",
       train_split="train", eval_split="validation",
       test_split="test", vocab_size=4000, seq_len=128))
-  d_model, heads, layers = SIZES[arg.size]
+  d_model, heads, layers = (SIZES[arg.size][k] for k in ("d_model", "heads", "layers"))
   c.model = ml_collections.ConfigDict(dict(
       d_model=d_model, num_heads=heads, d_ff=4 * d_model, num_layers=layers,
       dropout=0.1, implementation="xla"))

@@ -13,8 +13,8 @@ import ml_collections
 
 from attnlab.config import check, common, parse_arg
 
-# d_model, heads, layers
-SIZES = {"tiny": (64, 4, 2), "small": (192, 6, 4)}
+SIZES = {"tiny": dict(d_model=64, heads=4, layers=2),
+         "small": dict(d_model=192, heads=6, layers=4)}
 
 
 def get_config(arg=None):
@@ -29,7 +29,7 @@ def get_config(arg=None):
       train_split="train", eval_split="validation",
       test_split="test", holdout=0.05, seq_len=256,
       stateful=False, eval_chars=120_000))
-  d_model, heads, layers = SIZES[arg.size]
+  d_model, heads, layers = (SIZES[arg.size][k] for k in ("d_model", "heads", "layers"))
   c.model = ml_collections.ConfigDict(dict(
       name="gpt", d_model=d_model, num_heads=heads, d_ff=4 * d_model,
       num_layers=layers, max_len=512, dropout=0.1,

@@ -19,15 +19,19 @@ import ml_collections
 
 from attnlab.config import check, common, parse_arg
 
-# (embed, hidden): embed is also the maxout deep-output width. "paper" is
-# Bahdanau et al.'s size (620, 1000); "small" fits a 2-core CPU.
-SIZES = {"tiny": (16, 32), "small": (128, 256), "base": (256, 512),
-         "paper": (620, 1000)}
-# source, target language; SentencePiece vocabulary; training pairs longer
-# than max_len pieces are dropped (evaluation translates every sentence whole).
-DATASETS = {"ding": ("de", "en", 4000, 32), "bible": ("en", "es", 4000, 48),
-            "wmt14_translate/de-en": ("de", "en", 32000, 64),
-            "wmt17_translate/de-en": ("de", "en", 32000, 64)}
+# embed is also the maxout deep-output width. "paper" is Bahdanau et al.'s
+# size; "small" fits a 2-core CPU.
+SIZES = {"tiny": dict(embed=16, hidden=32), "small": dict(embed=128, hidden=256),
+         "base": dict(embed=256, hidden=512), "paper": dict(embed=620, hidden=1000)}
+# SentencePiece vocabulary; training pairs longer than max_len pieces are
+# dropped (evaluation translates every sentence whole).
+DATASETS = {
+    "ding": dict(src="de", tgt="en", vocab=4000, max_len=32),
+    "bible": dict(src="en", tgt="es", vocab=4000, max_len=48),
+    "wmt14_translate/de-en": dict(src="de", tgt="en", vocab=32000, max_len=64),
+    "wmt17_translate/de-en": dict(src="de", tgt="en", vocab=32000, max_len=64),
+}
+OTHER_DATA = dict(src="de", tgt="en", vocab=8000, max_len=48)  # a folder, other tfds
 
 
 def get_config(arg=None):
@@ -39,12 +43,13 @@ def get_config(arg=None):
              eval_every=1000, ckpt_every=500,
              optim=dict(lr=1e-3, warmup_steps=200, clip_norm=1.0))
   c.label_smoothing = 0.0
-  src, tgt, vocab, max_len = DATASETS.get(arg.data, ("de", "en", 8000, 48))
+  d = DATASETS.get(arg.data, OTHER_DATA)
+  src, tgt, vocab, max_len = d["src"], d["tgt"], d["vocab"], d["max_len"]
   c.data = ml_collections.ConfigDict(dict(
       source=arg.data, folder="", data_dir="", src_lang=src, tgt_lang=tgt,
       train_split="train", eval_split="validation",
       test_split="test", vocab_size=vocab, max_len=max_len))
-  embed, hidden = SIZES[arg.size]
+  embed, hidden = SIZES[arg.size]["embed"], SIZES[arg.size]["hidden"]
   c.model = ml_collections.ConfigDict(dict(
       model=arg.model, cell=arg.cell, score=arg.score, embed=embed,
       hidden=hidden, dropout=0.1, num_layers=1))
@@ -55,7 +60,7 @@ def get_config(arg=None):
     c.total_steps = 4
     c.batch_size = 8
     c.log_every = c.eval_every = c.ckpt_every = 2
-    embed, hidden = SIZES["tiny"]
+    embed, hidden = SIZES["tiny"]["embed"], SIZES["tiny"]["hidden"]
     c.model.update(embed=embed, hidden=hidden)
     c.data.update(vocab_size=64, max_len=16)
     c.decode.update(batch=8, num_bleu=8, num_plots=1)

@@ -27,18 +27,23 @@ import ml_collections
 
 from attnlab.config import common, parse_arg, parse_variant
 
-# d_model, heads, d_ff, layers (each side), dropout, rows x max_len, steps
+# layers: on each side; rows x max_len: packed rows of max_len pieces per step
 VARIANTS = {
-    "base": (512, 8, 2048, 6, 0.1, 512, 64, 100_000),
-    "big": (1024, 16, 4096, 6, 0.3, 512, 64, 300_000),
-    "ding": (128, 4, 512, 3, 0.1, 64, 32, 2000),
+    "base": dict(d_model=512, heads=8, d_ff=2048, layers=6, dropout=0.1, rows=512,
+                 max_len=64, steps=100_000),
+    "big": dict(d_model=1024, heads=16, d_ff=4096, layers=6, dropout=0.3, rows=512,
+                max_len=64, steps=300_000),
+    "ding": dict(d_model=128, heads=4, d_ff=512, layers=3, dropout=0.1, rows=64,
+                 max_len=32, steps=2000),
 }
 
 
 def get_config(arg=None):
   variant, rest = parse_variant(arg, VARIANTS, "ding")
   arg = parse_arg(rest, steps=0, runlocal=False)
-  d_model, heads, d_ff, layers, dropout, rows, max_len, steps = VARIANTS[variant]
+  v = VARIANTS[variant]
+  d_model, heads, d_ff, layers = v["d_model"], v["heads"], v["d_ff"], v["layers"]
+  dropout, rows, max_len, steps = v["dropout"], v["rows"], v["max_len"], v["steps"]
   steps = arg.steps or steps
   warmup = 4000 if variant != "ding" else 400
   c = common("translate", total_steps=steps, batch_size=rows, log_every=50,
