@@ -139,7 +139,9 @@ class Mask:
   def structured(self, q_len, kv_len):
     """Whether jax.nn.dot_product_attention can take this mask as lengths,
     `is_causal` and `local_window_size` (no dense [Tq, Tk] mask)."""
-    return (self.kv_valid is None and self.q_segments is None and self.q_offset == 0
+    # (q_offset is a traced index when decoding with a cache: not structured.)
+    return (self.kv_valid is None and self.q_segments is None
+            and isinstance(self.q_offset, int) and self.q_offset == 0
             and (q_len == kv_len or not (self.causal or self.window is not None)))
 
 
