@@ -54,7 +54,8 @@ def weight_decay(optim, total_steps):
   wd, end = optim.weight_decay, optim.get("weight_decay_end", 0.0)
   if optim.get("wd_schedule", "constant") == "constant":
     return wd
-  return lambda step: end + (wd - end) * optax.cosine_decay_schedule(1.0, total_steps)(step)
+  cosine = optax.cosine_decay_schedule(1.0, total_steps)  # 1 -> 0
+  return lambda step: end + (wd - end) * cosine(step)
 
 
 def _scaled(value, m):
@@ -78,25 +79,31 @@ def _group(optim, lr, wd, lr_mult, wd_mult):
 
 
 def labels(optim, params):
-  """Each parameter's group: "frozen", or "lr=<m>,wd=<m>"."""
+  """(tree of each parameter's group name, {name: (lr_mult, wd_mult)});
+  frozen parameters are in group "frozen"."""
   lr_rules = [tuple(r) for r in optim.get("lr_mults", ())]
   wd_rules = [tuple(r) for r in optim.get("wd_mults", NO_DECAY)]
+  lr_patterns, wd_patterns = [p for p, _ in lr_rules], [p for p, _ in wd_rules]
   frozen = list(optim.get("frozen", ()))
+  groups = {}
 
   def one(path, _):
     name = rules_lib.path_name(path)
     if rules_lib.first_match(frozen, name) is not None:
       return "frozen"
-    i = rules_lib.first_match([p for p, _ in lr_rules], name)
-    j = rules_lib.first_match([p for p, _ in wd_rules], name)
-    lr_mult = 1.0 if i is None else float(lr_rules[i][1])
-    wd_mult = 1.0 if j is None or optim.weight_decay == 0 else float(wd_rules[j][1])
-    return f"lr={lr_mult:g},wd={wd_mult:g}"
-  return jax.tree_util.tree_map_with_path(one, params)
+    i = rules_lib.first_match(lr_patterns, name)
+    j = rules_lib.first_match(wd_patterns, name)
+    mults = (1.0 if i is None else float(lr_rules[i][1]),
+             1.0 if j is None or optim.weight_decay == 0 else float(wd_rules[j][1]))
+    label = f"lr={mults[0]:g},wd={mults[1]:g}"
+    groups[label] = mults
+    return label
+  return jax.tree_util.tree_map_with_path(one, params), groups
 
 
-def check_rules(optim, params):
-  """One-line errors for rules that cannot be what the user meant."""
+def check_rules(optim, params, tree):
+  """One-line errors for rules that cannot be what the user meant (`tree`:
+  the parameters' group names)."""
   checks = [("optim.lr_mults", [p for p, _ in optim.get("lr_mults", ())]),
             ("optim.frozen", list(optim.get("frozen", ())))]
   if optim.weight_decay > 0:
@@ -108,7 +115,7 @@ def check_rules(optim, params):
       raise ConfigError(key, f"regex {missing[0]!r} matches no parameter",
                         f"names look like {some}; run with one that matches "
                         "(re.fullmatch on the whole name)")
-  if all(label == "frozen" for label in jax.tree.leaves(labels(optim, params))):
+  if all(label == "frozen" for label in jax.tree.leaves(tree)):
     raise ConfigError("optim.frozen", "freezes every parameter: nothing would train",
                       "leave some parameters out of the frozen regexes")
 
@@ -120,20 +127,15 @@ def make_optimizer(optim, total_steps, params):
   Returns (tx, schedules): schedules are {"lr": fn, "wd": fn} of the step,
   the base values the multipliers scale, logged each step.
   """
-  check_rules(optim, params)
+  tree, groups = labels(optim, params)
+  check_rules(optim, params, tree)
   lr, wd = schedule(optim, total_steps), weight_decay(optim, total_steps)
-  tree = labels(optim, params)
-  groups = sorted(set(jax.tree.leaves(tree)))
-  txs = {}
-  for g in groups:
-    if g == "frozen":
-      txs[g] = optax.set_to_zero()
-    else:
-      lr_mult, wd_mult = (float(kv.split("=")[1]) for kv in g.split(","))
-      txs[g] = _group(optim, lr, wd, lr_mult, wd_mult)
+  txs = {g: _group(optim, lr, wd, *mults) for g, mults in groups.items()}
+  if any(label == "frozen" for label in jax.tree.leaves(tree)):
+    txs["frozen"] = optax.set_to_zero()
   # One group (no rule applies): the plain optimizer, whose state has the
   # same structure as before rules existed, so older checkpoints resume.
-  opt = txs[groups[0]] if len(groups) == 1 else optax.partition(txs, tree)
+  opt = next(iter(txs.values())) if len(txs) == 1 else optax.partition(txs, tree)
   chain = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
   schedules = {"lr": lr}
   if callable(wd):

@@ -164,7 +164,7 @@ class Experiment:
     nll, mask, _ = self._forward(params, batch, True, ctx.rng)
     tokens = mask.sum().astype(jnp.float32)
     loss = jnp.sum(nll * mask) / jnp.maximum(tokens, 1)
-    return loss, ({"target_tokens": tokens, "loss_weight": tokens}, state)
+    return loss, ({"loss_weight": tokens}, state)  # logged as train/loss_weight
 
   # --- evaluation ---------------------------------------------------------
   def _compile_eval(self):
