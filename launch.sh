@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # attnlab launcher: sets up .venv on first use, then runs a command.
-#   ./launch.sh                      set up, fetch Ding, train the default Transformer (DE->EN)
+#   ./launch.sh                      set up, fetch Ding, train the default RNNsearch (DE->EN)
 #   ./launch.sh test [pytest args]   set up, then the whole test suite
 #   ./launch.sh train CONFIG[:args] --workdir DIR [--config.KEY=VALUE ...]
 #   ./launch.sh sample WORKDIR [--prompt P --length N --temperature T]
@@ -36,8 +36,8 @@ cmd=${1:-default}
 case "$cmd" in
   default)
     shift || true
-    exec "$PYBIN" -m attnlab.main train --config configs/wmt.py:ding \
-      --workdir "${WORKDIR:-runs/wmt_ding}" "$@"
+    exec "$PYBIN" -m attnlab.main train --config configs/seq2seq.py:data=ding \
+      --workdir "${WORKDIR:-runs/ding_rnnsearch}" "$@"
     ;;
   test)
     shift

@@ -166,12 +166,12 @@ def test_packed_rows_hold_whole_pairs_and_resume():
 
 
 def test_default_run_source_smoke_on_tfds_mock_data(tmp_path):
-  """`./launch.sh`'s default (configs/wmt.py:ding) on its own tfds source,
+  """`./launch.sh`'s default (configs/seq2seq.py:data=ding) on its own tfds source,
   Ding, with tfds.testing.mock_data, so no test fetches anything."""
   import tensorflow_datasets as tfds
   wd = tmp_path / "run"
   with tfds.testing.mock_data(num_examples=60):
-    main_lib.main(["train", "--config", "configs/wmt.py:ding,runlocal=True",
+    main_lib.main(["train", "--config", "configs/seq2seq.py:data=ding,runlocal=True",
                    "--workdir", str(wd), f"--config.data.data_dir={tmp_path / 'tfds'}"])
   assert int(load_state(wd)["step"]) == 4
   rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
