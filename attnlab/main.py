@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 
 from absl import flags
 from absl import logging
@@ -186,6 +187,9 @@ def load_run(workdir):
     # Runs made before per-parameter rules: weight decay on every parameter.
     config.optim.update(dict(lr_mults=(), wd_mults=(), frozen=(),
                              wd_schedule="constant", weight_decay_end=0.0))
+  if "model" in config and "d_model" in config.model and "scan" not in config.model:
+    # Runs made before the layer stack had options: unscanned, no remat.
+    config.model.update(dict(scan=False, remat="none"))
   return config
 
 
@@ -443,11 +447,14 @@ def cmd_compile(argv):
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   jax.config.update("jax_num_cpu_devices", devices)
+  # The compile time printed is a compile's, never a read of the cache.
+  jax.config.update("jax_enable_compilation_cache", False)
   module = validate(config, jax)
   import tempfile
   from attnlab import sharding as sharding_lib
   from attnlab import train
-  exp = module.Experiment(config, None, vocab_size=config.data.vocab_size)
+  # Character models have no vocab_size: a byte's worth of ids stands in.
+  exp = module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
   with tempfile.TemporaryDirectory() as workdir:
     trainer = make_trainer(config, exp, workdir)
     abstract, shardings = trainer.abstract_state()
@@ -458,7 +465,9 @@ def cmd_compile(argv):
     step = jax.jit(trainer.step_fn(),
                    donate_argnums=(0,),
                    out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
+    start = time.perf_counter()
     compiled = step.lower(abstract, batch).compile()
+    compile_s = time.perf_counter() - start
     trainer.writer.close()
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30
@@ -470,7 +479,8 @@ def cmd_compile(argv):
   print(f"per device: arguments {gib(mem.argument_size_in_bytes):.3f} GiB (state + "
         f"batch), temporaries {gib(mem.temp_size_in_bytes):.3f} GiB, outputs "
         f"{gib(mem.output_size_in_bytes):.3f} GiB (aliased with the donated state)")
-  print(f"{flops / 1e12:.2f} TFLOP per step in all, {flops / devices / 1e12:.3f} per device")
+  print(f"{flops / 1e12:.2f} TFLOP per step in all, {flops / devices / 1e12:.3f} per device; "
+        f"lowered and compiled in {compile_s:.1f} s")
 
 
 def cmd_average(argv):

@@ -52,7 +52,8 @@ def get_config(arg=None):
   d_model, heads, layers = (SIZES[arg.size][k] for k in ("d_model", "heads", "layers"))
   c.model = ml_collections.ConfigDict(dict(
       d_model=d_model, num_heads=heads, d_ff=4 * d_model, num_layers=layers,
-      dropout=0.1, implementation="xla"))
+      dropout=0.1, implementation="xla",
+      scan=False, remat="none"))  # nn.scan over layers; remat none | full | dots
   if arg.runlocal:
     c.total_steps = 4
     c.batch_size = 8

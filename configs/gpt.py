@@ -4,7 +4,7 @@ the same data, vocabulary and held-out plays as configs/charlm.py.
 Command:
   ./launch.sh train configs/gpt.py --workdir runs/gpt
   ./launch.sh sample runs/gpt --prompt "ROMEO:" --temperature 0.8
-Variants: size=tiny|small, steps=N, runlocal=True.
+Variants: size=tiny|small|medium, steps=N, runlocal=True.
 GPT-2's layout: pre-norm layers with GELU, learned positions, a final
 LayerNorm, output tied to the embedding; Adam with warm-up and cosine decay.
 Each training window (seq_len characters) is its own context.
@@ -13,8 +13,11 @@ import ml_collections
 
 from attnlab.config import check, common, parse_arg
 
+# "medium" is GPT-2 medium's stack (24 layers, d_model 1024), for pods and
+# for `./launch.sh compile` of a deep model (memory with model.scan/remat).
 SIZES = {"tiny": dict(d_model=64, heads=4, layers=2),
-         "small": dict(d_model=192, heads=6, layers=4)}
+         "small": dict(d_model=192, heads=6, layers=4),
+         "medium": dict(d_model=1024, heads=16, layers=24)}
 
 
 def get_config(arg=None):
@@ -33,7 +36,8 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       name="gpt", d_model=d_model, num_heads=heads, d_ff=4 * d_model,
       num_layers=layers, max_len=512, dropout=0.1,
-      implementation="xla"))  # naive | xla | chunked (memory-efficient)
+      implementation="xla",  # naive | xla | chunked (memory-efficient)
+      scan=False, remat="none"))  # nn.scan over layers; remat none | full | dots
   # prompt "": the first line of the held-out text, whatever the data is
   c.sample = ml_collections.ConfigDict(dict(prompt="", length=400, temperature=0.8))
   if arg.runlocal:

@@ -31,10 +31,7 @@ def validate(config):
   config_lib.check_choice(config, "model.name", {"rnn_lm", "gpt"})
   if config.model.name == "gpt":
     m = config.model
-    config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
-                     f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
-                     "use a multiple of the head count")
-    config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
+    blocks.validate(config)
     config_lib.check(config.data.seq_len + 1 <= m.max_len, "data.seq_len",
                      f"windows of {config.data.seq_len} + 1 exceed the {m.max_len} "
                      "learned positions", "raise model.max_len")
@@ -69,12 +66,17 @@ def validate(config):
 class Experiment:
   item_name = "tokens"
 
-  def __init__(self, config, workdir=None):
+  def __init__(self, config, workdir=None, vocab_size=None):
+    """`vocab_size` instead of the text: shapes only (ahead-of-time
+    compiles without the data)."""
     self.config, self.workdir = config, workdir
     data = config.data
     vocab_path = os.path.join(workdir, "vocab.json") if workdir else None
-    self.vocab = text_lib.CharVocab.load_or_build(
-        vocab_path, lambda: text_lib.load_text(data, data.train_split))
+    if vocab_size:
+      self.vocab = text_lib.CharVocab([chr(32 + i) for i in range(vocab_size - 1)])
+    else:
+      self.vocab = text_lib.CharVocab.load_or_build(
+          vocab_path, lambda: text_lib.load_text(data, data.train_split))
     m = config.model
     self.recurrent = m.name == "rnn_lm"
     if self.recurrent:
@@ -85,10 +87,13 @@ class Experiment:
     else:
       self.model = gpt.GPT(len(self.vocab), d_model=m.d_model, num_heads=m.num_heads,
                            d_ff=m.d_ff, num_layers=m.num_layers, max_len=m.max_len,
-                           dropout=m.dropout, implementation=m.implementation)
+                           dropout=m.dropout, implementation=m.implementation,
+                           scan=m.scan, remat=m.remat)
     self._eval_step = self._sample_fn = None
     self._eval_windows = {}  # split -> the same windows at every evaluation
     self._cells_fn = None
+    if vocab_size:
+      return
     unknown = self.unknown_chars(config.sample.prompt)
     config_lib.check(not unknown, "sample.prompt", f"has characters the training "
                      f"text never shows: {unknown}", "remove them from the prompt")
@@ -127,6 +132,11 @@ class Experiment:
     per_token += 2 * m.hidden * len(self.vocab)
     return 3 * per_token * self.items_per_step(batch_size)
 
+  def abstract_batch(self, batch_size):
+    """Shapes and dtypes of a training batch."""
+    shape = jax.ShapeDtypeStruct((batch_size, self.config.data.seq_len), jnp.int32)
+    return {"inputs": shape, "targets": shape}
+
   def train_iter(self, local_batch, process_index, process_count):
     del process_count
     data = self.config.data
@@ -146,8 +156,8 @@ class Experiment:
   def loss(self, params, state, batch, ctx):
     rng, carry = ctx.rng, state["carry"]
     if not self.recurrent:
-      logits = self.model.apply({"params": params}, batch["inputs"], train=True,
-                                rngs={"dropout": rng})
+      logits, _ = self.model.apply({"params": params}, batch["inputs"], train=True,
+                                   rngs={"dropout": rng})
       nll = optax.softmax_cross_entropy_with_integer_labels(
           logits, batch["targets"]).mean()
       return nll, ({"bits_per_char": nll / jnp.log(2.0)}, state)
@@ -181,7 +191,7 @@ class Experiment:
     if self._eval_step is None:
       def eval_step(params, carry, batch):
         if not self.recurrent:
-          logits = self.model.apply({"params": params}, batch[:, :-1])
+          logits, _ = self.model.apply({"params": params}, batch[:, :-1])
           return carry, optax.softmax_cross_entropy_with_integer_labels(
               logits, batch[:, 1:]).sum()
         logits, aux = self.model.apply({"params": params}, batch[:, :-1], carry)

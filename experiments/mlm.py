@@ -44,11 +44,7 @@ def validate(config):
   config_lib.check(config.data.source == "shakespeare", "data.source",
                    f"{config.data.source!r} has no genre labels",
                    "use shakespeare (plays labelled by the First Folio)")
-  m = config.model
-  config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
-                   f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
-                   "use a multiple of the head count")
-  config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
+  blocks.validate(config)
   config_lib.check(config.data.seq_len > 2, "data.seq_len",
                    f"{config.data.seq_len} leaves no room between [CLS] and [SEP]",
                    "e.g. 128")
@@ -95,7 +91,7 @@ class Experiment:
         self.mask_id + 1, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
         num_layers=m.num_layers, max_len=data.seq_len, dropout=m.dropout,
         num_classes=len(shakespeare.GENRES) if self.classify else 0,
-        implementation=m.implementation)
+        implementation=m.implementation, scan=m.scan, remat=m.remat)
     self._splits = {}
     self._eval_fn = self._predict_fn = self._guess_fn = None
 
@@ -166,15 +162,16 @@ class Experiment:
   def _forward(self, params, tokens, labels, rng, train):
     valid = tokens > 0
     if self.classify:
-      _, _, logits = self.model.apply({"params": params}, tokens, valid, train=train,
-                                      rngs={"dropout": rng} if train else {})
+      _, aux = self.model.apply({"params": params}, tokens, valid, train=train,
+                                rngs={"dropout": rng} if train else {})
+      logits = aux["classes"]
       nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return nll, (logits.argmax(-1) == labels), jnp.ones_like(nll)
     mask_rng, drop_rng = jax.random.split(rng)
     inputs, chosen = bert.mask_tokens(mask_rng, tokens, valid, self.mask_id,
                                       self.mask_id, FIRST_REGULAR, self.config.mask_rate)
-    logits, _, _ = self.model.apply({"params": params}, inputs, valid, train=train,
-                                    rngs={"dropout": drop_rng} if train else {})
+    logits, _ = self.model.apply({"params": params}, inputs, valid, train=train,
+                                 rngs={"dropout": drop_rng} if train else {})
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
     return nll, (logits.argmax(-1) == tokens), chosen.astype(jnp.float32)
 
@@ -230,7 +227,7 @@ class Experiment:
     """Accuracy per held-out play, and the confusion matrix as a plot."""
     if self._predict_fn is None:  # compiled once, not at every report
       self._predict_fn = jax.jit(
-          lambda p, x: self.model.apply({"params": p}, x, x > 0)[2].argmax(-1))
+          lambda p, x: self.model.apply({"params": p}, x, x > 0)[1]["classes"].argmax(-1))
     pred = np.concatenate([np.asarray(self._predict_fn(params, tokens[i:i + 256]))
                            for i in range(0, len(tokens), 256)])
     for play in sorted(set(names)):
@@ -251,7 +248,7 @@ class Experiment:
       def guess_fn(params, x, key):
         inputs, chosen = bert.mask_tokens(key, x, x > 0, self.mask_id, self.mask_id,
                                           FIRST_REGULAR, self.config.mask_rate)
-        logits, _, _ = self.model.apply({"params": params}, inputs, x > 0)
+        logits, _ = self.model.apply({"params": params}, inputs, x > 0)
         return logits.argmax(-1), chosen
       self._guess_fn = jax.jit(guess_fn)
     guess, chosen = jax.device_get(self._guess_fn(params, jnp.asarray(row[None]),

@@ -25,6 +25,7 @@ from attnlab.evals import bleu
 from attnlab.models import seq2seq
 from attnlab.models import transformer
 from attnlab.nn import rnn as rnn_lib
+from attnlab.nn import transformer as blocks
 
 
 def validate(config):
@@ -40,10 +41,7 @@ def validate(config):
     m = config.model
     config_lib.check("d_model" in m, "model.model", "this config has no Transformer "
                      "settings", "train the Transformer with configs/wmt.py")
-    config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
-                     f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
-                     "use a multiple of the head count, e.g. 512 with 8 heads")
-    config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
+    blocks.validate(config)
     config_lib.check_choice(config, "model.dtype", {"float32", "bfloat16"})
   if config.data.source == "folder":
     translation.check_folder(config.data)
@@ -66,7 +64,7 @@ def make_model(m, vocab_size):
         enc_layers=m.enc_layers, dec_layers=m.dec_layers, dropout=m.dropout,
         attention_dropout=m.attention_dropout, pre_norm=m.pre_norm,
         learned_positions=m.learned_positions, implementation=m.implementation,
-        dtype=jnp.dtype(m.dtype))
+        scan=m.scan, remat=m.remat, dtype=jnp.dtype(m.dtype))
   return seq2seq.Seq2Seq(vocab_size, model=m.model, cell=m.cell, embed=m.embed,
                          hidden=m.hidden, score=m.score, dropout=m.dropout,
                          num_layers=m.num_layers)

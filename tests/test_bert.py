@@ -104,8 +104,9 @@ def test_analytic_flops_match_xla_cost_analysis(fake_plays, task):  # noqa: F811
   exp = mlm.Experiment(config, None)
   tokens = np.ones((2, config.data.seq_len), np.int32)
   params = exp.model.init(jax.random.PRNGKey(0), tokens, tokens > 0)
-  used = 2 if task == "classify" else 0  # the output the loss reads (XLA drops the rest)
-  cost = jax.jit(lambda p: exp.model.apply(p, tokens, tokens > 0)[used]).lower(
+  # the output the loss reads (XLA drops the rest)
+  used = (lambda out: out[1]["classes"]) if task == "classify" else (lambda out: out[0])
+  cost = jax.jit(lambda p: used(exp.model.apply(p, tokens, tokens > 0))).lower(
       params).cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
   forward = exp.flops_per_step(2) / 3

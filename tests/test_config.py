@@ -109,6 +109,10 @@ BAD = [
     ("wmt_heads", ["--config", "configs/wmt.py:ding,runlocal=True",
                    "--config.model.num_heads=3"], ["model.d_model", "not divisible"]),
     ("wmt_variant", ["--config", "configs/wmt.py:huge"], ["unknown variant", "ding"]),
+    ("unknown_remat_policy", ["--config", "configs/gpt.py:runlocal=True",
+                              "--config.model.remat=some"],
+     ["model.remat", "'some'", "dots", "full", "none"]),
+
     ("seq2seq_folder", ["--config", "configs/seq2seq.py:data=folder",
                         "--config.data.folder=/nonexistent"],
      ["data.folder", "de.train.txt is missing", "data.src_lang", "data.tgt_lang"]),

@@ -277,7 +277,7 @@ def test_readme_plain_orbax_snippet_reads_the_params(tmp_path, text_folder):
   block = re.search(r"```python\n(# A run's parameters with plain orbax.*?)```", readme, re.S)
   assert block, "README lost its plain-orbax snippet"
   scope = {}
-  exec(block[1].replace("runs/wmt_ding", wd), scope)
+  exec(block[1].replace("runs/ding_rnnsearch", wd), scope)
   expected = load_state(wd)
   import jax
   for a, b in zip(jax.tree.leaves(scope["params"]), jax.tree.leaves(expected["params"])):

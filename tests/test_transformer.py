@@ -120,7 +120,7 @@ def test_gpt_cached_decoding_equals_full_recomputation():
                   dropout=0.0)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, V)
   params = model.init(jax.random.PRNGKey(1), tokens)
-  full = model.apply(params, tokens)
+  full, _ = model.apply(params, tokens)
   state = model.apply(params, 2, 12, method=model.initial_state)
   for t in range(tokens.shape[1]):
     state, logits = model.apply(params, state, tokens[:, t], method=model.decode_step)

@@ -3,8 +3,10 @@ Transformer's blocks: token + learned position + segment-type embeddings
 (LayerNorm'd), post-norm GELU layers, a masked-LM head tied to the token
 embedding, and the [CLS] pooler that a classification head reads.
 
-  __call__(tokens, valid, types=None) -> (MLM logits [B, T, V], pooled [B, D],
-      class logits [B, C] when num_classes > 0, else None)
+  __call__(tokens, valid, types=None) -> (MLM logits [B, T, V], aux) with
+      aux["pooled"] [B, D], aux["classes"] (class logits [B, C]) when
+      num_classes > 0, and with return_weights aux["self_attention"]
+      [B, layers, H, T, T]
 """
 import flax.linen as nn
 import jax
@@ -25,6 +27,8 @@ class BERT(nn.Module):
   dropout: float = 0.1
   num_classes: int = 0        # > 0: a sentence classification head
   implementation: str = "xla"
+  scan: bool = False          # nn.scan over the layers
+  remat: str = "none"         # blocks.REMAT_POLICIES
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -35,10 +39,11 @@ class BERT(nn.Module):
     self.type_embed = nn.Embed(self.type_vocab, self.d_model, embedding_init=init,
                                name="type_embed")
     self.embed_norm = nn.LayerNorm(epsilon=1e-12, name="embed_norm")
-    self.layers = [blocks.Layer(self.num_heads, self.d_ff, dropout=self.dropout,
-                                activation="gelu", implementation=self.implementation,
-                                dtype=self.dtype, name=f"layer_{i}")
-                   for i in range(self.num_layers)]
+    self.layers = blocks.Stack(self.num_layers, self.num_heads, self.d_ff,
+                               dropout=self.dropout, activation="gelu",
+                               implementation=self.implementation, scan=self.scan,
+                               remat=self.remat, dtype=self.dtype)
+    nn.share_scope(self, self.layers)  # parameters stay layer_{i}/...
     self.mlm_dense = nn.Dense(self.d_model, name="mlm_dense")
     self.mlm_norm = nn.LayerNorm(epsilon=1e-12, name="mlm_norm")
     self.mlm_bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,))
@@ -47,21 +52,21 @@ class BERT(nn.Module):
       self.classifier = nn.Dense(self.num_classes, name="classifier")
     self.drop = nn.Dropout(self.dropout)
 
-  def __call__(self, tokens, valid, types=None, train=False):
+  def __call__(self, tokens, valid, types=None, train=False, return_weights=False):
     types = jnp.zeros_like(tokens) if types is None else types
     positions = jnp.arange(tokens.shape[1])[None]
     x = self.embed(tokens) + self.pos_embed(positions) + self.type_embed(types)
     x = self.drop(self.embed_norm(x), deterministic=not train)
     mask = att.Mask(kv_valid=valid)
-    for layer in self.layers:
-      x, _, _ = layer(x, mask, train=train)
+    x, weights = self.layers(x, mask, train=train, return_weights=return_weights)
     h = self.mlm_norm(nn.gelu(self.mlm_dense(x)))
     mlm_logits = self.embed.attend(h) + self.mlm_bias
-    pooled = jnp.tanh(self.pooler(x[:, 0]))  # the [CLS] position
-    classes = None
+    aux = {"pooled": jnp.tanh(self.pooler(x[:, 0]))}  # the [CLS] position
     if self.num_classes:
-      classes = self.classifier(self.drop(pooled, deterministic=not train))
-    return mlm_logits, pooled, classes
+      aux["classes"] = self.classifier(self.drop(aux["pooled"], deterministic=not train))
+    if return_weights:
+      aux["self_attention"] = weights["self"]
+    return mlm_logits, aux
 
 
 def mask_tokens(rng, tokens, valid, mask_id, vocab_size, first_regular, rate=0.15):

@@ -3,7 +3,8 @@ the Transformer's blocks: token + learned position embeddings, masked
 self-attention layers, output tied to the token embedding. GPT-2 puts the
 LayerNorm first in each sub-layer and once more at the end (pre_norm).
 
-  __call__(tokens [B, T]) -> logits [B, T, V]
+  __call__(tokens [B, T]) -> (logits [B, T, V], aux); with return_weights
+      aux["self_attention"] is every layer's [B, layers, H, T, T]
   initial_state(batch, max_len) -> key/value caches
   decode_step(state, token [B]) -> (state, logits [B, V])
 """
@@ -24,6 +25,8 @@ class GPT(nn.Module):
   dropout: float = 0.1
   pre_norm: bool = True
   implementation: str = "xla"
+  scan: bool = False          # nn.scan over the layers
+  remat: str = "none"         # blocks.REMAT_POLICIES
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -31,10 +34,11 @@ class GPT(nn.Module):
                           embedding_init=nn.initializers.normal(0.02))
     self.pos_embed = nn.Embed(self.max_len, self.d_model, name="pos_embed",
                               embedding_init=nn.initializers.normal(0.01))
-    self.layers = [blocks.Layer(self.num_heads, self.d_ff, dropout=self.dropout,
-                                pre_norm=self.pre_norm, activation="gelu",
-                                implementation=self.implementation, dtype=self.dtype,
-                                name=f"layer_{i}") for i in range(self.num_layers)]
+    self.layers = blocks.Stack(self.num_layers, self.num_heads, self.d_ff,
+                               dropout=self.dropout, pre_norm=self.pre_norm,
+                               activation="gelu", implementation=self.implementation,
+                               scan=self.scan, remat=self.remat, dtype=self.dtype)
+    nn.share_scope(self, self.layers)  # parameters stay layer_{i}/...
     if self.pre_norm:
       self.final_norm = nn.LayerNorm(name="final_norm")
     self.drop = nn.Dropout(self.dropout)
@@ -46,25 +50,19 @@ class GPT(nn.Module):
   def _out(self, x):
     return self.embed.attend(self.final_norm(x) if self.pre_norm else x)
 
-  def __call__(self, tokens, train=False, segments=None, positions=None):
+  def __call__(self, tokens, train=False, segments=None, positions=None,
+               return_weights=False):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     mask = att.Mask(causal=True, q_segments=segments, kv_segments=segments)
     x = self._embed(tokens, positions, train)
-    for layer in self.layers:
-      x, _, _ = layer(x, mask, train=train)
-    return self._out(x)
+    x, weights = self.layers(x, mask, train=train, return_weights=return_weights)
+    return self._out(x), ({"self_attention": weights["self"]} if return_weights else {})
 
   def initial_state(self, batch, max_len):
-    head_dim = self.d_model // self.num_heads
-    return [blocks.empty_cache(batch, max_len, self.num_heads, head_dim, self.dtype)
-            for _ in self.layers]
+    return self.layers.empty_cache(batch, max_len, self.d_model)
 
   def decode_step(self, state, token, train=False):
-    index = state[0]["index"]
-    x = self._embed(token[:, None], index[:, None], train)
-    caches = []
-    for layer, cache in zip(self.layers, state):
-      x, _, cache = layer(x, None, train=train, cache=cache)
-      caches.append(cache)
-    return caches, self._out(x)[:, 0]
+    x = self._embed(token[:, None], state["index"][:, None], train)
+    x, _, state = self.layers.decode(x, state, train=train)
+    return state, self._out(x)[:, 0]

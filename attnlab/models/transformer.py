@@ -12,7 +12,11 @@ alignment plots are shared):
       and values projected once per sentence)
   decode_step(memory, state, token [B]) -> (state, logits [B, V],
       encoder-decoder attention [B, layers, heads, S])
-  __call__(src, src_valid, tgt_in) -> (logits [B, T, V], aux)
+  __call__(src, src_valid, tgt_in) -> (logits [B, T, V], aux); with
+      return_weights aux has every layer's attention: "attention_per_head"
+      (encoder-decoder [B, layers, H, T, S]), "encoder_self_attention",
+      "decoder_self_attention".
+Both stacks are attnlab/nn/transformer.Stack (scan / remat options).
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,6 +38,8 @@ class Transformer(nn.Module):
   learned_positions: bool = False
   max_len: int = 512          # rows of the learned position table
   implementation: str = "xla"
+  scan: bool = False          # nn.scan over each side's layers
+  remat: str = "none"         # blocks.REMAT_POLICIES
   # Mixed precision: bfloat16 matmul inputs and activations out of them;
   # float32 parameters, residual stream, LayerNorm, softmax and logits.
   dtype: jnp.dtype = jnp.float32
@@ -43,12 +49,17 @@ class Transformer(nn.Module):
                           embedding_init=nn.initializers.normal(self.d_model ** -0.5))
     if self.learned_positions:
       self.pos_embed = nn.Embed(self.max_len, self.d_model, name="pos_embed")
-    layer = lambda cross, name: blocks.Layer(
-        self.num_heads, self.d_ff, cross=cross, dropout=self.dropout,
+    stack = lambda cross, prefix: blocks.Stack(
+        self.enc_layers if not cross else self.dec_layers, self.num_heads, self.d_ff,
+        prefix=prefix, cross=cross, dropout=self.dropout,
         attention_dropout=self.attention_dropout, pre_norm=self.pre_norm,
-        implementation=self.implementation, dtype=self.dtype, name=name)
-    self.encoder = [layer(False, f"encoder_{i}") for i in range(self.enc_layers)]
-    self.decoder = [layer(True, f"decoder_{i}") for i in range(self.dec_layers)]
+        implementation=self.implementation, scan=self.scan, remat=self.remat,
+        dtype=self.dtype)
+    # Shared scopes: parameters stay encoder_{i}/..., decoder_{i}/... .
+    self.encoder = stack(False, "encoder")
+    nn.share_scope(self, self.encoder)
+    self.decoder = stack(True, "decoder")
+    nn.share_scope(self, self.decoder)
     if self.pre_norm:  # the residual stream is never normalised otherwise
       self.encoder_norm = nn.LayerNorm(name="encoder_norm")
       self.decoder_norm = nn.LayerNorm(name="decoder_norm")
@@ -62,72 +73,67 @@ class Transformer(nn.Module):
       x = x + blocks.sinusoidal_positions(positions, self.d_model)
     return self.drop(x, deterministic=not train)
 
-  def encode(self, src, src_valid, train=False, segments=None, positions=None):
+  def encode(self, src, src_valid, train=False, segments=None, positions=None,
+             return_weights=False):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(src.shape[1]), src.shape)
     mask = att.Mask(kv_valid=src_valid, q_segments=segments, kv_segments=segments)
     h = self._embed(src, positions, train)
-    for layer in self.encoder:
-      h, _, _ = layer(h, mask, train=train)
+    h, weights = self.encoder(h, mask, train=train, return_weights=return_weights)
     if self.pre_norm:
       h = self.encoder_norm(h)
-    return {"h": h, "valid": src_valid, "segments": segments}
+    memory = {"h": h, "valid": src_valid, "segments": segments}
+    return (memory, weights) if return_weights else memory
 
   def decode(self, memory, tgt_in, train=False, segments=None, positions=None,
              return_weights=False):
-    """Teacher forcing: logits [B, T, V] for every target position, and the
-    encoder-decoder attention per layer [B, layers, heads, T, S] if asked."""
+    """Teacher forcing: logits [B, T, V] for every target position, and
+    (if asked) every layer's attention weights {"self", "cross"}."""
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
     mask = att.Mask(causal=True, q_segments=segments, kv_segments=segments)
     cross = att.Mask(kv_valid=memory["valid"], q_segments=segments,
                      kv_segments=memory["segments"])
     x = self._embed(tgt_in, positions, train)
-    weights = []
-    for layer in self.decoder:
-      x, w, _ = layer(x, mask, memory["h"], cross, train=train,
-                      return_weights=return_weights)
-      weights.append(w)
+    x, weights = self.decoder(x, mask, memory["h"], cross, train=train,
+                              return_weights=return_weights)
     if self.pre_norm:
       x = self.decoder_norm(x)
     logits = self.embed.attend(x).astype(jnp.float32)  # output = embedding^T
-    return logits, (jnp.stack(weights, 1) if return_weights else None)
+    return logits, weights
 
   def __call__(self, src, src_valid, tgt_in, train=False, return_weights=False,
                src_segments=None, src_positions=None, tgt_segments=None,
                tgt_positions=None):
-    memory = self.encode(src, src_valid, train, src_segments, src_positions)
+    memory = self.encode(src, src_valid, train, src_segments, src_positions,
+                         return_weights)
+    if return_weights:
+      memory, encoder_weights = memory
     logits, weights = self.decode(memory, tgt_in, train, tgt_segments, tgt_positions,
                                   return_weights)
     aux = {}
     if return_weights:
-      aux["attention_per_head"] = weights
-      aux["attention"] = weights[:, -1].mean(1)  # last layer, heads averaged
+      aux["attention_per_head"] = weights["cross"]
+      aux["attention"] = weights["cross"][:, -1].mean(1)  # last layer, heads averaged
+      aux["encoder_self_attention"] = encoder_weights["self"]
+      aux["decoder_self_attention"] = weights["self"]
     return logits, aux
 
   # --- incremental decoding ----------------------------------------------------
   def initial_state(self, memory, max_len):
-    batch = memory["h"].shape[0]
-    head_dim = self.d_model // self.num_heads
-    return {"cache": [blocks.empty_cache(batch, max_len, self.num_heads, head_dim,
-                                         self.dtype) for _ in self.decoder],
-            "cross_kv": [layer.cross_attention.project_kv(memory["h"])
-                         for layer in self.decoder]}
+    return {"cache": self.decoder.empty_cache(memory["h"].shape[0], max_len, self.d_model),
+            "cross_kv": self.decoder.project_cross_kv(memory["h"])}
 
   def decode_step(self, memory, state, token, train=False):
-    index = state["cache"][0]["index"]
+    index = state["cache"]["index"]
     x = self._embed(token[:, None], index[:, None], train)
     cross = att.Mask(kv_valid=memory["valid"])
-    caches, weights = [], []
-    for layer, cache, kv in zip(self.decoder, state["cache"], state["cross_kv"]):
-      x, w, cache = layer(x, None, None, cross, train=train, return_weights=True,
-                          cache=cache, cross_kv=kv)
-      caches.append(cache)
-      weights.append(w[:, :, 0])
+    x, weights, cache = self.decoder.decode(x, state["cache"], cross, state["cross_kv"],
+                                            train=train, return_weights=True)
     if self.pre_norm:
       x = self.decoder_norm(x)
     logits = self.embed.attend(x[:, 0]).astype(jnp.float32)
-    return {"cache": caches, "cross_kv": state["cross_kv"]}, logits, jnp.stack(weights, 1)
+    return {"cache": cache, "cross_kv": state["cross_kv"]}, logits, weights[:, :, :, 0]
 
 
 def matmul_flops(m, src_len, tgt_len):

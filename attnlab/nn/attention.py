@@ -87,6 +87,7 @@ def attend(scores, values, mask=None):
 
 
 # --- masks ---------------------------------------------------------------------
+@jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
 class Mask:
   """Which keys each query may see. Every field is optional.
@@ -109,6 +110,22 @@ class Mask:
   q_segments: Optional[jax.Array] = None
   kv_segments: Optional[jax.Array] = None
   q_offset: int = 0
+
+  # A pytree, so that masks pass through jax.checkpoint and nn.scan as
+  # arguments. causal, window and an integer q_offset stay static (they
+  # decide which kernel runs); arrays and a traced q_offset are leaves.
+  def tree_flatten(self):
+    traced = not isinstance(self.q_offset, int)
+    leaves = (self.kv_valid, self.kv_lengths, self.q_segments, self.kv_segments,
+              self.q_offset if traced else None)
+    return leaves, (self.causal, self.window, None if traced else self.q_offset)
+
+  @classmethod
+  def tree_unflatten(cls, static, leaves):
+    causal, window, q_offset = static
+    kv_valid, kv_lengths, q_segments, kv_segments, traced_offset = leaves
+    return cls(kv_valid, kv_lengths, causal, window, q_segments, kv_segments,
+               traced_offset if q_offset is None else q_offset)
 
   def block(self, q_pos, k_pos, kv_valid=None, q_seg=None, kv_seg=None):
     """Bool mask [B or 1, 1, len(q_pos), len(k_pos)] for these positions."""

@@ -8,10 +8,14 @@ Decoding keeps, per layer, a key/value cache of the tokens so far: a new
 token projects only its own key and value and attends over the cache, so
 its attention work does not grow with recomputation of the prefix.
 """
+import re
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnlab import config as config_lib
 from attnlab.nn import attention as att
 
 
@@ -70,39 +74,186 @@ class Layer(nn.Module):
       return x + self.drop(fn(self.norms[name](x)), deterministic=not train)
     return self.norms[name](x + self.drop(fn(x), deterministic=not train))
 
-  def __call__(self, x, mask, memory=None, cross_mask=None, *, train=False,
-               return_weights=False, cache=None, cross_kv=None):
+  def __call__(self, x, mask, memory=None, cross_mask=None, cache=None, index=None,
+               cross_kv=None, train=False, return_weights=False):
     """x [B, T, D]. `memory` [B, S, D] (or `cross_kv`, its projected keys
     and values) for the encoder-decoder attention. With `cache` = {"k", "v"
-    [B, L, H, Dh], "index" [B]}, x holds the next T tokens of each row,
-    written at `index`; returns (y, cross weights or None, new cache)."""
+    [B, L, H, Dh]}, x holds the next T tokens of each row, written at
+    `index` [B]. Arguments are positional-friendly (nn.scan, nn.remat).
+    Returns (y, weights, new cache or None); weights (when asked) is
+    {"self": [B, H, T, T], "cross": [B, H, T, S]} without a cache and
+    {"cross": ...} with one (decoding needs only the alignment)."""
     new_cache = None
+    weights = {} if return_weights else None
 
     def self_attend(h):
       nonlocal new_cache
       if cache is None:
-        return self.self_attention(h, mask=mask, train=train)[0]
+        out, w = self.self_attention(h, mask=mask, train=train,
+                                     return_weights=return_weights)
+        if return_weights:
+          weights["self"] = w
+        return out
       k, v = self.self_attention.project_kv(h)
       rows = jnp.arange(h.shape[0])[:, None]
-      cols = cache["index"][:, None] + jnp.arange(h.shape[1])[None]
+      cols = index[:, None] + jnp.arange(h.shape[1])[None]
       new_cache = {"k": cache["k"].at[rows, cols].set(k),
-                   "v": cache["v"].at[rows, cols].set(v),
-                   "index": cache["index"] + h.shape[1]}
-      causal = att.Mask(causal=True, q_offset=cache["index"][0])
+                   "v": cache["v"].at[rows, cols].set(v)}
+      causal = att.Mask(causal=True, q_offset=index[0])
       return self.self_attention(h, mask=causal, kv=(new_cache["k"], new_cache["v"]),
                                  train=train)[0]
 
     x = self._sublayer("self_norm", self_attend, x, train)
-    weights = None
     if self.cross:
       def cross_attend(h):
-        nonlocal weights
-        out, weights = self.cross_attention(h, memory, cross_mask, kv=cross_kv,
-                                            train=train, return_weights=return_weights)
+        out, w = self.cross_attention(h, memory, cross_mask, kv=cross_kv,
+                                      train=train, return_weights=return_weights)
+        if return_weights:
+          weights["cross"] = w
         return out
       x = self._sublayer("cross_norm", cross_attend, x, train)
     x = self._sublayer("ffn_norm", self.ffn, x, train)
     return x, weights, new_cache
+
+  def project_cross_kv(self, memory):
+    """The encoder-decoder attention's keys and values of `memory`, once
+    per sentence for decoding."""
+    return self.cross_attention.project_kv(memory)
+
+
+class _ScanBody(Layer):
+  """A Layer with nn.scan's calling convention: (carry, per-layer inputs,
+  broadcast inputs...) -> (carry, per-layer outputs). `op` selects the
+  method, so that one scanned module (one set of stacked parameters)
+  serves the forward pass and the projection of the decoder's cross keys."""
+
+  def __call__(self, x, per_layer, mask, memory, cross_mask, index, train,
+               return_weights, op):
+    cache, cross_kv = per_layer
+    if op == "project_cross_kv":
+      return x, self.project_cross_kv(memory)
+    x, weights, new_cache = super().__call__(x, mask, memory, cross_mask, cache, index,
+                                             cross_kv, train, return_weights)
+    return x, (weights, new_cache)
+
+
+# What nn.remat keeps for the backward pass: "full" keeps nothing (each
+# layer's forward runs again), "dots" keeps the outputs of matmuls without
+# batch dimensions (the projections and the FFN; attention scores and
+# element-wise work are recomputed), "none" is no rematerialisation.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Stack(nn.Module):
+  """`num_layers` identical Layers: the Transformer's encoder or decoder,
+  GPT's and BERT's layers, ViT's encoder.
+
+  scan=False: layers `{prefix}_0 ... {prefix}_{L-1}` called in turn.
+  scan=True: one nn.scan over the layers; parameters stacked on a leading
+  layer axis under `{prefix}_scan` (one layer is compiled instead of L, and
+  the backward pass keeps one layer's activations per step of the scan
+  when rematerialised). `remat` is a REMAT_POLICIES key.
+
+  A model calls nn.share_scope(self, stack) so that unscanned parameters
+  keep the names they had before the stack existed (old checkpoints load).
+
+  The decoding cache is {"index" [B], "kv": per-layer {"k", "v"}}: a list of
+  [B, L, H, Dh] arrays, or, scanned, one [B, layers, L, H, Dh] pair (layers
+  on axis 1, so that beam search reorders every leaf on axis 0).
+  """
+  num_layers: int
+  num_heads: int
+  d_ff: int
+  prefix: str = "layer"
+  cross: bool = False
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  pre_norm: bool = False
+  activation: str = "relu"
+  implementation: str = "xla"
+  scan: bool = False
+  remat: str = "none"
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {self.remat!r}: use one of "
+                       f"{sorted(REMAT_POLICIES)}")
+    kwargs = dict(num_heads=self.num_heads, d_ff=self.d_ff, cross=self.cross,
+                  dropout=self.dropout, attention_dropout=self.attention_dropout,
+                  pre_norm=self.pre_norm, activation=self.activation,
+                  implementation=self.implementation, dtype=self.dtype)
+    policy = REMAT_POLICIES[self.remat]
+    remat = self.remat != "none"
+    if self.scan:
+      body = _ScanBody
+      if remat:  # self counts as argument 0: train, return_weights, op
+        body = nn.remat(body, policy=policy, prevent_cse=False, static_argnums=(7, 8, 9))
+      body = nn.scan(body, variable_axes={"params": 0},
+                     split_rngs={"params": True, "dropout": True},
+                     in_axes=(1,) + (nn.broadcast,) * 7, out_axes=1,
+                     length=self.num_layers)
+      self.scanned = body(**kwargs, name=f"{self.prefix}_scan")
+    else:
+      layer = nn.remat(Layer, policy=policy, static_argnums=(8, 9)) if remat else Layer
+      self.layers = [layer(**kwargs, name=f"{self.prefix}_{i}")
+                     for i in range(self.num_layers)]
+
+  def __call__(self, x, mask, memory=None, cross_mask=None, *, train=False,
+               return_weights=False):
+    """x [B, T, D] -> (y [B, T, D], weights): None, or when asked
+    {"self": [B, layers, H, T, T] (, "cross": [B, layers, H, T, S])}."""
+    if self.scan:
+      x, (weights, _) = self.scanned(x, (None, None), mask, memory, cross_mask, None,
+                                     train, return_weights, "call")
+      return x, weights
+    per_layer = []
+    for layer in self.layers:
+      x, w, _ = layer(x, mask, memory, cross_mask, None, None, None, train, return_weights)
+      per_layer.append(w)
+    if not return_weights:
+      return x, None
+    return x, {k: jnp.stack([w[k] for w in per_layer], 1) for k in per_layer[0]}
+
+  def empty_cache(self, batch, length, d_model):
+    """A cache for `length` tokens of each of `batch` rows, nothing written."""
+    kv = empty_cache(batch, length, self.num_heads, d_model // self.num_heads, self.dtype)
+    if self.scan:
+      kv = jax.tree.map(lambda a: jnp.repeat(a[:, None], self.num_layers, 1), kv)
+    else:
+      kv = [kv] * self.num_layers
+    return {"index": jnp.zeros((batch,), jnp.int32), "kv": kv}
+
+  def project_cross_kv(self, memory):
+    """Per-layer encoder-decoder keys and values of memory [B, S, D]."""
+    if self.scan:
+      return self.scanned(memory[:, :0], (None, None), None, memory, None, None,
+                          False, False, "project_cross_kv")[1]
+    return [layer.project_cross_kv(memory) for layer in self.layers]
+
+  def decode(self, x, cache, cross_mask=None, cross_kv=None, *, train=False,
+             return_weights=False):
+    """The next T tokens x [B, T, D] of each row with the cache -> (y, cross
+    weights [B, layers, H, T, S] or None, new cache)."""
+    index = cache["index"]
+    if self.scan:
+      x, (weights, kv) = self.scanned(x, (cache["kv"], cross_kv), None, None, cross_mask,
+                                      index, train, return_weights, "call")
+      weights = weights["cross"] if return_weights and self.cross else None
+    else:
+      kv, weights = [], []
+      cross_kv = cross_kv or [None] * self.num_layers
+      for layer, layer_cache, layer_kv in zip(self.layers, cache["kv"], cross_kv):
+        x, w, layer_cache = layer(x, None, None, cross_mask, layer_cache, index, layer_kv,
+                                  train, return_weights)
+        kv.append(layer_cache)
+        weights.append(w["cross"] if return_weights and self.cross else None)
+      weights = jnp.stack(weights, 1) if weights[0] is not None else None
+    return x, weights, {"index": index + x.shape[1], "kv": kv}
 
 
 def layer_matmul_flops(d_model, d_ff, context):
@@ -115,5 +266,35 @@ def layer_matmul_flops(d_model, d_ff, context):
 def empty_cache(batch, length, num_heads, head_dim, dtype=jnp.float32):
   """A layer's key/value cache for `length` tokens, nothing written yet."""
   shape = (batch, length, num_heads, head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "index": jnp.zeros((batch,), jnp.int32)}
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def validate(config):
+  """The model.* keys of every model built on Stack (one line, exit 2,
+  before anything compiles)."""
+  m = config.model
+  config_lib.check(m.d_model % m.num_heads == 0, "model.d_model",
+                   f"{m.d_model} is not divisible by model.num_heads={m.num_heads}",
+                   "use a multiple of the head count, e.g. 512 with 8 heads")
+  config_lib.check_choice(config, "model.implementation", {"naive", "xla", "chunked"})
+  config_lib.check_choice(config, "model.remat", set(REMAT_POLICIES))
+
+
+def scanned_layout(params, prefix):
+  """Parameters of an unscanned stack ({prefix}_0, {prefix}_1, ...) in the
+  scanned layout ({prefix}_scan, every leaf stacked on a leading layer
+  axis): to start a scan=True run from an unscanned checkpoint."""
+  names = sorted((k for k in params if re.fullmatch(rf"{prefix}_\d+", k)),
+                 key=lambda k: int(k.rsplit("_", 1)[1]))
+  out = {k: v for k, v in params.items() if k not in names}
+  out[f"{prefix}_scan"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[k] for k in names])
+  return out
+
+
+def unscanned_layout(params, prefix):
+  """The inverse of scanned_layout."""
+  out = {k: v for k, v in params.items() if k != f"{prefix}_scan"}
+  stacked = params[f"{prefix}_scan"]
+  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+    out[f"{prefix}_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+  return out
