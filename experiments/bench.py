@@ -382,7 +382,7 @@ def beam(workdirs, beams=(1, 4), rounds=2):
     runs[workdir] = dict(config=config, exp=exp, params=jax.device_get(state["params"]),
                          sources=[s for s, _ in pairs], refs=[t for _, t in pairs])
   print(f"{'beam':>5}{'compile+run s':>15}{'run s':>8}{'sentences/s':>13}"
-        f"{'tokens/s':>10}{'BLEU':>7}{'speed / first':>15}  run")
+        f"{'tokens/s':>10}{'BLEU':>7}{'speed / first':>19}  run")
   for b in beams:
     first_pass = {}
     for wd, r in runs.items():
@@ -401,7 +401,7 @@ def beam(workdirs, beams=(1, 4), rounds=2):
       med, lo, hi = ratio_summary(times, first, wd)
       rel = f"{med:.2f}x ({lo:.2f}-{hi:.2f})" if wd != first else ""
       print(f"{b:>5}{first_pass[wd]:>15.1f}{secs:>8.1f}{len(r['hyps']) / secs:>13.1f}"
-            f"{tokens / secs:>10.0f}{score:>7.2f}{rel:>15}  {wd}", flush=True)
+            f"{tokens / secs:>10.0f}{score:>7.2f}{rel:>19}  {wd}", flush=True)
 
 
 def decode_speed(new_tokens=128, batch=8, src_len=32, rounds=3):
