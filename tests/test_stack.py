@@ -108,14 +108,7 @@ def test_scanned_cached_decoding_equals_full_recomputation():
     np.testing.assert_allclose(w, aux["attention_per_head"][:, :, :, t], rtol=1e-4,
                                atol=1e-6)
 
-  g = gpt.GPT(V, **TINY, num_layers=3, max_len=16, scan=True)
-  tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 9), 0, V)
-  gp = g.init(jax.random.PRNGKey(4), tokens)
-  full, _ = g.apply(gp, tokens)
-  state = g.apply(gp, 2, 12, method=g.initial_state)
-  for t in range(tokens.shape[1]):
-    state, logits = g.apply(gp, state, tokens[:, t], method=g.decode_step)
-    np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-5)
+  # GPT's scanned cache: tests/test_transformer.py, parametrised by scan
 
 
 def test_every_layers_attention_weights_on_request():

@@ -114,10 +114,11 @@ def test_matmul_flops_match_xla_cost_analysis(S, T):
   assert analytic <= cost["flops"] <= 1.1 * analytic, (analytic, cost["flops"])
 
 
-def test_gpt_cached_decoding_equals_full_recomputation():
+@pytest.mark.parametrize("scan", [False, True])
+def test_gpt_cached_decoding_equals_full_recomputation(scan):
   from attnlab.models import gpt
   model = gpt.GPT(V, d_model=16, num_heads=2, d_ff=32, num_layers=2, max_len=16,
-                  dropout=0.0)
+                  dropout=0.0, scan=scan)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, V)
   params = model.init(jax.random.PRNGKey(1), tokens)
   full, _ = model.apply(params, tokens)
