@@ -1,6 +1,6 @@
 """Character-level RNN language model on Shakespeare (Karpathy's char-rnn).
 
-Command (the default of ./launch.sh):
+Command:
   ./launch.sh train configs/charlm.py --workdir runs/charlm
 Variants (`key=value,...` after the colon):
   cell=lstm|gru|rnn      flax cell; hidden size is set so all three have the

@@ -1,6 +1,6 @@
 """The Transformer (Vaswani et al. 2017) for translation.
 
-  ./launch.sh train configs/wmt.py:ding --workdir runs/wmt_ding     (the default of ./launch.sh)
+  ./launch.sh train configs/wmt.py:ding --workdir runs/wmt_ding     (DE->EN on Ding)
   ./launch.sh train configs/wmt.py:base --workdir gs://BUCKET/base  (a TPU pod slice)
 
 Variants (first arg; then key=value,...: steps=N, runlocal=True):
