@@ -8,6 +8,7 @@ Decoding keeps, per layer, a key/value cache of the tokens so far: a new
 token projects only its own key and value and attends over the cache, so
 its attention work does not grow with recomputation of the prefix.
 """
+import dataclasses
 import re
 
 import flax.linen as nn
@@ -183,10 +184,9 @@ class Stack(nn.Module):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}: use one of "
                        f"{sorted(REMAT_POLICIES)}")
-    kwargs = dict(num_heads=self.num_heads, d_ff=self.d_ff, cross=self.cross,
-                  dropout=self.dropout, attention_dropout=self.attention_dropout,
-                  pre_norm=self.pre_norm, activation=self.activation,
-                  implementation=self.implementation, dtype=self.dtype)
+    # Every Layer field is a Stack field of the same name.
+    kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(Layer)
+              if f.name not in ("parent", "name")}
     policy = REMAT_POLICIES[self.remat]
     remat = self.remat != "none"
     if self.scan:
