@@ -95,18 +95,3 @@ def local_batch_size(global_batch_size, mesh):
               if d.process_index == jax.process_index())
   return global_batch_size * local // mesh.devices.size
 
-
-def eval_batches(columns, global_batch, local_batch, process_index):
-  """Fixed batches over every row of `columns` ({name: [N, ...] array}),
-  this process's share of each; the last batch is padded with zero rows of
-  `weight` 0, so every process runs the same number of steps."""
-  n = len(next(iter(columns.values())))
-  steps = -(-n // global_batch)
-  pad = steps * global_batch - n
-  padded = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-            for k, v in columns.items()}
-  padded["weight"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  for s in range(steps):
-    rows = slice(s * global_batch + process_index * local_batch,
-                 s * global_batch + (process_index + 1) * local_batch)
-    yield {k: v[rows] for k, v in padded.items()}

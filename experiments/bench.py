@@ -387,7 +387,6 @@ def beam(workdirs, beams=(1, 4), rounds=2):
     first_pass = {}
     for wd, r in runs.items():
       r["config"].decode.beam = int(b)
-      r["exp"]._eval_fns = None  # recompile for this beam size
       t0 = time.perf_counter()
       r["hyps"] = r["exp"].translate(r["params"], r["sources"])
       first_pass[wd] = time.perf_counter() - t0

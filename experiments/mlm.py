@@ -26,12 +26,12 @@ import optax
 
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
-from attnlab import sharding as sharding_lib
 from attnlab import viz
 from attnlab.data import catalog
 from attnlab.data import shakespeare
 from attnlab.data import text as text_lib
 from attnlab.data import tokenizer as tok_lib
+from attnlab.evals import sharded
 from attnlab.models import bert
 from attnlab.nn import transformer as blocks
 
@@ -93,7 +93,7 @@ class Experiment:
         num_classes=len(shakespeare.GENRES) if self.classify else 0,
         implementation=m.implementation, scan=m.scan, remat=m.remat)
     self._splits = {}
-    self._eval_fn = self._predict_fn = self._guess_fn = None
+    self._guess_fn = None
 
   def _train_lines(self):
     for _, text in text_lib.load_documents(self.config.data, self.config.data.train_split):
@@ -194,42 +194,39 @@ class Experiment:
     return self._evaluate(state, mesh, int(state["step"]), writer,
                           self.config.data.test_split, "test")
 
+  def _eval_rows(self, params, batch):
+    """Per passage: summed loss, correct guesses and their count. One fixed
+    corruption (the same key at every evaluation) so numbers compare
+    across steps."""
+    nll, correct, weight = self._forward(params, batch["tokens"], batch["label"],
+                                         jax.random.PRNGKey(self.config.seed + 1), False)
+    per_row = lambda x: x.reshape(x.shape[0], -1).sum(1)
+    out = {"nll": per_row(nll * weight), "correct": per_row(correct * weight),
+           "weight": per_row(weight)}
+    if self.classify:  # for the per-play accuracies and the confusion matrix
+      _, aux = self.model.apply({"params": params}, batch["tokens"], batch["tokens"] > 0)
+      out["prediction"] = aux["classes"].argmax(-1)
+    return out
+
   def _evaluate(self, state, mesh, step, writer, split, prefix):
     c = self.config
     tokens, labels, names = self.split(split)
-    if self._eval_fn is None:
-      def eval_step(params, batch):
-        # One fixed corruption (the same key at every evaluation) so
-        # numbers compare across steps.
-        nll, correct, weight = self._forward(params, batch["tokens"], batch["label"],
-                                             jax.random.PRNGKey(c.seed + 1), False)
-        weight = weight * batch["weight"].reshape((-1,) + (1,) * (nll.ndim - 1))
-        return (nll * weight).sum(), (correct * weight).sum(), weight.sum()
-      self._eval_fn = jax.jit(eval_step)
-    local = sharding_lib.local_batch_size(c.batch_size, mesh)
-    totals = np.zeros(3)
-    columns = {"tokens": tokens, "label": labels.astype(np.int32)}
-    for batch in sharding_lib.eval_batches(columns, c.batch_size, local, jax.process_index()):
-      totals += [float(x) for x in self._eval_fn(state["params"],
-                                                 sharding_lib.global_batch(batch, mesh))]
-    results = {f"{prefix}/loss": totals[0] / totals[2],
-               f"{prefix}/accuracy": totals[1] / totals[2]}
+    out = sharded.rows(self._eval_rows, state["params"], sharded.batches(
+        {"tokens": tokens, "label": labels.astype(np.int32)}, c.batch_size, mesh))
+    weight = out["weight"].sum()
+    results = {f"{prefix}/loss": float(out["nll"].sum() / weight),
+               f"{prefix}/accuracy": float(out["correct"].sum() / weight)}
     if jax.process_index() == 0:
-      params = jax.device_get(state["params"])
       if self.classify:
-        self._report_genres(params, tokens, labels, names, f"{split}_step{step}", writer,
-                            step)
+        self._report_genres(out["prediction"], labels, names, f"{split}_step{step}",
+                            writer, step)
       else:
-        self._show_guesses(params, tokens[len(tokens) // 2], step, writer)
+        self._show_guesses(jax.device_get(state["params"]), tokens[len(tokens) // 2],
+                           step, writer)
     return results
 
-  def _report_genres(self, params, tokens, labels, names, tag, writer, step):
+  def _report_genres(self, pred, labels, names, tag, writer, step):
     """Accuracy per held-out play, and the confusion matrix as a plot."""
-    if self._predict_fn is None:  # compiled once, not at every report
-      self._predict_fn = jax.jit(
-          lambda p, x: self.model.apply({"params": p}, x, x > 0)[1]["classes"].argmax(-1))
-    pred = np.concatenate([np.asarray(self._predict_fn(params, tokens[i:i + 256]))
-                           for i in range(0, len(tokens), 256)])
     for play in sorted(set(names)):
       rows = names == play
       print(f"  {play:<16} {shakespeare.FOLIO[play]:<8} accuracy "

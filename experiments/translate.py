@@ -7,6 +7,7 @@ sacreBLEU of beam-search translations, samples in workdir/samples/, source x
 target alignment heatmaps. After training, once, on the test split: BLEU of
 every sentence and BLEU per source-length bucket (bleu.json, a plot).
 """
+import functools
 import os
 
 import jax
@@ -21,7 +22,7 @@ from attnlab import viz
 from attnlab.data import catalog
 from attnlab.data import tokenizer as tok_lib
 from attnlab.data import translation
-from attnlab.evals import bleu
+from attnlab.evals import bleu, sharded
 from attnlab.models import seq2seq
 from attnlab.models import transformer
 from attnlab.nn import rnn as rnn_lib
@@ -98,7 +99,7 @@ class Experiment:
           data.source.replace("/", "_"), self._train_text, data.vocab_size)
       vocab_size = len(self.tokenizer)
     self.model = make_model(config.model, vocab_size)
-    self._eval_fns = None
+    self._beams = {}  # (mesh, alignments, beam size) -> per-device beam search
 
   def _train_text(self):
     for s, t in translation.load_pairs(self.config.data, self.config.data.train_split):
@@ -165,45 +166,59 @@ class Experiment:
     return loss, ({"loss_weight": tokens}, state)  # logged as train/loss_weight
 
   # --- evaluation ---------------------------------------------------------
-  def _compile_eval(self):
-    c = self.config
+  # Both run on every device of the mesh (attnlab/evals/sharded): the loss
+  # over padded, masked batches; beam search on each device's own rows.
+  def _eval_loss_rows(self, params, batch):
+    nll, mask, _ = self._forward(params, batch, False)
+    return {"nll": jnp.sum(nll * mask, axis=1), "tokens": jnp.sum(mask, axis=1)}
 
-    def eval_loss(params, batch):
-      nll, mask, _ = self._forward(params, batch, False)
-      mask = mask * batch["weight"][:, None]
-      return jnp.sum(nll * mask), jnp.sum(mask)
+  def _beam(self, params, batch, alignments=False):
+    """The best beam hypothesis [B, T] of each source row (and with
+    `alignments` the attention it used [B, T, ...])."""
+    c, src = self.config, batch["src"]
+    # Vaswani et al.: at most the source length + 50 target tokens.
+    max_len = src.shape[1] + c.decode.extra_len
+    memory = self.model.apply({"params": params}, src, src > 0,
+                              method=self.model.encode)
+    state = {"memory": memory,
+             "dec": self.model.apply({"params": params}, memory, max_len,
+                                     method=self.model.initial_state)}
 
-    def beam(params, src):
-      # Vaswani et al.: at most the source length + 50 target tokens.
-      max_len = src.shape[1] + c.decode.extra_len
-      memory = self.model.apply({"params": params}, src, src > 0,
-                                method=self.model.encode)
-      state = {"memory": memory,
-               "dec": self.model.apply({"params": params}, memory, max_len,
-                                       method=self.model.initial_state)}
+    def step(state, token):
+      dec, logits, weights = self.model.apply(
+          {"params": params}, state["memory"], state["dec"], token,
+          method=self.model.decode_step)
+      state = {"memory": state["memory"], "dec": dec}
+      return (state, logits, weights) if alignments else (state, logits)
+    out = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS, c.decode.beam,
+                             max_len, c.decode.alpha)
+    best = {"tokens": out[0][:, 0]}
+    if alignments:
+      best["weights"] = out[2][:, 0]
+    return best
 
-      def step(state, token):
-        dec, logits, weights = self.model.apply(
-            {"params": params}, state["memory"], state["dec"], token,
-            method=self.model.decode_step)
-        return {"memory": state["memory"], "dec": dec}, logits, weights
-      seqs, _, weights = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS,
-                                            c.decode.beam, max_len, c.decode.alpha)
-      return seqs[:, 0], weights[:, 0]  # the best hypothesis, its alignment
+  def _beam_rows(self, mesh, alignments):
+    """The per-device beam search for this mesh, made once (the same object
+    each call, so it compiles once per shape)."""
+    key = (mesh, alignments, self.config.decode.beam)
+    if key not in self._beams:
+      self._beams[key] = sharded.per_device(
+          functools.partial(self._beam, alignments=alignments), mesh)
+    return self._beams[key]
 
-    self._eval_fns = (jax.jit(eval_loss), jax.jit(beam))
-
-  def translate(self, params, sentences, alignments=False):
+  def translate(self, params, sentences, mesh=None, alignments=False):
     """Beam-search translations of a list of source strings, whole (never
     truncated to the training length: long sentences are the point of
-    Bahdanau et al.'s Figure 2). Sentences are sorted by length and padded
-    to a multiple of LENGTH_QUANTUM, so batches waste little on padding and
-    only a few shapes are compiled. With `alignments`, also per sentence
-    the translation's ids (EOS included) and the attention weights the beam
-    used [target ids, source ids]."""
-    if self._eval_fns is None:
-      self._compile_eval()
-    batch = self.config.decode.batch
+    Bahdanau et al.'s Figure 2), decoded on every device of `mesh` (default:
+    all devices). Sentences are sorted by length and padded to a multiple of
+    LENGTH_QUANTUM, so batches waste little on padding and only a few shapes
+    are compiled. With `alignments`, also per sentence the translation's ids
+    (EOS included) and the attention weights the beam used [target ids,
+    source ids]. Every process must call it (the batches span all hosts)."""
+    mesh = mesh or sharding_lib.make_mesh((("data", -1),))
+    data = mesh.shape["data"]
+    batch = -(-self.config.decode.batch // data) * data
+    beam = self._beam_rows(mesh, alignments)
     ids = [self.tokenizer.encode(s) for s in sentences]
     order = np.argsort([len(x) for x in ids], kind="stable")
     out, aligned = [None] * len(ids), [None] * len(ids)
@@ -211,48 +226,43 @@ class Experiment:
       rows = order[i:i + batch]
       src = tok_lib.pad_batch([ids[r] for r in rows], padded_length(max(
           len(ids[r]) for r in rows)))
-      src = np.concatenate([src, np.zeros((batch - len(rows), src.shape[1]), np.int32)])
-      seqs, weights = jax.device_get(self._eval_fns[1](params, src))
-      for r, seq, w in zip(rows, seqs, weights):
+      best = sharded.gather(beam, params, next(sharded.batches({"src": src}, batch, mesh)))
+      for j, r in enumerate(rows):
+        seq = best["tokens"][j]
         out[r] = self.tokenizer.decode(seq)
-        n = list(seq).index(tok_lib.EOS) + 1 if tok_lib.EOS in seq else len(seq)
-        aligned[r] = (seq[:n], w[:n, ..., :len(ids[r])])
+        if alignments:
+          n = list(seq).index(tok_lib.EOS) + 1 if tok_lib.EOS in seq else len(seq)
+          aligned[r] = (seq[:n], best["weights"][j][:n, ..., :len(ids[r])])
     return (out, aligned) if alignments else out
 
   def evaluate(self, state, mesh, step, writer):
-    if self._eval_fns is None:
-      self._compile_eval()
     c, params = self.config, state["params"]
     pairs = translation.load_pairs(c.data, c.data.eval_split)
     src, tgt, keep = translation.encode_pairs(pairs, self.tokenizer, c.data.max_len)
-    local = sharding_lib.local_batch_size(c.batch_size, mesh)
-    total = count = 0.0
-    for batch in sharding_lib.eval_batches({"src": src, "tgt": tgt}, c.batch_size,
-                                           local, jax.process_index()):
-      nll, n = self._eval_fns[0](params, sharding_lib.global_batch(batch, mesh))
-      total, count = total + float(nll), count + float(n)
-    results = {"eval/loss": total / max(count, 1)}
+    loss = sharded.sums(self._eval_loss_rows, params,
+                        sharded.batches({"src": src, "tgt": tgt}, c.batch_size, mesh))
+    results = {"eval/loss": loss["nll"] / max(loss["tokens"], 1)}
     if c.decode.num_bleu:
       shown = pairs[:c.decode.num_bleu]
-      hyps = self.translate(jax.device_get(params), [s for s, _ in shown])
+      hyps = self.translate(params, [s for s, _ in shown], mesh)
       score, signature = bleu.corpus_bleu(hyps, [t for _, t in shown])
       results["eval/bleu"] = score
+      plotted = shown[:c.decode.num_plots]
+      _, aligned = self.translate(params, [s for s, _ in plotted], mesh, alignments=True)
       if jax.process_index() == 0:
         self._write_samples(step, shown, hyps, score, signature, writer)
-        self._plot_alignments(jax.device_get(params), shown[:c.decode.num_plots], step,
-                              writer)
+        self._plot_alignments(plotted, aligned, step, writer)
     return results
 
   def finish(self, state, mesh, writer):
     """Final report: BLEU of the whole test split, by source length
     (Bahdanau et al. 2015, Figure 2), as JSON, a table and a plot."""
-    if jax.process_index() != 0:
-      return {}
     import json
     c = self.config
-    params = jax.device_get(state["params"])
     pairs = translation.load_pairs(c.data, c.data.test_split)
-    hyps = self.translate(params, [s for s, _ in pairs])
+    hyps = self.translate(state["params"], [s for s, _ in pairs], mesh)
+    if jax.process_index() != 0:
+      return {}
     refs = [t for _, t in pairs]
     score, signature = bleu.corpus_bleu(hyps, refs)
     buckets = bleu.bleu_by_length(hyps, refs, [len(s.split()) for s, _ in pairs],
@@ -285,9 +295,8 @@ class Experiment:
     writer.write_text(step, "samples", text)
     print("\n".join(lines[:10]), flush=True)
 
-  def _plot_alignments(self, params, pairs, step, writer):
+  def _plot_alignments(self, pairs, aligned, step, writer):
     """Source x target attention of the model's own beam translations."""
-    _, aligned = self.translate(params, [s for s, _ in pairs], alignments=True)
     for i, ((s, _), (tgt_ids, w)) in enumerate(zip(pairs, aligned)):
       src_pieces = self.tokenizer.pieces(self.tokenizer.encode(s))
       tgt_pieces = self.tokenizer.pieces(tgt_ids)

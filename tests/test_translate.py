@@ -98,9 +98,11 @@ def test_sword_ztext_reader_and_osis_cleaning():
   assert verses == ["In the beginning God.", "And the earth & sea.", "", "Jesus wept."]
 
 
-def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folder):
-  """Batched, length-sorted translation == one sentence at a time, for a
-  source far longer than the training max_len (it must not be truncated)."""
+def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folder,
+                                                        monkeypatch):
+  """Batched, length-sorted translation on 8 devices == one sentence at a
+  time == on one device, for a source far longer than the training max_len
+  (it must not be truncated)."""
   import jax
   from experiments import translate
   config, _ = main_lib.parse_config([
@@ -115,10 +117,15 @@ def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folde
   together = exp.translate(params, sentences)
   alone = [exp.translate(params, [s])[0] for s in sentences]
   assert together == alone
+  # Decoded on each of the 8 devices' own rows == on one device.
+  from attnlab import sharding
+  one = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+  assert exp.translate(params, sentences, one) == together
   # The beam search is fed the whole long source, not its first max_len ids.
-  seen = []
-  loss_fn, beam_fn = exp._eval_fns
-  exp._eval_fns = (loss_fn, lambda p, src: seen.append(src) or beam_fn(p, src))
+  from attnlab.evals import sharded
+  seen, gather = [], sharded.gather
+  monkeypatch.setattr(sharded, "gather", lambda f, p, batch: seen.append(
+      np.asarray(batch["src"])) or gather(f, p, batch))
   exp.translate(params, [long])
   ids = exp.tokenizer.encode(long)
   assert seen[0][0, :len(ids)].tolist() == ids and not seen[0][0, len(ids):].any()

@@ -1,0 +1,105 @@
+"""Evaluation on every device, over padded and masked global batches.
+
+An evaluator is a per-row function `per_row(params, batch) -> {name: [B, ...]}`
+that is jitted over the mesh with the parameters' own shardings (replicated
+or FSDP) and the batch split on `data`. Every process feeds its share of
+each global batch, so all hosts run the same number of steps; the last
+batch is padded with rows of `weight` 0, which never count:
+
+  sums(per_row, params, batches)   sums over the real rows, kept on device
+                                   until the end (losses, accuracies)
+  rows(per_row, params, batches)   every real row's outputs, gathered from
+                                   all hosts into numpy on each (features for
+                                   k-NN, probes, zero-shot and retrieval;
+                                   translations for BLEU)
+
+`per_row` is a static argument of the jitted step: pass the same function
+object (a method or a module-level function) each time, so it compiles once.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from attnlab import sharding as sharding_lib
+
+
+def batches(columns, batch_size, mesh):
+  """Global batches of `batch_size` rows over every row of `columns`
+  ({name: [N, ...]}, the same arrays on every process), plus a `weight`
+  column (1 for real rows, 0 for the padding of the last batch). Each
+  process contributes its rows of each batch."""
+  data = mesh.shape.get("data", 1)
+  if batch_size % data:
+    raise ValueError(f"eval batch {batch_size} is not a multiple of the mesh's {data} "
+                     "data devices")
+  local = sharding_lib.local_batch_size(batch_size, mesh)
+  first = jax.process_index() * local  # processes own consecutive blocks
+  n = len(next(iter(columns.values())))
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    weight = np.zeros(batch_size, np.float32)
+    weight[:stop - start] = 1
+    rows = {"weight": weight}
+    for name, v in columns.items():
+      v = np.asarray(v)
+      rows[name] = np.concatenate(
+          [v[start:stop], np.zeros((batch_size - (stop - start),) + v.shape[1:], v.dtype)])
+    yield sharding_lib.global_batch(
+        {k: v[first:first + local] for k, v in rows.items()}, mesh)
+
+
+def _row_weight(weight, value):
+  return weight.reshape(weight.shape + (1,) * (value.ndim - 1)).astype(value.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sum_step(per_row, params, batch):
+  values = per_row(params, batch)
+  w = batch["weight"]
+  out = {k: jnp.sum(v * _row_weight(w, v)) for k, v in values.items()}
+  out["count"] = jnp.sum(w)
+  return out
+
+
+def sums(per_row, params, batches):
+  """{name: sum of per_row(...)[name] over the real rows, "count": rows}."""
+  total = None
+  for batch in batches:
+    step = _sum_step(per_row, params, batch)
+    total = step if total is None else jax.tree.map(jnp.add, total, step)
+  return {k: float(v) for k, v in (total or {"count": 0.0}).items()}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _row_step(per_row, params, batch):
+  return per_row(params, batch), batch["weight"]
+
+
+def gather(per_row, params, batch):
+  """per_row's outputs for the real rows of one global batch, from every
+  host, as numpy on each (in the global batch's row order)."""
+  values, weight = multihost_utils.process_allgather(
+      _row_step(per_row, params, batch), tiled=True)
+  keep = np.asarray(weight) > 0
+  return jax.tree.map(lambda v: np.asarray(v)[keep], values)
+
+
+def rows(per_row, params, batches):
+  """gather() over every batch, concatenated: {name: [N, ...]}."""
+  parts = [gather(per_row, params, batch) for batch in batches]
+  if not parts:
+    raise ValueError("no rows to evaluate: the split is empty")
+  return jax.tree.map(lambda *v: np.concatenate(v), *parts)
+
+
+def per_device(fn, mesh):
+  """fn(params, batch) run on each device's rows of the batch with no
+  communication (params gathered whole onto every device, e.g. from FSDP
+  shards). For loops whose length depends on the rows, like beam search:
+  each device stops when its own rows are done."""
+  from jax.sharding import PartitionSpec as P
+  return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"),
+                       check_vma=False)
