@@ -21,7 +21,8 @@
   python -m experiments.bench flaxwmt DIR          train-step target tokens/s
       and MFU at the Transformer's base dims, batch 16 x 64, f32 and bf16,
       against the flax WMT example (DIR = its examples/wmt) in alternating
-      windows: the median ratio of the rounds and their spread
+      windows: the median ratio of the rounds and their spread; levers
+      (rbg dropout bits, the one-hot loss) timed one at a time against ours
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -509,16 +510,27 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   config.data.update(max_len=length, pack=False)
   config.model.attention_dropout = 0.1
   contenders = {}
-  for dtype in ("float32", "bfloat16"):
+
+  def ours(name, dtype="float32", prng="threefry2x32"):
     config.model.dtype = dtype
+    jax.config.update("jax_default_prng_impl", prng)  # read when traced
     exp = translate.Experiment(config, None, vocab_size=vocab)
-    flops = exp.flops_per_step(batch)
     workdir = tempfile.mkdtemp()
     trainer = train_lib.Trainer(config, exp, workdir)
     step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
-    contenders[f"attnlab {dtype}"] = Stepper(step, trainer.create_state(),
-                                               {"src": src, "tgt": tgt})
+    contenders[name] = Stepper(step, trainer.create_state(), {"src": src, "tgt": tgt})
+    jax.config.update("jax_default_prng_impl", "threefry2x32")
     shutil.rmtree(workdir)
+    return exp.flops_per_step(batch)
+  flops = ours("attnlab float32")
+  ours("attnlab bfloat16", "bfloat16")
+  # Levers, one at a time against "attnlab float32":
+  ours("  dropout bits from rbg", prng="rbg")
+  fused = translate.smoothed_cross_entropy
+  translate.smoothed_cross_entropy = lambda logits, labels, e: optax.softmax_cross_entropy(
+      logits, optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), e))
+  ours("  loss on one-hot targets")  # as before the fused loss (and as flax)
+  translate.smoothed_cross_entropy = fused
 
   # Theirs: its own model, TrainState, optimizer and pmapped train_step.
   cfg = flax_models.TransformerConfig(
@@ -568,8 +580,10 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
     print(f"{name:>30}{batch * length / secs:>10.0f}{secs:>8.2f}"
           f"{100 * flops / secs / peak:>6.1f}%{med:>16.2f}x{lo:>7.2f}-{hi:.2f}")
 
-  med, lo, hi = ratio_summary(times, "attnlab float32", "attnlab bfloat16")
-  print(f"attnlab bfloat16 / float32 speed: {med:.2f}x (rounds {lo:.2f}-{hi:.2f})")
+  for name in contenders:
+    if name.startswith(("attnlab b", "  ")):
+      med, lo, hi = ratio_summary(times, "attnlab float32", name)
+      print(f"{name.strip()} / attnlab float32 speed: {med:.2f}x (rounds {lo:.2f}-{hi:.2f})")
 
   print(f"\nback to back ({sequential} steps of one, then of the other; "
         "the protocol of the earlier README figure):")

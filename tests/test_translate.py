@@ -184,3 +184,16 @@ def test_default_run_source_smoke_on_tfds_mock_data(tmp_path):
   rows = metrics_lib.read_jsonl(str(wd / "metrics.jsonl"))
   assert np.isfinite([r["eval/loss"] for r in rows if "eval/loss" in r][-1])
   assert (wd / "bleu.json").exists() and (wd / "plots" / "alignment_0.png").exists()
+
+
+def test_smoothed_cross_entropy_equals_optax_dense_targets():
+  import jax
+  import optax
+  from experiments import translate
+  logits = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 50)) * 4
+  labels = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, 50)
+  for e in (0.0, 0.1):
+    want = optax.softmax_cross_entropy(
+        logits, optax.smooth_labels(jax.nn.one_hot(labels, 50), e))
+    np.testing.assert_allclose(translate.smoothed_cross_entropy(logits, labels, e), want,
+                               rtol=1e-5)
