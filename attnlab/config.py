@@ -74,6 +74,9 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   c = ml_collections.ConfigDict()
   c.experiment = experiment
   c.seed = 0
+  # The random-bit generator: "rbg" makes dropout's bits faster (1.09x a
+  # Transformer step here, more on TPUs) but other numbers than threefry.
+  c.prng_impl = "threefry2x32"
   c.total_steps = total_steps
   c.batch_size = batch_size  # global, over all devices and hosts
   c.grad_accum = 1
@@ -140,6 +143,7 @@ def validate_common(config, device_count):
   check(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0",
         "set --config.optim.weight_decay=0 for none")
   check_choice(config, "optim.name", {"adam", "adamw", "sgd"})
+  check_choice(config, "prng_impl", {"threefry2x32", "rbg", "unsafe_rbg"})
   check_choice(config, "optim.wd_schedule", {"constant", "cosine"})
   check(config.optim.weight_decay_end >= 0, "optim.weight_decay_end", "must be >= 0",
         "set it to the weight decay the cosine schedule ends at")

@@ -187,6 +187,8 @@ def load_run(workdir):
     # Runs made before per-parameter rules: weight decay on every parameter.
     config.optim.update(dict(lr_mults=(), wd_mults=(), frozen=(),
                              wd_schedule="constant", weight_decay_end=0.0))
+  if "prng_impl" not in config:  # runs made before it was a choice
+    config.prng_impl = "threefry2x32"
   if "model" in config and "d_model" in config.model and "scan" not in config.model:
     # Runs made before the layer stack had options: unscanned, no remat.
     config.model.update(dict(scan=False, remat="none"))
@@ -253,6 +255,10 @@ def make_trainer(config, exp, workdir):
   """The trainer; rules that fit no parameter of the model (a regex that
   matches nothing, ...) are one line and exit 2, before any compile."""
   from attnlab import train
+  import jax
+  # Process-wide, so set before the trainer makes its keys: every random
+  # number of the run (init, dropout) comes from this generator.
+  jax.config.update("jax_default_prng_impl", config.prng_impl)
   try:
     return train.Trainer(config, exp, workdir)
   except config_lib.ConfigError as e:

@@ -109,6 +109,8 @@ BAD = [
     ("wmt_heads", ["--config", "configs/wmt.py:ding,runlocal=True",
                    "--config.model.num_heads=3"], ["model.d_model", "not divisible"]),
     ("wmt_variant", ["--config", "configs/wmt.py:huge"], ["unknown variant", "ding"]),
+    ("unknown_prng", ["--config", "configs/charlm.py:runlocal=True",
+                      "--config.prng_impl=philox"], ["prng_impl", "'philox'", "rbg"]),
     ("unknown_remat_policy", ["--config", "configs/gpt.py:runlocal=True",
                               "--config.model.remat=some"],
      ["model.remat", "'some'", "dots", "full", "none"]),

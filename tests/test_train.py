@@ -166,3 +166,22 @@ def test_mfu_peak_published_for_accelerators_measured_on_cpu():
   assert value == 989e12 and "H200" in source and "bfloat16" in source
   assert train.peak_flops(config("float32"), dev("cpu"))[0] == 0.0
   assert train.peak_flops(config("float32", 5e9), dev("TPU v4")) == (5e9, "config.peak_flops")
+
+
+def test_rbg_prng_trains_and_resumes(tmp_path, text_folder):
+  """--config.prng_impl=rbg: the run's key is an rbg key (4 words, not
+  threefry's 2), and a run cut back to its step-2 checkpoint resumes to the
+  same parameters."""
+  import shutil
+  run = lambda: train(tmp_path, text_folder, "--config.prng_impl=rbg", total_steps=4,
+                      ckpt_every=2, eval_every=0)
+  try:
+    whole = run()
+    assert whole["rng"].shape == (4,) and int(whole["step"]) == 4
+    shutil.rmtree(tmp_path / "checkpoints" / "4")  # as if killed after step 2's save
+    resumed = run()
+    assert int(resumed["step"]) == 4
+    for a, b in zip(jax.tree.leaves(whole["params"]), jax.tree.leaves(resumed["params"])):
+      np.testing.assert_array_equal(a, b)
+  finally:
+    jax.config.update("jax_default_prng_impl", "threefry2x32")
