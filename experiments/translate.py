@@ -225,8 +225,7 @@ class Experiment:
     (EOS included) and the attention weights the beam used [target ids,
     source ids]. Every process must call it (the batches span all hosts)."""
     mesh = mesh or sharding_lib.make_mesh((("data", -1),))
-    data = mesh.shape["data"]
-    batch = -(-self.config.decode.batch // data) * data
+    batch = sharded.round_to_devices(self.config.decode.batch, mesh)
     beam = self._beam_rows(mesh, alignments)
     ids = [self.tokenizer.encode(s) for s in sentences]
     order = np.argsort([len(x) for x in ids], kind="stable")

@@ -43,8 +43,7 @@ class _KNN:  # hashable by value: one compile per setting
 def knn_accuracy(train_features, train_labels, features, labels, mesh, num_classes,
                  k=20, temperature=0.07, batch_size=256):
   """Top-1 accuracy of the k-NN classifier on (features, labels)."""
-  data = mesh.shape.get("data", 1)
-  batch_size = -(-batch_size // data) * data
+  batch_size = sharded.round_to_devices(batch_size, mesh)
   bank = jax.device_put({"features": jnp.asarray(train_features),
                          "labels": jnp.asarray(train_labels, jnp.int32)},
                         sharding_lib.replicated(mesh))

@@ -28,8 +28,7 @@ class _Recall:
 
 
 def _recall(queries, query_ids, gallery, gallery_ids, mesh, ks, batch_size):
-  data = mesh.shape.get("data", 1)
-  batch_size = -(-batch_size // data) * data
+  batch_size = sharded.round_to_devices(batch_size, mesh)
   gallery = jax.device_put({"features": jnp.asarray(gallery),
                             "ids": jnp.asarray(gallery_ids, jnp.int32)},
                            sharding_lib.replicated(mesh))

@@ -26,6 +26,12 @@ from jax.experimental import multihost_utils
 from attnlab import sharding as sharding_lib
 
 
+def round_to_devices(batch_size, mesh):
+  """The smallest multiple of the mesh's data devices >= batch_size."""
+  data = mesh.shape.get("data", 1)
+  return -(-batch_size // data) * data
+
+
 def batches(columns, batch_size, mesh):
   """Global batches of `batch_size` rows over every row of `columns`
   ({name: [N, ...]}, the same arrays on every process), plus a `weight`

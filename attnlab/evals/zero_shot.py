@@ -30,8 +30,7 @@ class _ZeroShot:
 def zero_shot_accuracy(image_features, labels, prompt_embeddings, mesh, ks=(1, 5),
                        batch_size=256):
   """{"top1": ..., "top5": ...} over the images."""
-  data = mesh.shape.get("data", 1)
-  batch_size = -(-batch_size // data) * data
+  batch_size = sharded.round_to_devices(batch_size, mesh)
   classes = jax.device_put(class_embeddings(jnp.asarray(prompt_embeddings)),
                            sharding_lib.replicated(mesh))
   ks = tuple(k for k in ks if k <= classes.shape[0])
