@@ -22,7 +22,7 @@
       and MFU at the Transformer's base dims, batch 16 x 64, f32 and bf16,
       against the flax WMT example (DIR = its examples/wmt) in alternating
       windows: the median ratio of the rounds and their spread; levers
-      (rbg dropout bits, the one-hot loss) timed one at a time against ours
+      (rbg dropout bits, the one-hot loss, q/k/v one by one) timed one at a time against ours
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -482,6 +482,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   from flax import linen as nn
   from attnlab import main as main_lib
   from attnlab import train as train_lib
+  from attnlab.nn import attention as att
   from experiments import translate
 
   if not os.path.exists(os.path.join(flax_dir, "train.py")):
@@ -531,6 +532,11 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
       logits, optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), e))
   ours("  loss on one-hot targets")  # as before the fused loss (and as flax)
   translate.smoothed_cross_entropy = fused
+  fused_qkv = att.project_heads
+  att.project_heads = lambda x, weights, dtype=jnp.float32: [
+      fused_qkv(x, [w], dtype)[0] for w in weights]
+  ours("  q, k, v projected one by one")  # as before fused QKV (and as flax)
+  att.project_heads = fused_qkv
 
   # Theirs: its own model, TrainState, optimizer and pmapped train_step.
   cfg = flax_models.TransformerConfig(

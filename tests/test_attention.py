@@ -125,6 +125,30 @@ def test_multi_head_equals_flax_module():
   flax_mha = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
   theirs = flax_mha.apply(params, x, x, mask=mask.dense(T, T))
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+  # Same names, shapes and initial values (runs initialised before q, k
+  # and v were fused start from the same parameters).
+  theirs_init = flax_mha.init(jax.random.PRNGKey(0), x, x)
+  assert jax.tree.structure(theirs_init) == jax.tree.structure(params)
+  jax.tree.map(np.testing.assert_array_equal, theirs_init, params)
+
+
+def test_fused_projections_equal_separate_dense_layers():
+  """Self-attention's q, k, v (and cross-attention's k, v) come from one
+  matmul over the side-by-side kernels: the same values and gradients as
+  one flax DenseGeneral per projection."""
+  x, _, params = mha_and_params()
+  w = [(params["params"][n]["kernel"], params["params"][n]["bias"])
+       for n in ("query", "key", "value")]
+  one_by_one = lambda w, x: [nn.DenseGeneral((2, 4)).apply(
+      {"params": {"kernel": k, "bias": b}}, x) for k, b in w]
+  for got, want in zip(att.project_heads(x, w), one_by_one(w, x)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  loss = lambda project: lambda w, x: sum(
+      (i + 1) * jnp.sum(jnp.sin(y)) for i, y in enumerate(project(w, x)))
+  fused = jax.grad(loss(lambda w, x: att.project_heads(x, w)), argnums=(0, 1))(w, x)
+  separate = jax.grad(loss(one_by_one), argnums=(0, 1))(w, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               fused, separate)
 
 
 @pytest.mark.parametrize("impl", ["naive", "xla", "chunked"])
@@ -302,3 +326,73 @@ def test_bias_with_the_chunked_path_is_refused():
   q, k, v = qkv()
   with pytest.raises(ValueError, match="bias"):
     att.dot_product_attention(q, k, v, bias=jnp.zeros((1, H, T, T)), implementation="chunked")
+
+
+def _grid_window_reference(x, params, heads, window, shift):
+  """Swin's (shifted) window attention written on the whole image: token p
+  sees token q iff, after the cyclic shift, they fall in the same window
+  and the shift did not wrap either axis between them (so their offset is
+  the same before and after it); the bias is the table entry of that
+  offset. numpy, float64, every pair of the H x W grid at once."""
+  x = np.asarray(x, np.float64)
+  B, Hh, Ww, C = x.shape
+  y, xx = np.meshgrid(np.arange(Hh), np.arange(Ww), indexing="ij")
+  y, xx = y.ravel(), xx.ravel()
+  ry, rx = (y - shift) % Hh, (xx - shift) % Ww
+  same = (ry[:, None] // window == ry[None] // window) & (rx[:, None] // window == rx[None] // window)
+  no_wrap = ((ry[:, None] - ry[None]) == (y[:, None] - y[None])) & (
+      (rx[:, None] - rx[None]) == (xx[:, None] - xx[None]))
+  allowed = same & no_wrap
+  dy, dx = y[:, None] - y[None], xx[:, None] - xx[None]
+  table = np.asarray(params["RelativePositionBias_0"]["table"], np.float64)
+  idx = np.clip((dy + window - 1) * (2 * window - 1) + dx + window - 1, 0, len(table) - 1)
+  bias = table[idx].transpose(2, 0, 1)  # [heads, HW, HW]; used where allowed
+  p = {k: {n: np.asarray(v, np.float64) for n, v in d.items()}
+       for k, d in params["attention"].items()}
+  tokens = x.reshape(B, Hh * Ww, C)
+  proj = lambda n: np.einsum("btc,chd->bthd", tokens, p[n]["kernel"]) + p[n]["bias"]
+  q, k, v = proj("query"), proj("key"), proj("value")
+  s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + bias[None]
+  s = np.where(allowed, s, -np.inf)
+  w = np.exp(s - s.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  out = np.einsum("bhqk,bkhd->bqhd", w, v)
+  out = np.einsum("bqhd,hdc->bqc", out, p["out"]["kernel"]) + p["out"]["bias"]
+  return out.reshape(B, Hh, Ww, C)
+
+
+@pytest.mark.parametrize("impl", ["naive", "xla"])
+@pytest.mark.parametrize("shift", [0, 2])
+def test_shifted_window_attention_is_swin_on_the_whole_grid(shift, impl):
+  """WindowAttention (partition, relative position bias, shift as segments)
+  equals attention over every pair of the 8 x 12 map restricted to Swin's
+  windows, with the bias looked up by offset (reference above)."""
+  heads, window = 2, 4
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 12, 8))
+  layer = att.WindowAttention(heads, window, shift=shift, implementation=impl)
+  params = layer.init(jax.random.PRNGKey(1), x)["params"]
+  # A non-zero table, so that a wrong offset would show.
+  params["RelativePositionBias_0"]["table"] = jax.random.normal(
+      jax.random.PRNGKey(2), params["RelativePositionBias_0"]["table"].shape)
+  out, _ = layer.apply({"params": params}, x)
+  want = _grid_window_reference(x, params, heads, window, shift)
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+
+
+def test_window_partition_round_trip_and_regions():
+  x = jnp.arange(2 * 8 * 12 * 3).reshape(2, 8, 12, 3)
+  windows = att.window_partition(x, 4)
+  assert windows.shape == (2 * 2 * 3, 16, 3)
+  np.testing.assert_array_equal(windows[1, :4, 0], x[0, 0, 4:8, 0])  # 2nd window, 1st row
+  np.testing.assert_array_equal(att.window_merge(windows, 4, 8, 12), x)
+  regions = att.shifted_window_regions(8, 12, 4, 2)
+  # Unshifted-interior windows are one region; the last row/column of
+  # windows is split where the roll wrapped (Swin's figure 4).
+  assert len(set(regions[0].tolist())) == 1
+  assert len(set(regions[-1].tolist())) == 4
+  assert len(set(regions[2].tolist())) == 2 and len(set(regions[3].tolist())) == 2
+
+
+def test_window_attention_refuses_a_map_that_is_no_multiple_of_the_window():
+  with pytest.raises(ValueError, match="multiple of window"):
+    att.WindowAttention(2, 4).init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 8, 8)))

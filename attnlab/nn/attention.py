@@ -16,6 +16,11 @@ that the memory-efficient implementation never builds a [Tq, Tk] mask:
   "chunked"  blocks of queries and keys with an online softmax (Rabe &
              Staats 2021; Dao et al. 2022) and a recomputing backward pass:
              O(n) memory for forward and gradients
+An additive `bias` (a relative position bias) goes to the naive and xla paths.
+
+Swin's 2-D windows are the same call on windows of a feature map:
+`window_partition`, a `RelativePositionBias` and, for shifted windows,
+`Mask` segments from `shifted_window_regions` (`WindowAttention`).
 """
 import dataclasses
 import functools
@@ -24,6 +29,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Finite, so a row with no visible key gives zeros instead of NaN.
 NEG_INF = -1e30
@@ -412,8 +418,11 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x_q, x_kv=None, mask=None, *, kv=None, bias=None,
                return_weights=False, train=False):
-    q = self._dense("query", x_q)
-    k, v = kv if kv is not None else self.project_kv(x_q if x_kv is None else x_kv)
+    if kv is None and x_kv is None:  # self-attention: q, k, v in one matmul
+      q, k, v = self._project(("query", "key", "value"), x_q)
+    else:
+      q, = self._project(("query",), x_q)
+      k, v = kv if kv is not None else self.project_kv(x_kv)
     if train and self.dropout_rate > 0:
       out, weights = dot_product_attention(q, k, v, mask, bias=bias, return_weights=True)
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
@@ -429,12 +438,134 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def project_kv(self, x_kv):
-    return self._dense("key", x_kv), self._dense("value", x_kv)
+    return self._project(("key", "value"), x_kv)
 
-  def _dense(self, name, x):
+  def _project(self, names, x):
     features = self.features or x.shape[-1]
-    return nn.DenseGeneral((self.num_heads, features // self.num_heads),
-                           dtype=self.dtype, name=name)(x)
+    weights = [HeadsProjection(x.shape[-1], self.num_heads, features // self.num_heads,
+                               name=name)() for name in names]
+    return project_heads(x, weights, self.dtype)
+
+
+class HeadsProjection(nn.Module):
+  """The kernel [D, heads, D/heads] and bias [heads, D/heads] of one of q, k,
+  v: named, shaped and initialised as flax's DenseGeneral (lecun normal over
+  the flattened [D, D] kernel), so checkpoints and flax's module agree; the
+  matmul itself is `project_heads`, which fuses several of them."""
+  in_features: int
+  num_heads: int
+  head_dim: int
+
+  @nn.compact
+  def __call__(self):
+    flat = nn.initializers.lecun_normal()
+    kernel = self.param(
+        "kernel", lambda key, shape: flat(key, (shape[0], shape[1] * shape[2])).reshape(shape),
+        (self.in_features, self.num_heads, self.head_dim))
+    bias = self.param("bias", nn.initializers.zeros, (self.num_heads, self.head_dim))
+    return kernel, bias
+
+
+def project_heads(x, weights, dtype=jnp.float32):
+  """x [..., D] times each (kernel [D, H, Dh], bias [H, Dh]) of `weights` as
+  ONE matmul against the kernels side by side (fused QKV: one pass over x,
+  one larger matmul, and one for the gradient with respect to x)."""
+  kernels, biases = zip(*weights)
+  kernel, bias = jnp.concatenate(kernels, 1), jnp.concatenate(biases, 0)
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+  y = jnp.einsum("...d,dhk->...hk", x, kernel) + bias
+  return jnp.split(y, len(weights), axis=-2)
+
+
+# --- 2-D windows (Swin: Liu et al. 2021, section 3.2) -------------------------
+def window_partition(x, window):
+  """[B, H, W, C] -> [B * (H/w) * (W/w), w * w, C]: non-overlapping w x w
+  windows, row-major within the image and within each window."""
+  B, H, W, C = x.shape
+  x = x.reshape(B, H // window, window, W // window, window, C)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window * window, C)
+
+
+def window_merge(windows, window, height, width):
+  """The inverse of `window_partition`: [B * nW, w * w, C] -> [B, H, W, C]."""
+  C = windows.shape[-1]
+  x = windows.reshape(-1, height // window, width // window, window, window, C)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, height, width, C)
+
+
+def shifted_window_regions(height, width, window, shift):
+  """[nW, w * w] int: after the cyclic shift by (-shift, -shift), which of the
+  3 x 3 regions of the shifted image each token of each window lies in.
+  Within a window, tokens of different regions were not neighbours before
+  the shift, so they must not see each other: as `Mask` segments these ids
+  are Swin's masked attention for shifted windows."""
+  # numpy: static, from the shapes alone.
+  edges = lambda n: np.digitize(np.arange(n), [n - window, n - shift])
+  regions = edges(height)[:, None] * 3 + edges(width)[None, :]
+  return window_partition(regions[None, :, :, None], window)[..., 0]
+
+
+def relative_position_index(window):
+  """[w * w, w * w] int: for tokens i, j of a window, the row of a
+  (2w - 1)^2 table that holds the bias of their offset (dy, dx) = pos_i - pos_j."""
+  pos = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij"), -1)
+  rel = pos.reshape(-1, 1, 2) - pos.reshape(1, -1, 2) + (window - 1)
+  return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+class RelativePositionBias(nn.Module):
+  """Swin's relative position bias: one learned scalar per head for each of
+  the (2w - 1)^2 offsets inside a window; returns [1, heads, w*w, w*w] for
+  `dot_product_attention(bias=...)`."""
+  num_heads: int
+  window: int
+
+  @nn.compact
+  def __call__(self):
+    table = self.param("table", nn.initializers.truncated_normal(0.02),
+                       ((2 * self.window - 1) ** 2, self.num_heads))
+    bias = table[relative_position_index(self.window)]  # [w*w, w*w, heads]
+    return bias.transpose(2, 0, 1)[None]
+
+
+class WindowAttention(nn.Module):
+  """(Shifted) window multi-head self-attention over a feature map [B, H, W, C]
+  (Swin, section 3.2): attention within w x w windows, with a relative
+  position bias; `shift` > 0 rolls the map by (-shift, -shift) first, so the
+  windows straddle the previous layer's, and masks tokens the roll brought
+  together. Returns (out [B, H, W, C], weights [B * nW, heads, w*w, w*w] or None)."""
+  num_heads: int
+  window: int
+  shift: int = 0
+  relative_bias: bool = True
+  implementation: str = "xla"
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, return_weights=False, train=False):
+    B, height, width, _ = x.shape
+    w, s = self.window, self.shift
+    if height % w or width % w or not 0 <= s < w:
+      raise ValueError(f"window attention needs the feature map ({height} x {width}) "
+                       f"to be a multiple of window={w} and 0 <= shift < window "
+                       f"(shift={s}); pad the map or choose another window")
+    if s:
+      x = jnp.roll(x, (-s, -s), axis=(1, 2))
+    mask = None
+    if s:
+      regions = jnp.tile(jnp.asarray(shifted_window_regions(height, width, w, s)), (B, 1))
+      mask = Mask(q_segments=regions, kv_segments=regions)
+    bias = RelativePositionBias(self.num_heads, w)() if self.relative_bias else None
+    out, weights = MultiHeadAttention(
+        self.num_heads, implementation=self.implementation,
+        dropout_rate=self.dropout_rate, dtype=self.dtype, name="attention")(
+            window_partition(x, w), mask=mask, bias=bias,
+            return_weights=return_weights, train=train)
+    out = window_merge(out, w, height, width)
+    if s:
+      out = jnp.roll(out, (s, s), axis=(1, 2))
+    return out, weights
 
 
 # --- location-based attention (Graves 2013) ----------------------------------
