@@ -149,6 +149,19 @@ def confusion(counts, classes, path, writer=None, step=0, title=""):
   _save(fig, path, writer, step, "confusion")
 
 
+def image_grid(pictures, captions, path, writer=None, step=0, title="", cols=5):
+  """uint8 images [H, W, 3] in a grid, each with its caption underneath."""
+  rows = -(-len(pictures) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.2 * rows), squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, picture, caption in zip(axes.ravel(), pictures, captions):
+    ax.imshow(picture, interpolation="nearest")
+    ax.set_title(caption, fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  _save(fig, path, writer, step, os.path.splitext(os.path.basename(path))[0].split("_")[0])
+
+
 def compare_runs(runs, key, path, x="step"):
   """One curve of `key` per run: {label: metrics rows}. x = "step" or
   "minutes": the run's wall clock (evals included) at the train row of the

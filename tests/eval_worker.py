@@ -21,13 +21,30 @@ def columns():
           "labels": rng.integers(0, 3, 13).astype(np.int32)}
 
 
+class Rows:
+  """columns() as a random-access source that records which rows it read."""
+
+  def __init__(self, x):
+    self.x, self.read = x, []
+
+  def __len__(self):
+    return len(self.x)
+
+  def __getitem__(self, i):
+    self.read.append(i)
+    return {"x": self.x[i]}
+
+
 def results(mesh):
   c = columns()
   out = sharded.rows(double, 2.0, sharded.batches({"x": c["x"]}, 4, mesh))
+  source = Rows(c["x"])
+  from_source = sharded.rows(double, 2.0, sharded.batches(source, 4, mesh))
   total = sharded.sums(double, 2.0, sharded.batches({"x": c["x"]}, 4, mesh))
   acc = knn.knn_accuracy(c["x"], c["labels"], c["x"][::-1], c["labels"][::-1], mesh,
                          num_classes=3, k=3, batch_size=4)
-  return {"rows": out["y"], "y_sum": total["y"], "ones": total["ones"],
+  return {"rows": out["y"], "rows_from_source": from_source["y"],
+          "source_reads": len(source.read), "y_sum": total["y"], "ones": total["ones"],
           "count": total["count"], "knn": acc}
 
 

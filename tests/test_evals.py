@@ -26,6 +26,11 @@ def test_padded_rows_count_zero_times_and_rows_come_back_in_order():
     np.testing.assert_allclose(total["y"], 2 * c["x"].sum(), rtol=1e-5)
     out = sharded.rows(eval_worker.double, 2.0, sharded.batches({"x": c["x"]}, 8, mesh))
     np.testing.assert_array_equal(out["y"], 2 * c["x"])
+    # The same rows from a random-access source, each read exactly once.
+    source = eval_worker.Rows(c["x"])
+    out = sharded.rows(eval_worker.double, 2.0, sharded.batches(source, 8, mesh))
+    np.testing.assert_array_equal(out["y"], 2 * c["x"])
+    assert sorted(source.read) == list(range(13))
   with pytest.raises(ValueError, match="multiple of the mesh's 8"):
     next(sharded.batches({"x": c["x"]}, 4, EIGHT))
 
@@ -44,7 +49,10 @@ def test_two_hosts_gather_what_one_host_computes(tmp_path):
   two = np.load(tmp_path / "two.npz")
   one = eval_worker.results(sharding_lib.make_mesh((("data", 4),), jax.devices()[:4]))
   assert two["count"] == 13 and two["ones"] == 13
-  for key in one:
+  # Process 0 of 2 read only its own rows of the source: 2 of each batch
+  # of 4, 0-1, 4-5, 8-9, 12.
+  assert two["source_reads"] == 7
+  for key in set(one) - {"source_reads"}:
     np.testing.assert_allclose(two[key], one[key], rtol=1e-6)
 
 

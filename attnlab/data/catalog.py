@@ -17,7 +17,8 @@ from attnlab.data import fetch
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 LOCAL_BUILDERS = {"shakespeare": "attnlab.data.shakespeare",
                   "ding": "attnlab.data.translation",
-                  "bible": "attnlab.data.translation"}
+                  "bible": "attnlab.data.translation",
+                  "fmnist": "attnlab.data.fashion_mnist"}
 
 
 def data_dir(data):
@@ -34,9 +35,9 @@ def builder(data, **kwargs):
   return tfds.builder(data.source, data_dir=data_dir(data), **kwargs)
 
 
-def data_source(data, split):
+def data_source(data, split, **kwargs):
   _register(data.source)
-  return tfds.data_source(data.source, split=split, data_dir=data_dir(data))
+  return tfds.data_source(data.source, split=split, data_dir=data_dir(data), **kwargs)
 
 
 def prepare(data):

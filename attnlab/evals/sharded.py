@@ -33,28 +33,40 @@ def round_to_devices(batch_size, mesh):
 
 
 def batches(columns, batch_size, mesh):
-  """Global batches of `batch_size` rows over every row of `columns`
-  ({name: [N, ...]}, the same arrays on every process), plus a `weight`
-  column (1 for real rows, 0 for the padding of the last batch). Each
-  process contributes its rows of each batch."""
+  """Global batches of `batch_size` rows over every row of `columns`, plus
+  a `weight` column (1 for real rows, 0 for the padding of the last
+  batch). Each process contributes its rows of each batch.
+
+  columns: {name: [N, ...]} (the same arrays on every process), or a
+  random-access source (len() and [i] -> {name: array}, e.g. images
+  decoded and preprocessed on access), of which each process reads only
+  its own rows."""
   data = mesh.shape.get("data", 1)
   if batch_size % data:
     raise ValueError(f"eval batch {batch_size} is not a multiple of the mesh's {data} "
                      "data devices")
   local = sharding_lib.local_batch_size(batch_size, mesh)
   first = jax.process_index() * local  # processes own consecutive blocks
-  n = len(next(iter(columns.values())))
+  if isinstance(columns, dict):
+    columns = {k: np.asarray(v) for k, v in columns.items()}
+    n = len(next(iter(columns.values())))
+    take = lambda lo, hi: {k: v[lo:hi] for k, v in columns.items()}
+  else:
+    n = len(columns)
+
+    def take(lo, hi):
+      got = [columns[i] for i in range(lo, hi)]
+      return {k: np.stack([np.asarray(row[k]) for row in got]) for k in got[0]}
   for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    weight = np.zeros(batch_size, np.float32)
-    weight[:stop - start] = 1
-    rows = {"weight": weight}
-    for name, v in columns.items():
-      v = np.asarray(v)
-      rows[name] = np.concatenate(
-          [v[start:stop], np.zeros((batch_size - (stop - start),) + v.shape[1:], v.dtype)])
-    yield sharding_lib.global_batch(
-        {k: v[first:first + local] for k, v in rows.items()}, mesh)
+    lo, hi = min(start + first, n), min(start + first + local, n)
+    # A process with no real row in this batch still feeds padding (the
+    # shapes of row 0).
+    rows = take(lo, hi) if hi > lo else {k: v[:0] for k, v in take(0, 1).items()}
+    pad = local - (hi - lo)
+    rows = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+            for k, v in rows.items()}
+    rows["weight"] = (np.arange(local) < hi - lo).astype(np.float32)
+    yield sharding_lib.global_batch(rows, mesh)
 
 
 def _row_weight(weight, value):

@@ -1,0 +1,194 @@
+"""Labelled images: sources and grain pipelines (every vision experiment).
+
+Sources (`config.data.source`):
+  "fmnist"       Fashion-MNIST from Debian (attnlab/data/fashion_mnist.py)
+  "folder"       bring your own: `data.folder`/<split>/<label>/*.png|jpg|...
+                 (splits train, validation, test; labels are the folder
+                 names, sorted; without validation/ the last data.holdout
+                 of each label's training files is validation)
+  a tfds name    any prepared tfds dataset with `image` and `label` features
+                 (imagenet2012, cifar10, imagenette, ...)
+
+A source is random access: `source[i]` -> {"image": encoded bytes, "label":
+int}. Images stay encoded until the `decode` op of the pipeline, which
+`config.data.pp_train` / `pp_eval` choose (attnlab/data/image_ops.py).
+"""
+import glob
+import os
+
+import grain
+import numpy as np
+
+from attnlab import config as config_lib
+from attnlab.data import catalog
+from attnlab.data import image_ops
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+FOLDER_SPLITS = ("train", "validation", "test")
+
+
+# --- sources -------------------------------------------------------------------
+class FolderSource:
+  """ROOT/<split>/<label>/<file> as a random-access source; the label is the
+  index of the folder's name among the sorted label folders of train/."""
+
+  def __init__(self, files, labels, class_names):
+    self.files, self.labels, self.class_names = files, labels, class_names
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    with open(self.files[i], "rb") as f:
+      return {"image": f.read(), "label": self.labels[i]}
+
+
+def folder_classes(root):
+  train = os.path.join(root, "train")
+  return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+
+
+def _label_files(folder):
+  return sorted(p for p in glob.glob(os.path.join(folder, "*"))
+                if p.lower().endswith(EXTENSIONS))
+
+
+def folder_source(data, split):
+  classes = folder_classes(data.folder)
+  has_validation = os.path.isdir(os.path.join(data.folder, "validation"))
+  read_from = "train" if split == "validation" and not has_validation else split
+  files, labels = [], []
+  for label, name in enumerate(classes):
+    found = _label_files(os.path.join(data.folder, read_from, name))
+    if read_from != split or (split == "train" and not has_validation):
+      cut = len(found) - int(round(len(found) * data.holdout))
+      found = found[cut:] if split == "validation" else found[:cut]
+    files += found
+    labels += [label] * len(found)
+  return FolderSource(files, labels, classes)
+
+
+def check_folder(data):
+  """One-line errors for a folder that cannot be trained on, before any
+  compile: missing splits, a label without images, a file that is not an
+  image (named)."""
+  from PIL import Image, UnidentifiedImageError
+  config_lib.check(bool(data.folder), "data.folder", "empty",
+                   "set --config.data.folder=ROOT (ROOT/train/<label>/*.png ...)")
+  config_lib.check_folder("data.folder", data.folder, "train/ and test/ subfolders")
+  for split in ("train", "test"):
+    config_lib.check(os.path.isdir(os.path.join(data.folder, split)), "data.folder",
+                     f"{data.folder!r} has no {split}/ subfolder",
+                     "lay images out as ROOT/{train,test}[,validation]/<label>/*.png")
+  classes = folder_classes(data.folder)
+  config_lib.check(len(classes) >= 2, "data.folder",
+                   f"{os.path.join(data.folder, 'train')!r} has {len(classes)} label "
+                   "folder(s)", "give one subfolder per label, at least two")
+  splits = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(data.folder, s))]
+  for split in splits:
+    others = sorted(set(os.listdir(os.path.join(data.folder, split))) - set(classes))
+    if others:
+      raise config_lib.ConfigError(
+          "data.folder", f"{split}/ has {others[0]!r}, which is not a label folder of train/",
+          "use the same label folders in every split")
+    for name in classes:
+      folder = os.path.join(data.folder, split, name)
+      files = _label_files(folder) if os.path.isdir(folder) else []
+      config_lib.check(bool(files) or split != "train", "data.folder",
+                       f"label folder {folder!r} has no images ({', '.join(EXTENSIONS)})",
+                       "put images in it or remove it")
+      for path in files:
+        try:
+          with Image.open(path) as img:
+            img.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+          raise config_lib.ConfigError(
+              "data.folder", f"{path} is not a readable image ({type(e).__name__})",
+              "delete or replace the file") from None
+  if "validation" not in splits:
+    small = [n for n in classes if int(round(
+        len(_label_files(os.path.join(data.folder, "train", n))) * data.holdout)) == 0]
+    if small:
+      raise config_lib.ConfigError(
+          "data.folder", f"train/{small[0]} is too small to hold out "
+          f"data.holdout={data.holdout} of it for validation",
+          "add a validation/ split or more images")
+
+
+def source(data, split):
+  """The split as a random-access source of {"image": bytes, "label": int}."""
+  if data.source == "folder":
+    return folder_source(data, split)
+  import tensorflow_datasets as tfds
+  return _TfdsImages(catalog.data_source(
+      data, split, decoders={"image": tfds.decode.SkipDecoding()}))
+
+
+class _TfdsImages:
+  """A tfds data source with the image left encoded and only image and label."""
+
+  def __init__(self, ds):
+    self.ds = ds
+
+  def __len__(self):
+    return len(self.ds)
+
+  def __getitem__(self, i):
+    row = self.ds[i]
+    return {"image": row["image"], "label": int(row["label"])}
+
+
+def class_names(data):
+  if data.source == "folder":
+    return folder_classes(data.folder)
+  return list(catalog.builder(data).info.features["label"].names)
+
+
+def display(image):
+  """An encoded image as uint8 RGB [H, W, 3], for figures."""
+  return image_ops.OPS["decode"](3)({"image": image}, None)["image"]
+
+
+def validate(data):
+  """The data.* keys of an image experiment (one line, exit 2)."""
+  image_ops.build(data.pp_train, "data.pp_train")
+  image_ops.build(data.pp_eval, "data.pp_eval")
+  config_lib.check(0 < data.holdout < 1, "data.holdout",
+                   f"{data.holdout} is not in (0, 1)", "e.g. 0.1")
+  if data.source == "folder":
+    check_folder(data)
+  else:
+    config_lib.check(not data.folder, "data.folder",
+                     f"set but data.source is {data.source!r}",
+                     "also set --config.data.source=folder")
+
+
+# --- pipelines -------------------------------------------------------------------
+def train_dataset(src, pp, local_batch, process_index, process_count, num_steps,
+                  global_batch, seed, mixup=0.0, num_classes=0, workers=0):
+  """Grain iterator of this process's rows of each global batch: shuffled
+  every epoch (seeded), sharded across processes, preprocessed by `pp` with
+  per-element random numbers, batched; mixup on whole batches."""
+  epochs = num_steps * global_batch // max(len(src), 1) + 2
+  ds = (grain.MapDataset.source(src).seed(seed).shuffle().repeat(epochs)
+        [process_index::process_count]
+        .random_map(image_ops.build(pp, "data.pp_train"))
+        .batch(local_batch, drop_remainder=True))
+  if mixup:
+    ds = ds.random_map(lambda b, rng: image_ops.mixup(b, rng, mixup, num_classes))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=max(workers, 1),
+                                              prefetch_buffer_size=4 * local_batch))
+
+
+class Preprocessed:
+  """src[i] through the eval pipeline (no randomness: one fixed generator
+  per row), random access, for attnlab.evals.sharded.batches."""
+
+  def __init__(self, src, pp, key="data.pp_eval"):
+    self.src, self.fn = src, image_ops.build(pp, key)
+
+  def __len__(self):
+    return len(self.src)
+
+  def __getitem__(self, i):
+    return self.fn(self.src[i], np.random.default_rng(i))

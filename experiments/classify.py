@@ -1,0 +1,244 @@
+"""Image classification: ViT or ResNet (`config.model.name`) trained with
+labels, from scratch or fine-tuned from another run.
+
+Loss: softmax cross-entropy with label smoothing (`config.label_smoothing`),
+or `config.loss="sigmoid"` (a binary cross-entropy per class, as big_vision
+pretrains); mixup (`config.data.mixup`, its alpha) mixes images and labels
+of a batch. Evaluation on `data.eval_split` during training and once on
+`data.test_split` after it: top-1 and top-5 accuracy and loss; at the end
+also per-class accuracy, a confusion matrix and a grid of test images with
+the model's guesses (plots/ and TensorBoard).
+
+Fine-tuning (`config.init_from` = another run's workdir): every parameter of
+the same architecture is taken, the head is new (another task may have
+other classes), and position embeddings are resized in 2-D when the image
+size differs (`vit.resize_posemb`).
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from attnlab import checkpoint as ckpt_lib
+from attnlab import config as config_lib
+from attnlab import viz
+from attnlab.data import images
+from attnlab.evals import sharded
+from attnlab.models import resnet
+from attnlab.models import vit
+
+HEAD = "head"  # the parameters a fine-tuned run starts afresh
+
+
+def model_fields(m):
+  """ViT's fields from config.model: the variant string, then explicit
+  overrides (0 keeps the variant's value; for small embedded models)."""
+  fields = vit.parse_variant(m.variant)
+  fields.update({k: m[k] for k in ("width", "depth", "mlp_dim", "num_heads") if m.get(k)})
+  return fields
+
+
+def make_model(m, num_classes):
+  """The backbone of config.model with a head of `num_classes` (0: none)."""
+  if m.name == "resnet":
+    return resnet.ResNet(num_classes, depth=resnet.parse_variant(m.variant),
+                         width=m.width or 64, norm=m.norm, small_inputs=m.small_inputs,
+                         dtype=jnp.dtype(m.dtype))
+  return vit.ViT(
+      num_classes=num_classes, **model_fields(m), image_size=m.image_size, pool=m.pool,
+      posemb=m.posemb, representation_size=m.representation_size, dropout=m.dropout,
+      attention_dropout=m.attention_dropout, implementation=m.implementation,
+      scan=m.scan, remat=m.remat, dtype=jnp.dtype(m.dtype))
+
+
+def validate(config):
+  images.validate(config.data)
+  m = config.model
+  config_lib.check_choice(config, "model.name", {"vit", "resnet"})
+  if m.name == "resnet":
+    try:
+      resnet.parse_variant(m.variant)
+    except ValueError as e:
+      raise config_lib.ConfigError("model.variant", str(e), "e.g. --config.model.variant=50")
+    config_lib.check_choice(config, "model.norm", {"batch", "group"})
+  else:
+    try:
+      fields = model_fields(m)
+    except ValueError as e:
+      raise config_lib.ConfigError("model.variant", str(e), "e.g. --config.model.variant=S/16")
+    config_lib.check(m.image_size % fields["patch"] == 0, "model.image_size",
+                     f"{m.image_size} is not divisible by the patch size {fields['patch']}",
+                     "resize the images (data.pp_*) to a multiple of the patch, or change "
+                     "the variant's patch")
+    config_lib.check(fields["width"] % fields["num_heads"] == 0, "model.width",
+                     f"{fields['width']} is not divisible by {fields['num_heads']} heads",
+                     "use a multiple of model.num_heads")
+    config_lib.check_choice(config, "model.pool", {"tok", "gap"})
+    config_lib.check_choice(config, "model.posemb", {"learn", "sincos2d"})
+  config_lib.check_choice(config, "loss", {"softmax", "sigmoid"})
+  config_lib.check(0 <= config.label_smoothing < 1, "label_smoothing",
+                   f"{config.label_smoothing} is not in [0, 1)", "e.g. 0.1")
+  config_lib.check(config.data.mixup >= 0, "data.mixup", f"{config.data.mixup} < 0",
+                   "use 0 (off) or an alpha such as 0.2")
+  if config.init_from:
+    config_lib.check(os.path.isdir(os.path.join(config.init_from, "checkpoints")),
+                     "init_from", f"{config.init_from} has no checkpoints",
+                     "give the --workdir of a finished classification run")
+
+
+class Experiment:
+  item_name = "images"
+
+  def __init__(self, config, workdir=None):
+    self.config, self.workdir = config, workdir
+    data = config.data
+    self.classes = images.class_names(data)
+    m = config.model
+    self.model = make_model(m, len(self.classes))
+    # BatchNorm statistics are the model's state; its loss needs the batch whole.
+    self.batch_norm = m.name == "resnet" and m.norm == "batch"
+    self.whole_batch = "BatchNorm normalises over the batch" if self.batch_norm else None
+    self._eval = {}
+    # One preprocessed eval image says the shape the model is built for.
+    example = self.eval_source(data.eval_split)[0]["image"]
+    config_lib.check(example.shape[:2] == (m.image_size, m.image_size), "data.pp_eval",
+                     f"makes {example.shape[0]} x {example.shape[1]} images but "
+                     f"model.image_size is {m.image_size}",
+                     "resize to model.image_size in data.pp_train and data.pp_eval")
+    self.channels = example.shape[-1]
+
+  def eval_source(self, split):
+    if split not in self._eval:
+      self._eval[split] = images.Preprocessed(images.source(self.config.data, split),
+                                              self.config.data.pp_eval)
+    return self._eval[split]
+
+  # --- what the trainer needs --------------------------------------------
+  def items_per_step(self, batch_size):
+    return batch_size
+
+  def train_iter(self, local_batch, process_index, process_count):
+    c = self.config
+    src = images.source(c.data, c.data.train_split)
+    if jax.process_index() == 0:
+      print(f"data: {len(src):,} training images, {len(self.classes)} classes, "
+            f"{len(self.eval_source(c.data.eval_split)):,} {c.data.eval_split} images",
+            flush=True)
+    return iter(images.train_dataset(
+        src, c.data.pp_train, local_batch, process_index, process_count, c.total_steps,
+        c.batch_size, c.seed, mixup=c.data.mixup, num_classes=len(self.classes),
+        workers=c.data.workers))
+
+  def init(self, rng, batch_size):
+    s = self.config.model.image_size
+    x = jnp.zeros((batch_size, s, s, self.channels), jnp.float32)
+    variables = self.model.init(rng, x)
+    return {"params": variables["params"],
+            "model_state": {k: v for k, v in variables.items() if k != "params"}}
+
+  def _apply(self, params, state, images, train, rng=None):
+    """(logits, aux, new model_state): BatchNorm statistics are used in
+    evaluation and updated (from this global batch) in training."""
+    variables = {"params": params, **state["model_state"]}
+    rngs = {"dropout": rng} if train and rng is not None else {}
+    if train and self.batch_norm:
+      (logits, aux), updates = self.model.apply(variables, images, train=True, rngs=rngs,
+                                                mutable=["batch_stats"])
+      return logits, aux, dict(updates)
+    logits, aux = self.model.apply(variables, images, train=train, rngs=rngs)
+    return logits, aux, state["model_state"]
+
+  def pretrained(self, params, model_state):
+    """Every parameter but the head (and BatchNorm's statistics) from
+    `init_from`, position embeddings resized to this run's grid."""
+    source = self.config.init_from
+    if not source:
+      return params, model_state, None
+    loaded, loaded_state = ckpt_lib.load_variables(source)
+    loaded = {k: v for k, v in loaded.items() if k != HEAD}
+    if "pos_embedding" in loaded and "pos_embedding" in params:
+      side = self.config.model.image_size // self.model.patch
+      prefix = 1 if self.model.pool == "tok" else 0
+      loaded["pos_embedding"] = vit.resize_posemb(loaded["pos_embedding"], (side, side),
+                                                  prefix)
+    mine = {k: v for k, v in params.items() if k != HEAD}
+    shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
+    if shapes(mine) != shapes(loaded):
+      raise config_lib.ConfigError(
+          "init_from", f"{source} holds another architecture than model.variant="
+          f"{self.config.model.variant}", "fine-tune with the pretrained run's model.* keys")
+    if jax.tree.structure(loaded_state) == jax.tree.structure(model_state):
+      model_state = loaded_state
+    return {**params, **loaded}, model_state, source
+
+  def _targets(self, labels, num_classes):
+    """Integer labels or mixup's soft labels -> smoothed target distributions."""
+    if labels.ndim == 1:
+      labels = jax.nn.one_hot(labels, num_classes)
+    return optax.smooth_labels(labels, self.config.label_smoothing)
+
+  def _nll(self, logits, labels):
+    targets = self._targets(labels, logits.shape[-1])
+    if self.config.loss == "sigmoid":
+      return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
+    return optax.softmax_cross_entropy(logits, targets)
+
+  def loss(self, params, state, batch, ctx):
+    logits, _, model_state = self._apply(params, state, batch["image"], True, ctx.rng)
+    labels = batch["label"]
+    hard = labels if labels.ndim == 1 else labels.argmax(-1)
+    return self._nll(logits, labels).mean(), (
+        {"accuracy": jnp.mean(logits.argmax(-1) == hard)},
+        dict(state, model_state=model_state))
+
+  # --- evaluation ---------------------------------------------------------
+  def _eval_rows(self, variables, batch):
+    params, model_state = variables
+    logits, _, _ = self._apply(params, {"model_state": model_state}, batch["image"], False)
+    label = batch["label"]
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return {"nll": optax.softmax_cross_entropy_with_integer_labels(logits, label)
+            if self.config.loss == "softmax" else self._nll(logits, label),
+            "top1": (top5[:, 0] == label).astype(jnp.float32),
+            "top5": jnp.any(top5 == label[:, None], -1).astype(jnp.float32),
+            "prediction": top5[:, 0], "label": label}
+
+  def _evaluate(self, state, mesh, split, prefix, report, writer=None, step=0):
+    src = self.eval_source(split)
+    rows = sharded.rows(self._eval_rows, (state["params"], state["model_state"]), sharded.batches(
+        src, sharded.round_to_devices(self.config.eval_batch_size, mesh), mesh))
+    results = {f"{prefix}/loss": float(rows["nll"].mean()),
+               f"{prefix}/accuracy": float(rows["top1"].mean()),
+               f"{prefix}/top5": float(rows["top5"].mean())}
+    if report and jax.process_index() == 0:
+      self._report(rows, src, f"{split}_step{step}", writer, step)
+    return results
+
+  def evaluate(self, state, mesh, step, writer):
+    return self._evaluate(state, mesh, self.config.data.eval_split, "eval", False)
+
+  def finish(self, state, mesh, writer):
+    """The test split, once: accuracy, per-class accuracy, confusion matrix
+    and sample predictions."""
+    return self._evaluate(state, mesh, self.config.data.test_split, "test", True,
+                          writer, int(state["step"]))
+
+  def _report(self, rows, src, tag, writer, step):
+    k = len(self.classes)
+    counts = np.zeros((k, k), int)
+    np.add.at(counts, (rows["label"], rows["prediction"]), 1)
+    per_class = counts.diagonal() / np.maximum(counts.sum(1), 1)
+    for name, acc, n in zip(self.classes, per_class, counts.sum(1)):
+      print(f"  {name:<20} accuracy {100 * acc:5.1f}% over {n} images", flush=True)
+    plots = os.path.join(self.workdir, "plots")
+    viz.confusion(counts, self.classes, os.path.join(plots, f"confusion_{tag}.png"),
+                  writer, step, title=f"{tag.replace('_', ' ')}")
+    shown = np.linspace(0, len(src) - 1, min(25, len(src))).astype(int)
+    viz.image_grid([images.display(src.src[i]["image"]) for i in shown],
+                   [f"{self.classes[rows['prediction'][i]]}"
+                    + ("" if rows["prediction"][i] == rows["label"][i]
+                       else f" ({self.classes[rows['label'][i]]})") for i in shown],
+                   os.path.join(plots, f"predictions_{tag}.png"), writer, step,
+                   title="guess (true class where wrong)")

@@ -1,0 +1,337 @@
+"""The vision half: image sources and ops, ViT, and the classification
+experiment end to end, each against an independent reference."""
+import gzip
+import io
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from attnlab import config as config_lib
+from attnlab.data import fashion_mnist, image_ops, images
+from attnlab.models import vit
+from helpers import load_state, run_cli
+
+
+# --- ViT -----------------------------------------------------------------------
+@pytest.mark.parametrize("variant,published", [
+    ("Ti/16", 5_717_416), ("S/16", 22_050_664), ("B/16", 86_567_656),
+    ("L/16", 304_326_632), ("H/14", 632_045_800)])
+def test_vit_parameter_counts_are_the_published_sizes(variant, published):
+  """1000 classes at 224 (the ViT paper's Table 1 sizes, exact counts of
+  the released checkpoints), from shapes alone."""
+  model = vit.ViT(num_classes=1000, **vit.parse_variant(variant))
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)) == published
+
+
+def test_unknown_variant_says_what_exists():
+  with pytest.raises(ValueError, match="'B/16'"):
+    vit.parse_variant("X/16")
+
+
+def naive_bilinear(grid, out_h, out_w):
+  """[h, w, D] -> [out_h, out_w, D], half-pixel centres, edges clamped."""
+  h, w, _ = grid.shape
+  def axis(n_in, n_out):
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, src - lo
+  (y0, y1, fy), (x0, x1, fx) = axis(h, out_h), axis(w, out_w)
+  top = grid[y0][:, x0] * (1 - fx)[None, :, None] + grid[y0][:, x1] * fx[None, :, None]
+  bottom = grid[y1][:, x0] * (1 - fx)[None, :, None] + grid[y1][:, x1] * fx[None, :, None]
+  return top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]
+
+
+def test_position_embeddings_resize_in_2d_keeping_the_class_token():
+  rng = np.random.default_rng(0)
+  posemb = jnp.asarray(rng.normal(size=(1, 1 + 7 * 7, 6)), jnp.float32)
+  np.testing.assert_array_equal(vit.resize_posemb(posemb, (7, 7), 1), posemb)
+  bigger = vit.resize_posemb(posemb, (14, 14), 1)
+  assert bigger.shape == (1, 1 + 14 * 14, 6)
+  np.testing.assert_array_equal(bigger[:, :1], posemb[:, :1])
+  want = naive_bilinear(np.asarray(posemb[0, 1:]).reshape(7, 7, 6), 14, 14)
+  np.testing.assert_allclose(bigger[0, 1:].reshape(14, 14, 6), want, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_embedding_is_patches_flattened_then_one_dense_layer():
+  model = vit.ViT(num_classes=3, width=8, depth=1, mlp_dim=16, num_heads=2, patch=4,
+                  image_size=8)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  _, state = model.apply({"params": params}, x, capture_intermediates=True)
+  got = state["intermediates"]["embedding"]["__call__"][0]  # [B, 2, 2, D]
+  patches = np.asarray(x).reshape(2, 2, 4, 2, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 2, 2, -1)
+  k = params["embedding"]
+  want = patches @ np.asarray(k["kernel"]).reshape(-1, 8) + np.asarray(k["bias"])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_another_resolution_uses_the_resized_position_embeddings():
+  """A model made for 8 x 8 images run on 16 x 16 ones equals the model made
+  for 16 x 16 given the resized embeddings (the multi-crop and fine-tuning
+  path), and the head starts at zero."""
+  kw = dict(num_classes=3, width=8, depth=2, mlp_dim=16, num_heads=2, patch=4)
+  small, big = vit.ViT(image_size=8, **kw), vit.ViT(image_size=16, **kw)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+  params = small.init(jax.random.PRNGKey(0), x[:, :8, :8])["params"]
+  assert not np.any(np.asarray(params["head"]["kernel"]))
+  params["head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(2), (8, 3))
+  resized = dict(params, pos_embedding=vit.resize_posemb(params["pos_embedding"], (4, 4), 1))
+  out_small, aux = small.apply({"params": params}, x, return_weights=True)
+  out_big, _ = big.apply({"params": resized}, x)
+  np.testing.assert_allclose(out_small, out_big, rtol=1e-5, atol=1e-6)
+  assert aux["tokens"].shape == (2, 17, 8) and aux["attention"].shape == (2, 2, 2, 17, 17)
+
+
+# --- image ops -----------------------------------------------------------------
+def png(array):
+  out = io.BytesIO()
+  Image.fromarray(array).save(out, format="PNG")
+  return out.getvalue()
+
+
+def test_pp_strings_parse_and_bad_ones_are_one_line():
+  assert image_ops.parse("decode|resize(32)|value_range(0, 1)") == [
+      ("decode", (), {}), ("resize", (32,), {}), ("value_range", (0, 1), {})]
+  with pytest.raises(config_lib.ConfigError, match="unknown op 'rotate'"):
+    image_ops.build("decode|rotate(3)")
+  with pytest.raises(config_lib.ConfigError, match="op resize"):
+    image_ops.build("resize(32, 5, 6)")
+  with pytest.raises(config_lib.ConfigError, match="cannot read op"):
+    image_ops.build("decode|resize(32")
+
+
+def test_decode_composites_transparency_over_white_and_greys_to_rgb():
+  rgba = np.zeros((4, 4, 4), np.uint8)
+  rgba[0, 0] = (10, 20, 30, 255)  # one opaque pixel, the rest transparent
+  out = image_ops.build("decode")({"image": png(rgba)}, None)["image"]
+  assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[0, 0], (10, 20, 30))
+  assert np.all(out[1:] == 255)
+  grey = np.arange(16, dtype=np.uint8).reshape(4, 4) * 10
+  rgb = image_ops.build("decode")({"image": png(grey)}, None)["image"]
+  np.testing.assert_array_equal(rgb, np.repeat(grey[..., None], 3, -1))
+  one = image_ops.build("decode(1)|value_range(0, 1)")({"image": png(grey)}, None)["image"]
+  np.testing.assert_allclose(one[..., 0], grey / 255.0, rtol=1e-6)
+
+
+def test_inception_crop_covers_the_drawn_fraction_of_the_area():
+  """On an image whose pixels hold their own coordinates, the crop's
+  coordinate range gives its area: within [area_min, area_max] of the
+  image, aspect ratio within [3/4, 4/3]; the same seed, the same crop."""
+  y, x = np.meshgrid(np.arange(200), np.arange(200), indexing="ij")
+  coords = np.stack([y, x, np.zeros_like(x)], -1).astype(np.uint8)
+  crop = image_ops.build("inception_crop(50, area_min=0.2, area_max=0.6)", "t")
+  for seed in range(20):
+    out = crop({"image": coords}, np.random.default_rng(seed))["image"]
+    assert out.shape == (50, 50, 3)
+    h = int(out[..., 0].max()) - int(out[..., 0].min()) + 1
+    w = int(out[..., 1].max()) - int(out[..., 1].min()) + 1
+    assert 0.2 * 0.9 <= h * w / 200 ** 2 <= 0.6 * 1.1
+    assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
+    again = crop({"image": coords}, np.random.default_rng(seed))["image"]
+    np.testing.assert_array_equal(out, again)
+
+
+def test_mixup_mixes_images_and_labels_by_one_lambda():
+  batch = {"image": np.stack([np.zeros((2, 2, 1)), np.ones((2, 2, 1))]).astype(np.float32),
+           "label": np.array([0, 2])}
+  out = image_ops.mixup(batch, np.random.default_rng(0), 0.4, 3)
+  lam = out["image"][1, 0, 0, 0]  # row 1 (ones) mixed with row 0 (zeros)
+  np.testing.assert_allclose(out["label"][1], [1 - lam, 0, lam], rtol=1e-6)
+  np.testing.assert_allclose(out["label"].sum(1), 1.0, rtol=1e-6)
+
+
+# --- sources -------------------------------------------------------------------
+def test_idx_files_read_as_written():
+  want = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+  header = (0x0803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in want.shape)
+  np.testing.assert_array_equal(fashion_mnist.read_idx(gzip.compress(header + want.tobytes())),
+                                want)
+
+
+def make_folder(root, per_label=6, test=3, size=12, labels=("blue", "red")):
+  """ROOT/{train,test}/<label>/*.png: red or blue squares with noise."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", per_label), ("test", test)):
+    for c, label in enumerate(labels):
+      os.makedirs(os.path.join(root, split, label), exist_ok=True)
+      for i in range(n):
+        img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+        img[..., 2 * (1 - c)] += 180
+        Image.fromarray(img).save(os.path.join(root, split, label, f"{i}.png"))
+  return str(root)
+
+
+def folder_data(root, **kw):
+  return ml_collections.ConfigDict(dict(source="folder", folder=root, holdout=0.34,
+                                        pp_train="decode", pp_eval="decode", **kw))
+
+
+def test_folder_splits_labels_and_holdout(tmp_path):
+  root = make_folder(tmp_path / "imgs")
+  data = folder_data(root)
+  images.check_folder(data)
+  assert images.class_names(data) == ["blue", "red"]
+  train, val, test = (images.source(data, s) for s in ("train", "validation", "test"))
+  assert (len(train), len(val), len(test)) == (8, 4, 6)  # 2 of each label's 6 held out
+  assert not set(train.files) & set(val.files)
+  assert sorted(test.labels) == [0, 0, 0, 1, 1, 1]
+  row = images.Preprocessed(val, "decode|value_range(0, 1)")[0]
+  assert row["image"].shape == (12, 12, 3) and row["label"] in (0, 1)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("corrupt", "0.png is not a readable image"),
+    ("empty_label", "has no images"),
+    ("one_label", "label folder"),
+    ("no_test", "no test/ subfolder")])
+def test_bad_folders_are_one_line_naming_the_problem(tmp_path, damage, message):
+  root = make_folder(tmp_path / "imgs")
+  if damage == "corrupt":
+    with open(os.path.join(root, "train", "red", "0.png"), "wb") as f:
+      f.write(b"not a png at all")
+  elif damage == "empty_label":
+    for name in os.listdir(os.path.join(root, "train", "red")):
+      os.remove(os.path.join(root, "train", "red", name))
+  elif damage == "one_label":
+    import shutil
+    shutil.rmtree(os.path.join(root, "train", "red"))
+    shutil.rmtree(os.path.join(root, "test", "red"))
+  else:
+    import shutil
+    shutil.rmtree(os.path.join(root, "test"))
+  with pytest.raises(config_lib.ConfigError, match=message):
+    images.check_folder(folder_data(root))
+
+
+# --- the experiment, end to end --------------------------------------------------
+def train_args(workdir, folder, *extra):
+  return ["train", "--config", "configs/vit.py:folder,runlocal=True", "--workdir",
+          str(workdir), f"--config.data.folder={folder}", "--config.total_steps=6",
+          "--config.eval_every=3", *extra]
+
+
+def test_vit_trains_on_a_folder_and_reports_test_accuracy(tmp_path):
+  root = make_folder(tmp_path / "imgs")
+  rc, out = run_cli(*train_args(tmp_path / "run", root), devices=2)
+  assert rc == 0, out
+  with open(tmp_path / "run" / "test.json") as f:
+    test = json.load(f)
+  # 6 test images; accuracy counts whole images only.
+  assert test["test/accuracy"] * 6 == pytest.approx(round(test["test/accuracy"] * 6))
+  plots = os.listdir(tmp_path / "run" / "plots")
+  assert any(p.startswith("confusion_test") for p in plots)
+  assert any(p.startswith("predictions_test") for p in plots)
+
+
+def test_fine_tuning_at_another_resolution_takes_all_but_the_head(tmp_path):
+  """From a 32 x 32 run to 16 x 16 images: every parameter but the head
+  taken over, the position embeddings resized from the 8 x 8 grid to 4 x 4."""
+  root = make_folder(tmp_path / "imgs")
+  rc, out = run_cli(*train_args(tmp_path / "pre", root))
+  assert rc == 0, out
+  rc, out = run_cli(*train_args(
+      tmp_path / "ft", root, f"--config.init_from={tmp_path / 'pre'}",
+      "--config.model.image_size=16", "--config.total_steps=1",
+      "--config.optim.frozen=('(?!head/).*',)",  # one step that trains only the head
+      "--config.data.pp_train=decode|resize(16)", "--config.data.pp_eval=decode|resize(16)"))
+  assert rc == 0, out
+  pre, ft = load_state(tmp_path / "pre")["params"], load_state(tmp_path / "ft")["params"]
+  np.testing.assert_array_equal(ft["embedding"]["kernel"], pre["embedding"]["kernel"])
+  jax.tree.map(np.testing.assert_array_equal, ft["encoder"], pre["encoder"])
+  want = vit.resize_posemb(jnp.asarray(pre["pos_embedding"]), (4, 4), 1)
+  np.testing.assert_allclose(ft["pos_embedding"], want, rtol=1e-6)
+  # The head is new (zero, then one step), not the pretrained run's.
+  assert not np.allclose(ft["head"]["kernel"], pre["head"]["kernel"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.variant=Ti/5", "model.image_size: 32 is not divisible by the patch size 5"),
+    ("--config.model.variant=Q/4", "unknown ViT variant"),
+    ("--config.data.pp_train=decode|blur", "unknown op 'blur'")])
+def test_bad_vision_input_is_one_line_exit_2(tmp_path, override, message):
+  root = make_folder(tmp_path / "imgs")
+  rc, out = run_cli(*train_args(tmp_path / "run", root, override))
+  assert rc == 2, out
+  assert message in out and "Traceback" not in out
+
+
+# --- ResNet --------------------------------------------------------------------
+@pytest.mark.parametrize("depth,published", [
+    (18, 11_689_512), (34, 21_797_672), (50, 25_557_032), (101, 44_549_160),
+    (152, 60_192_808)])
+def test_resnet_parameter_counts_are_torchvisions(depth, published):
+  """ResNet v1.5 at 1000 classes: the parameter counts of torchvision's
+  resnet18 ... resnet152 (BatchNorm's running statistics are not parameters)."""
+  from attnlab.models import resnet
+  shapes = jax.eval_shape(resnet.ResNet(depth=depth).init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 224, 224, 3)))
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == published
+  assert "batch_stats" in shapes
+
+
+def test_batchnorm_statistics_are_over_the_global_batch_on_8_devices():
+  """One training forward pass with the batch split over 8 devices gives
+  the outputs and updated running statistics of 1 device with the whole
+  batch: BatchNorm's mean and variance are over the global batch."""
+  from attnlab import sharding as sharding_lib
+  from attnlab.models import resnet
+  model = resnet.ResNet(num_classes=3, depth=18, width=8, small_inputs=True)
+  x = jax.random.normal(jax.random.PRNGKey(1), (16, 8, 8, 3))
+  variables = model.init(jax.random.PRNGKey(0), x[:1])
+  step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+  one = step(variables, x)
+  mesh = sharding_lib.make_mesh((("data", -1),))
+  assert mesh.shape["data"] == 8
+  split = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  eight = step(variables, split)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # ... and not what per-device statistics (batches of 2) would give.
+  per_device = model.apply(variables, x[:2], train=True, mutable=["batch_stats"])[1]
+  assert not np.allclose(jax.tree.leaves(per_device)[0], jax.tree.leaves(one[1])[0])
+
+
+def test_resnet_killed_9_resumes_bit_identically_with_statistics_and_a_frozen_stem(tmp_path):
+  """BatchNorm statistics (model_state), a frozen stem, the image
+  pipeline's iterator: a run killed -9 after a checkpoint and rerun ends
+  with exactly the state of a run never stopped."""
+  import signal
+  import time
+  from helpers import assert_trees_equal, cli
+  root = make_folder(tmp_path / "imgs")
+
+  def args(workdir):
+    return ["train", "--config", "configs/resnet.py:folder,runlocal=True", "--workdir",
+            str(workdir), f"--config.data.folder={root}", "--config.total_steps=8",
+            "--config.ckpt_every=2", "--config.keep_ckpts=10", "--config.log_every=1",
+            "--config.eval_every=0", "--config.final_test=False",
+            "--config.optim.frozen=('stem_.*',)"]
+  rc, out = run_cli(*args(tmp_path / "ref"))
+  assert rc == 0, out
+  p = cli(*args(tmp_path / "cut"))
+  for line in p.stdout:
+    if line.startswith("step 5/"):
+      deadline = time.time() + 60
+      while not any(d.isdigit() for d in os.listdir(tmp_path / "cut" / "checkpoints")):
+        assert time.time() < deadline
+        time.sleep(0.01)
+      p.send_signal(signal.SIGKILL)
+      break
+  p.communicate(timeout=60)
+  rc, out = run_cli(*args(tmp_path / "cut"))
+  assert rc == 0 and "resumed" in out.lower(), out
+  ref, cut = load_state(tmp_path / "ref"), load_state(tmp_path / "cut")
+  assert jax.tree.leaves(ref["model_state"])  # there are statistics to compare
+  assert_trees_equal(ref, cut)
+  first = load_state(tmp_path / "ref", step=2)
+  assert_trees_equal(first["params"]["stem_conv"], ref["params"]["stem_conv"])
