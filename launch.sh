@@ -5,6 +5,7 @@
 #   ./launch.sh train CONFIG[:args] --workdir DIR [--config.KEY=VALUE ...]
 #   ./launch.sh sample WORKDIR [--prompt P --length N --temperature T]
 #   ./launch.sh eval WORKDIR
+#   ./launch.sh attend WORKDIR IMAGE...      a ViT run's attention maps of your images
 #   ./launch.sh average WORKDIR [--last N]   checkpoint averaging into WORKDIR_avgN
 #   ./launch.sh compile CONFIG --devices N   ahead-of-time: memory per device, FLOPs
 #   ./launch.sh tables NAME          a paper table from our code (complexity)
@@ -47,7 +48,7 @@ case "$cmd" in
     shift
     exec "$PYBIN" -m experiments.tables "$@"
     ;;
-  train|prepare|sample|eval|average|compile|tpu)
+  train|prepare|sample|attend|eval|average|compile|tpu)
     shift
     if [ "$cmd" = train ] || [ "$cmd" = prepare ] || [ "$cmd" = compile ]; then
       [ $# -ge 1 ] && [ "${1#-}" = "$1" ] && set -- --config "$@"
@@ -55,7 +56,7 @@ case "$cmd" in
     exec "$PYBIN" -m attnlab.main "$cmd" "$@"
     ;;
   *)
-    echo "unknown command '$cmd': use test, train, prepare, sample, eval, average, compile, tables or tpu (see README.md)" >&2
+    echo "unknown command '$cmd': use test, train, prepare, sample, attend, eval, average, compile, tables or tpu (see README.md)" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,7 @@
           (faked on the CPU), print memory per device and FLOPs per step
   average WORKDIR [--last N] [--out DIR]   mean of the last N checkpoints'
           parameters as a new run (Vaswani et al.: 5 for base, 20 for big)
+  attend  WORKDIR IMAGE...   a ViT run's attention maps of your images (plots/)
   tpu     NAME --zone Z [--project P] [--dry_run] train ARGS...
 
 Every config problem is one line on stderr and exit code 2, before any
@@ -287,8 +288,8 @@ def cmd_train(argv):
     state = trainer.train()
   except train.NonFiniteError as e:
     fail(str(e), code=1)
-  except checkpoint.MismatchError as e:
-    fail(str(e))
+  except (checkpoint.MismatchError, config_lib.ConfigError) as e:
+    fail(str(e))  # e.g. an init_from run of another model
   if int(state["step"]) < config.total_steps:
     return  # stopped by a signal: the test split waits for the finished run
   if config.get("final_test", True):
@@ -384,6 +385,41 @@ def cmd_eval(argv):
   else:
     trainer.evaluate(state, int(state["step"]))
   trainer.writer.close()
+
+
+def cmd_attend(argv):
+  """attend WORKDIR IMAGE...: the run's attention maps of your images."""
+  values = flags.FlagValues()
+  try:
+    rest = values(["attnlab"] + argv)[1:]
+  except flags.Error as e:
+    fail(_one_line(e, ""))
+  if len(rest) < 2:
+    fail("give a WORKDIR (a ViT run) and one or more image files: "
+         "./launch.sh attend WORKDIR photo.jpg ...")
+  workdir, paths = rest[0], rest[1:]
+  from PIL import Image, UnidentifiedImageError
+  pictures = []
+  for path in paths:
+    try:
+      with Image.open(path) as img:
+        img.verify()
+      with open(path, "rb") as f:
+        pictures.append((path, f.read()))
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+      fail(f"{path} is not a readable image ({type(e).__name__}): give PNG or JPEG files")
+  config = load_run(workdir)
+  if not hasattr(experiment_module(config).Experiment, "attend"):
+    fail(f"{workdir} is a {config.experiment} run, which has no attention maps of images")
+  _, exp, trainer, state = _restore(workdir)
+  try:
+    written = exp.attend(state, pictures, os.path.join(workdir, "plots"), trainer.writer,
+                         int(state["step"]))
+  except ValueError as e:
+    fail(str(e))
+  trainer.writer.close()
+  for path in written:
+    print(path)
 
 
 def _workdir_arg(argv, values):
@@ -523,7 +559,7 @@ def cmd_average(argv):
 
 
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
-            "eval": cmd_eval, "average": cmd_average, "compile": cmd_compile,
+            "attend": cmd_attend, "eval": cmd_eval, "average": cmd_average, "compile": cmd_compile,
             "tpu": cmd_tpu}
 
 

@@ -4,9 +4,9 @@ loss and evaluation as configs/vit.py, a convolutional backbone.
   ./launch.sh train configs/resnet.py:fmnist --workdir runs/resnet_fmnist
   ./launch.sh train configs/resnet.py:i1k,variant=50 --workdir gs://BUCKET/r50
 
-Variants (first arg as in configs/vit.py: fmnist, folder, i1k; then
+Variants (first arg as in configs/vit.py: fmnist, emoji, folder, i1k; then
 variant=18|34|50|101|152, norm=batch|group, steps=N, runlocal=True):
-  fmnist / folder  ResNet-18 with the small-image stem (3 x 3, stride 1, no
+  fmnist / emoji / folder  ResNet-18 with the small-image stem (3 x 3, stride 1, no
           max-pool), 16 channels wide (the width of He et al.'s CIFAR
           ResNets; 0.7 M parameters, about the FLOPs of the embedded ViT),
           BatchNorm, otherwise as configs/vit.py.
@@ -23,7 +23,7 @@ norm=group: BiT's GroupNorm + weight standardisation, no batch statistics
 from attnlab.config import parse_arg, parse_variant
 from configs import vit as vit_config
 
-STEPS = {"fmnist": 1500, "folder": 1500, "i1k": 112_590}
+STEPS = {"fmnist": 800, "emoji": 600, "folder": 800, "i1k": 112_590}
 
 
 def get_config(arg=None):

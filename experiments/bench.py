@@ -22,7 +22,9 @@
       and MFU at the Transformer's base dims, batch 16 x 64, f32 and bf16,
       against the flax WMT example (DIR = its examples/wmt) in alternating
       windows: the median ratio of the rounds and their spread; levers
-      (rbg dropout bits, the one-hot loss, q/k/v one by one) timed one at a time against ours
+      (rbg dropout bits, the one-hot loss, fused q/k/v) timed one at a time against ours
+  python -m experiments.bench pipeline SPEC...       a config's input pipeline
+      alone (batches/s, items/s) against what its train step consumes
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -99,12 +101,16 @@ def compiled_step(spec, overrides=()):
   trainer = train_lib.Trainer(config, exp, workdir)
   data = exp.train_iter(trainer.local_batch, 0, 1)
   step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
-  stepper = Stepper(step, trainer.create_state(),
-                    sharding_lib.global_batch(next(data), trainer.mesh))
+  state = trainer.create_state()
+  batch = sharding_lib.global_batch(next(data), trainer.mesh)
+  if hasattr(exp, "flops_per_step"):
+    flops = exp.flops_per_step(config.batch_size)
+  else:
+    flops = train_lib.step_flops(step.lower(state, batch).compile())
+  stepper = Stepper(step, state, batch)
   shutil.rmtree(workdir)
   return dict(spec=" ".join([spec, *overrides]), config=config, data=data,
-              items=exp.items_per_step(config.batch_size),
-              flops=exp.flops_per_step(config.batch_size),
+              items=exp.items_per_step(config.batch_size), flops=flops,
               params=train_lib.param_count(stepper.state["params"]),
               window=stepper.window)
 
@@ -147,6 +153,30 @@ def bench_steps(args, rounds=5, window=5):
   step_speeds(runs, rounds, window)
 
 
+def pipeline_rate(run, batches):
+  """Batches/s of a run's input iterator alone (no train step)."""
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(run["data"])
+  run["pipe"] = batches / (time.perf_counter() - t0)
+
+
+def bench_pipeline(specs, rounds=3, window=5, batches=200):
+  """`bench pipeline SPEC...`: each config's input pipeline alone, in
+  batches and items per second, against what its train step consumes."""
+  runs = {}
+  for spec in specs:
+    runs[spec] = compiled_step(spec)
+    pipeline_rate(runs[spec], batches)
+  step_speeds(runs, rounds, window)
+  for name, r in runs.items():
+    print(f"{name}: input pipeline {r['pipe']:,.1f} batches/s = "
+          f"{r['pipe'] * r['items']:,.0f} {r['config'].experiment} items/s "
+          f"(batch {r['config'].batch_size}); the step consumes "
+          f"{r['steps_per_sec'] * r['items']:,.0f}/s: the pipeline is "
+          f"{r['pipe'] / r['steps_per_sec']:,.1f}x that")
+
+
 def bench_charlm(args, cold_start=True, rounds=5, window=5):
   """The train step and the input pipeline of configs/charlm.py:ARG for each
   ARG; the train steps of several ARGs (e.g. cell=lstm cell=gru cell=rnn) are
@@ -154,10 +184,7 @@ def bench_charlm(args, cold_start=True, rounds=5, window=5):
   runs = {}
   for arg in args or [""]:
     run = compiled_step("configs/charlm.py" + (f":{arg}" if arg else ""))
-    n, t0 = 2000, time.perf_counter()  # the input pipeline alone
-    for _ in range(n):
-      next(run["data"])
-    run["pipe"] = n / (time.perf_counter() - t0)
+    pipeline_rate(run, 2000)
     runs[arg or "default"] = run
   step_speeds(runs, rounds, window)
   for name, r in runs.items():
@@ -532,11 +559,9 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
       logits, optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), e))
   ours("  loss on one-hot targets")  # as before the fused loss (and as flax)
   translate.smoothed_cross_entropy = fused
-  fused_qkv = att.project_heads
-  att.project_heads = lambda x, weights, dtype=jnp.float32: [
-      fused_qkv(x, [w], dtype)[0] for w in weights]
-  ours("  q, k, v projected one by one")  # as before fused QKV (and as flax)
-  att.project_heads = fused_qkv
+  att.FUSED_QKV = not att.FUSED_QKV
+  ours("  q, k, v fused" if att.FUSED_QKV else "  q, k, v one by one")
+  att.FUSED_QKV = not att.FUSED_QKV
 
   # Theirs: its own model, TrainState, optimizer and pmapped train_step.
   cfg = flax_models.TransformerConfig(
@@ -627,6 +652,8 @@ def main():
                  if any(a.isdigit() for a in sys.argv[2:]) else []))
   elif what == "attention":
     attention()
+  elif what == "pipeline":
+    bench_pipeline(sys.argv[2:])
   elif what == "decode":
     decode_speed()
   elif what == "flaxwmt":
@@ -635,7 +662,7 @@ def main():
     flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt or attention")
+             "decode, flaxwmt, attention or pipeline")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,13 @@ Fine-tuning (`config.init_from` = another run's workdir): every parameter of
 the same architecture is taken, the head is new (another task may have
 other classes), and position embeddings are resized in 2-D when the image
 size differs (`vit.resize_posemb`).
+
+Linear probe (`config.linear_probe`): at each evaluation, a logistic
+regression on the frozen backbone's pre-logits features of the training
+images (attnlab/evals/linear_probe.py, L-BFGS), its L2 penalty chosen on
+the validation split; at the end, that probe's test accuracy. With
+init_from and the backbone frozen (configs/vit.py's `probe=True`) it
+measures how linearly separable another run's features are for this task.
 """
 import os
 
@@ -24,10 +31,13 @@ import optax
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
 from attnlab import viz
+from attnlab.data import image_ops
 from attnlab.data import images
+from attnlab.evals import linear_probe
 from attnlab.evals import sharded
 from attnlab.models import resnet
 from attnlab.models import vit
+from attnlab.nn import attention as att
 
 HEAD = "head"  # the parameters a fine-tuned run starts afresh
 
@@ -217,13 +227,98 @@ class Experiment:
     return results
 
   def evaluate(self, state, mesh, step, writer):
-    return self._evaluate(state, mesh, self.config.data.eval_split, "eval", False)
+    results = self._evaluate(state, mesh, self.config.data.eval_split, "eval", False)
+    if self.config.linear_probe:
+      probe, l2, _ = self._probe(state, mesh)
+      results["eval/probe_accuracy"] = probe["validation"]
+      results["eval/probe_l2"] = l2
+    return results
+
+  def _features(self, variables, batch):
+    params, model_state = variables
+    _, aux, _ = self._apply(params, {"model_state": model_state}, batch["image"], False)
+    return {"features": aux["pre_logits"], "label": batch["label"]}
+
+  def _split_features(self, state, mesh, split, limit=0):
+    src = self.eval_source(split)
+    if limit and len(src) > limit:  # an evenly spaced subset of a large split
+      src = _Subset(src, np.linspace(0, len(src) - 1, limit).astype(int))
+    rows = sharded.rows(self._features, (state["params"], state["model_state"]),
+                        sharded.batches(src, sharded.round_to_devices(
+                            self.config.eval_batch_size, mesh), mesh))
+    return rows["features"], rows["label"]
+
+  def _probe(self, state, mesh, test=False):
+    """The linear probe: fitted on the training split's features (eval
+    preprocessing, at most data.probe_rows of them), L2 chosen on validation.
+    Returns ({split: accuracy}, chosen l2, the probe)."""
+    c = self.config
+    train = self._split_features(state, mesh, c.data.train_split, c.data.probe_rows)
+    validation = self._split_features(state, mesh, c.data.eval_split)
+    probe, l2, scores = linear_probe.select(train, validation, len(self.classes), mesh)
+    out = {"validation": scores[l2]}
+    if test:
+      out["test"] = linear_probe.accuracy(
+          probe, *self._split_features(state, mesh, c.data.test_split))
+    return out, l2, probe
 
   def finish(self, state, mesh, writer):
     """The test split, once: accuracy, per-class accuracy, confusion matrix
     and sample predictions."""
-    return self._evaluate(state, mesh, self.config.data.test_split, "test", True,
-                          writer, int(state["step"]))
+    results = self._evaluate(state, mesh, self.config.data.test_split, "test", True,
+                             writer, int(state["step"]))
+    if self.config.linear_probe:
+      probe, l2, _ = self._probe(state, mesh, test=True)
+      results.update({"test/probe_accuracy": probe["test"], "test/probe_l2": l2})
+    if jax.process_index() == 0 and self.model_has_maps():
+      src = self.eval_source(self.config.data.test_split).src
+      shown = np.linspace(0, len(src) - 1, min(4, len(src))).astype(int)
+      self.attend(jax.device_get(state), [(f"test_{i}", src[int(i)]["image"]) for i in shown],
+                  os.path.join(self.workdir, "plots"), writer, int(state["step"]))
+    return results
+
+  def model_has_maps(self):
+    return isinstance(self.model, vit.ViT) and self.model.pool == "tok"
+
+  # --- attention maps -------------------------------------------------------
+  def attention(self, params, images_):
+    """Per image [B, H, W, C] (preprocessed): the last layer's class-token
+    attention to each patch, per head [B, heads, h, w], and the attention
+    rollout of the class token over all layers [B, h, w]."""
+    if not self.model_has_maps():
+      raise ValueError("attention maps need a ViT with a class token "
+                       f"(this run's model is {self.config.model.name}, pool "
+                       f"{self.config.model.get('pool')})")
+    _, aux = self.model.apply({"params": params}, images_, return_weights=True)
+    weights = aux["attention"]  # [B, layers, heads, T, T]
+    side = images_.shape[1] // self.model.patch
+    last = weights[:, -1, :, 0, 1:].reshape(weights.shape[0], weights.shape[2], side, -1)
+    rollout = att.attention_rollout(weights)[:, 0, 1:].reshape(weights.shape[0], side, -1)
+    return last, rollout
+
+  def attend(self, state, pictures, folder, writer=None, step=0):
+    """Attention maps of `pictures` ([(name, encoded image)]) as PNGs in
+    `folder`: each image resized and centre-cropped to the model's size,
+    then the eval pipeline; returns the paths written."""
+    s = self.config.model.image_size
+    steps = image_ops.parse(self.config.data.pp_eval, "data.pp_eval")  # decode first
+    fit = [("resize_small", (s,), {}), ("central_crop", (s,), {})]
+    pp = image_ops.compose(steps[:1] + fit + steps[1:], "data.pp_eval")
+    fn = jax.jit(self.attention)
+    paths = []
+    for name, encoded in pictures:
+      image = pp({"image": encoded}, np.random.default_rng(0))["image"]
+      logits, _ = self.model.apply({"params": state["params"]}, jnp.asarray(image[None]))
+      last, rollout = (np.asarray(a[0]) for a in fn(state["params"], jnp.asarray(image[None])))
+      guess = self.classes[int(np.argmax(logits[0]))]
+      shown = image_ops.compose(fit)({"image": images.display(encoded)}, None)["image"]
+      path = os.path.join(folder, f"attention_{os.path.splitext(os.path.basename(name))[0]}.png")
+      viz.attention_maps(shown, [*last, rollout],
+                         [f"head {h + 1}, last layer" for h in range(len(last))] + ["rollout"],
+                         path, writer, step, title=f"{os.path.basename(name)}: class-token "
+                         f"attention (guess: {guess})")
+      paths.append(path)
+    return paths
 
   def _report(self, rows, src, tag, writer, step):
     k = len(self.classes)
@@ -242,3 +337,16 @@ class Experiment:
                        else f" ({self.classes[rows['label'][i]]})") for i in shown],
                    os.path.join(plots, f"predictions_{tag}.png"), writer, step,
                    title="guess (true class where wrong)")
+
+
+class _Subset:
+  """Rows `index` of a random-access source."""
+
+  def __init__(self, src, index):
+    self.src, self.index = src, index
+
+  def __len__(self):
+    return len(self.index)
+
+  def __getitem__(self, i):
+    return self.src[int(self.index[i])]

@@ -7,6 +7,11 @@
   params      parameter counts of our modules at the published sizes
               (Transformer base/big, BERT base/large, GPT-2 small..XL) vs the
               papers' numbers, from jax.eval_shape: nothing is allocated.
+  vision      parameters (jax.eval_shape) and forward FLOPs at 224 x 224 (XLA's
+              cost analysis) of ViT-B/16, L/16, H/14 and ResNet-50 against
+              the published numbers, and the attention-memory arithmetic of
+              pixels as tokens vs patches, next to XLA's memory analysis of
+              our compiled ViT-L/16 forward with its attention weights.
   bleu_by_length WORKDIR...
               Bahdanau et al. (2015) Figure 2, test BLEU against source
               sentence length, for finished translation runs (each run's
@@ -162,7 +167,45 @@ def params():
           f"{100 * (count / published - 1):+.1f}% | {note} |", flush=True)
 
 
-TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length}
+def vision():
+  from attnlab.models import resnet, vit
+  image = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  # (name, model, published parameters, published forward GMACs at 224)
+  rows = [("ViT-B/16", vit.ViT(**vit.parse_variant("B/16")), 86e6, 17.6),
+          ("ViT-L/16", vit.ViT(**vit.parse_variant("L/16")), 307e6, 61.6),
+          ("ViT-H/14", vit.ViT(**vit.parse_variant("H/14")), 632e6, 167.4),
+          ("ResNet-50 (v1.5)", resnet.ResNet(depth=50), 25.5e6, 4.1)]
+  print("| model | published params | ours | gap | published GMACs | ours: XLA GFLOP / 2 | gap |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  for name, model, published, gmacs in rows:
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
+    count = sum(x.size for x in jax.tree.leaves(variables["params"]))
+    cost = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, image).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    ours = float(cost["flops"]) / 2e9
+    print(f"| {name} | {published / 1e6:,.1f} M | {count / 1e6:,.1f} M | "
+          f"{100 * (count / published - 1):+.1f}% | {gmacs} | {ours:.2f} | "
+          f"{100 * (ours / gmacs - 1):+.1f}% |", flush=True)
+  print("\nattention weights in float32, 48 layers x 16 heads (one image):")
+  for what, tokens in (("pixels as tokens, 128 x 128", 128 ** 2),
+                       ("ViT-L/16 patches at 224 (14 x 14)", 14 ** 2)):
+    entries = tokens ** 2
+    print(f"  {what}: {entries:,} entries per matrix, x 48 x 16 x 4 bytes = "
+          f"{entries * 48 * 16 * 4 / 2 ** 30:,.4g} GiB")
+  model = vit.ViT(**vit.parse_variant("L/16"))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
+  weights = lambda v, x: model.apply(v, x, return_weights=True)[1]["attention"]
+  compiled = jax.jit(weights).lower(variables, image).compile()
+  out = np.prod(jax.eval_shape(weights, variables, image).shape) * 4
+  memory = compiled.memory_analysis()
+  print(f"  XLA, our ViT-L/16 (24 layers x 16 heads, 197 tokens with the class "
+        f"token): the attention weights it returns are {out / 2 ** 20:.1f} MiB "
+        f"(24 x 16 x 197^2 x 4 bytes); the whole forward's temporaries "
+        f"{memory.temp_size_in_bytes / 2 ** 20:,.1f} MiB")
+
+
+TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,
+          "vision": vision}
 
 
 def main():

@@ -132,23 +132,25 @@ def test_multi_head_equals_flax_module():
   jax.tree.map(np.testing.assert_array_equal, theirs_init, params)
 
 
-def test_fused_projections_equal_separate_dense_layers():
-  """Self-attention's q, k, v (and cross-attention's k, v) come from one
-  matmul over the side-by-side kernels: the same values and gradients as
-  one flax DenseGeneral per projection."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_projections_equal_separate_dense_layers(fused):
+  """q, k, v one matmul each or fused into one over the side-by-side
+  kernels: the same values and gradients as one flax DenseGeneral per
+  projection."""
   x, _, params = mha_and_params()
   w = [(params["params"][n]["kernel"], params["params"][n]["bias"])
        for n in ("query", "key", "value")]
   one_by_one = lambda w, x: [nn.DenseGeneral((2, 4)).apply(
       {"params": {"kernel": k, "bias": b}}, x) for k, b in w]
-  for got, want in zip(att.project_heads(x, w), one_by_one(w, x)):
+  for got, want in zip(att.project_heads(x, w, fused=fused), one_by_one(w, x)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   loss = lambda project: lambda w, x: sum(
       (i + 1) * jnp.sum(jnp.sin(y)) for i, y in enumerate(project(w, x)))
-  fused = jax.grad(loss(lambda w, x: att.project_heads(x, w)), argnums=(0, 1))(w, x)
+  ours = jax.grad(loss(lambda w, x: att.project_heads(x, w, fused=fused)),
+                  argnums=(0, 1))(w, x)
   separate = jax.grad(loss(one_by_one), argnums=(0, 1))(w, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               fused, separate)
+               ours, separate)
 
 
 @pytest.mark.parametrize("impl", ["naive", "xla", "chunked"])
@@ -396,3 +398,20 @@ def test_window_partition_round_trip_and_regions():
 def test_window_attention_refuses_a_map_that_is_no_multiple_of_the_window():
   with pytest.raises(ValueError, match="multiple of window"):
     att.WindowAttention(2, 4).init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 8, 8)))
+
+
+def test_attention_rollout_is_abnar_and_zuidema_written_out():
+  """Rollout over 3 layers against a numpy loop: per layer the head mean,
+  half identity for the residual, rows renormalised, multiplied in order."""
+  rng = np.random.default_rng(0)
+  w = rng.random((2, 3, 4, 5, 5))
+  w /= w.sum(-1, keepdims=True)
+  got = np.asarray(att.attention_rollout(jnp.asarray(w, jnp.float32)))
+  for b in range(2):
+    r = np.eye(5)
+    for layer in range(3):
+      a = 0.5 * w[b, layer].mean(0) + 0.5 * np.eye(5)
+      a /= a.sum(1, keepdims=True)
+      r = a @ r
+    np.testing.assert_allclose(got[b], r, rtol=1e-5)
+    np.testing.assert_allclose(got[b].sum(1), 1.0, rtol=1e-5)

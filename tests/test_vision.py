@@ -335,3 +335,98 @@ def test_resnet_killed_9_resumes_bit_identically_with_statistics_and_a_frozen_st
   assert_trees_equal(ref, cut)
   first = load_state(tmp_path / "ref", step=2)
   assert_trees_equal(first["params"]["stem_conv"], ref["params"]["stem_conv"])
+
+
+def test_attend_draws_maps_of_a_users_photo_and_refuses_a_non_image(tmp_path):
+  """./launch.sh attend WORKDIR IMAGE: a photo of any size (matplotlib's
+  sample photo) gets per-head and rollout maps in plots/ (and training
+  drew them for 4 test images); a file that is not an image is a one-line
+  error."""
+  import matplotlib
+  photo = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+  root = make_folder(tmp_path / "imgs")
+  rc, out = run_cli(*train_args(tmp_path / "run", root))
+  assert rc == 0, out
+  plots = tmp_path / "run" / "plots"
+  assert sum(p.startswith("attention_test_") for p in os.listdir(plots)) == 4
+  rc, out = run_cli("attend", str(tmp_path / "run"), photo)
+  assert rc == 0, out
+  assert (plots / "attention_grace_hopper.png").exists()
+  bad = tmp_path / "notes.png"
+  bad.write_text("not an image")
+  rc, out = run_cli("attend", str(tmp_path / "run"), str(bad))
+  assert rc == 2 and "is not a readable image" in out and "Traceback" not in out
+
+
+def test_emoji_builder_keeps_each_emoji_and_its_variants_in_one_split(tmp_path, monkeypatch):
+  """The emoji builder on fixture packages (the real ones are fetched with
+  npm): both styles and the skin-tone variants of an emoji land in the same
+  split, the Component swatches are left out, keywords join by name."""
+  import tarfile
+  import tensorflow_datasets as tfds
+  from attnlab.data import emoji
+
+  def tgz(path, files):
+    with tarfile.open(path, "w:gz") as tar:
+      for name, data in files.items():
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return str(path)
+  rgba = png(np.full((64, 64, 4), 200, np.uint8))
+  entries = [{"name": f"THING {i}", "unified": f"1F{i:03X}", "image": f"1f{i:03x}.png",
+              "short_names": [f"thing{i}"], "category": emoji.CATEGORIES[i % 9],
+              "skin_variations": ({"1F3FB": {"image": f"1f{i:03x}-1f3fb.png"}} if i % 4 == 0
+                                  else None)} for i in range(40)]
+  entries.append({"name": "LIGHT SKIN TONE", "unified": "1F3FB", "image": "1f3fb.png",
+                  "short_names": ["skin-tone-2"], "category": "Component"})
+  images_ = {}
+  for e in entries:
+    for image in [e["image"]] + [v["image"] for v in (e.get("skin_variations") or {}).values()]:
+      images_[image] = rgba
+  packages = {
+      name: tgz(tmp_path / f"{style}.tgz", {
+          "package/emoji.json": json.dumps(entries).encode(),
+          **{f"package/img/{style}/64/{k}": v for k, v in images_.items()}})
+      for style, (name, _, _) in emoji.PACKAGES.items()}
+  packages[emoji.KEYWORDS[0]] = tgz(tmp_path / "kw.tgz", {"package/en/data.json": json.dumps(
+      [{"label": "thing 3", "tags": ["three", "trio"]}]).encode()})
+  monkeypatch.setattr(emoji.fetch, "npm_pack", lambda name, version, sha, dest: packages[name])
+  builder = emoji.Emoji(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+  builder.download_and_prepare()
+  rows = {split: [tfds.data_source("emoji", split=split, data_dir=str(tmp_path / "tfds"))[i]
+                  for i in range(builder.info.splits[split].num_examples)]
+          for split in ("train", "validation", "test")}
+  where = {}
+  for split, examples in rows.items():
+    for x in examples:
+      where.setdefault(x["name"].decode(), set()).add(split)
+  assert len(where) == 40 and all(len(s) == 1 for s in where.values())  # one split each
+  assert "light skin tone" not in where
+  total = sum(len(v) for v in rows.values())
+  assert total == 2 * (40 + 10)  # 2 styles x (40 emoji + 10 skin-tone variants)
+  three = [x for v in rows.values() for x in v if x["name"] == b"thing 3"]
+  assert three and all(x["keywords"] == b"three, trio" for x in three)
+  assert {split for split in where.values() for split in split} == {"train", "validation", "test"}
+
+
+def test_linear_probe_of_a_pretrained_run_leaves_its_backbone_frozen(tmp_path):
+  """configs/vit.py:...,probe=True --config.init_from=RUN: the backbone is
+  the pretrained run's, unchanged; the L-BFGS probe's validation and test
+  accuracies are reported; a run of another architecture is refused."""
+  root = make_folder(tmp_path / "imgs")
+  rc, out = run_cli(*train_args(tmp_path / "pre", root))
+  assert rc == 0, out
+  probe_args = ["train", "--config", "configs/vit.py:folder,runlocal=True,probe=True",
+                "--workdir", str(tmp_path / "probe"), f"--config.data.folder={root}",
+                f"--config.init_from={tmp_path / 'pre'}"]
+  rc, out = run_cli(*probe_args)
+  assert rc == 0, out
+  with open(tmp_path / "probe" / "test.json") as f:
+    test = json.load(f)
+  assert 0 <= test["test/probe_accuracy"] <= 1 and test["test/probe_l2"] > 0
+  pre, probe = load_state(tmp_path / "pre")["params"], load_state(tmp_path / "probe")["params"]
+  jax.tree.map(np.testing.assert_array_equal, probe["encoder"], pre["encoder"])
+  rc, out = run_cli(*probe_args[:4], str(tmp_path / "other"), *probe_args[5:],
+                    "--config.model.width=24")
+  assert rc == 2 and "holds another architecture" in out, out

@@ -18,7 +18,8 @@ DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 LOCAL_BUILDERS = {"shakespeare": "attnlab.data.shakespeare",
                   "ding": "attnlab.data.translation",
                   "bible": "attnlab.data.translation",
-                  "fmnist": "attnlab.data.fashion_mnist"}
+                  "fmnist": "attnlab.data.fashion_mnist",
+                  "emoji": "attnlab.data.emoji"}
 
 
 def data_dir(data):

@@ -58,6 +58,33 @@ def pip_sdist(name, version, filename, expected_sha256, dest):
   return path
 
 
+def npm_pack(name, version, expected_sha256, dest):
+  """`npm pack name@version` (the package's tarball, never installed) into
+  `dest`; returns the .tgz path."""
+  os.makedirs(dest, exist_ok=True)
+  filename = f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+  path = os.path.join(dest, filename)
+  if os.path.exists(path):
+    return _checked(path, expected_sha256)
+  with tempfile.TemporaryDirectory(dir=dest) as tmp:
+    try:
+      subprocess.run(["npm", "pack", f"{name}@{version}", "--silent",
+                      "--pack-destination", tmp], check=True, capture_output=True,
+                     text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+      detail = getattr(e, "stderr", "") or str(e)
+      raise FetchError(
+          f"could not get {name}@{version} with npm ({detail.strip()[-200:]}); run "
+          f"`npm pack {name}@{version}` where the npm registry is reachable and put "
+          f"{filename} in {dest}") from e
+    found = os.path.join(tmp, filename)
+    if not os.path.exists(found):
+      raise FetchError(f"npm did not produce {filename} for {name}@{version}")
+    _checked(found, expected_sha256)
+    os.replace(found, path)
+  return path
+
+
 def apt_deb(name, version, expected_sha256, dest):
   """`apt-get download name=version` into `dest`; returns the .deb path.
 

@@ -55,8 +55,13 @@ def parse(pp, key="data.pp"):
 def build(pp, key="data.pp"):
   """The pp string as one function (example, rng) -> example. Arguments an
   op does not take are a ConfigError here, before anything runs."""
+  return compose(parse(pp, key), key)
+
+
+def compose(steps, key="data.pp"):
+  """Parsed steps [(name, args, kwargs)] as one function."""
   fns = []
-  for name, args, kwargs in parse(pp, key):
+  for name, args, kwargs in steps:
     try:
       fns.append(OPS[name](*args, **kwargs))
     except (TypeError, ValueError) as e:
