@@ -32,57 +32,51 @@ def _checked(path, expected):
   return path
 
 
-def pip_sdist(name, version, filename, expected_sha256, dest):
-  """`pip download --no-deps name==version` (source archive) into `dest`."""
+def _client_download(client, spec, command, manual, filename, expected_sha256, dest,
+                     where):
+  """Runs `command` (with "{tmp}" for a fresh folder in `dest`), which must
+  leave `filename` there; checks its sha256 and moves it into `dest`. A file
+  already in `dest` (placed by hand) is only checked; `manual` is the
+  command a person runs elsewhere when this one fails."""
   os.makedirs(dest, exist_ok=True)
   path = os.path.join(dest, filename)
   if os.path.exists(path):
     return _checked(path, expected_sha256)
   with tempfile.TemporaryDirectory(dir=dest) as tmp:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-           "-d", tmp, f"{name}=={version}"]
     try:
-      subprocess.run(cmd, check=True, capture_output=True, text=True,
-                     timeout=600)
+      subprocess.run([a.replace("{tmp}", tmp) for a in command], check=True,
+                     capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
       detail = getattr(e, "stderr", "") or str(e)
       raise FetchError(
-          f"could not get {name}=={version} with pip ({detail.strip()[-200:]}); "
-          f"run `pip download --no-deps {name}=={version}` where the package "
-          f"index is reachable and put {filename} in {dest}") from e
-    found = glob.glob(os.path.join(tmp, filename))
-    if not found:
-      raise FetchError(f"pip did not produce {filename} for {name}=={version}")
-    _checked(found[0], expected_sha256)
-    os.replace(found[0], path)
+          f"could not get {spec} with {client} ({detail.strip()[-200:]}); run "
+          f"`{manual}` where {where} is reachable and put {filename} in {dest}") from e
+    found = os.path.join(tmp, filename)
+    if not os.path.exists(found):
+      raise FetchError(f"{client} did not produce {filename} for {spec}")
+    _checked(found, expected_sha256)
+    os.replace(found, path)
   return path
+
+
+def pip_sdist(name, version, filename, expected_sha256, dest):
+  """`pip download --no-deps name==version` (source archive) into `dest`."""
+  spec = f"{name}=={version}"
+  return _client_download(
+      "pip", spec, [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                    "-d", "{tmp}", spec],
+      f"pip download --no-deps {spec}", filename, expected_sha256, dest,
+      "the package index")
 
 
 def npm_pack(name, version, expected_sha256, dest):
   """`npm pack name@version` (the package's tarball, never installed) into
   `dest`; returns the .tgz path."""
-  os.makedirs(dest, exist_ok=True)
-  filename = f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
-  path = os.path.join(dest, filename)
-  if os.path.exists(path):
-    return _checked(path, expected_sha256)
-  with tempfile.TemporaryDirectory(dir=dest) as tmp:
-    try:
-      subprocess.run(["npm", "pack", f"{name}@{version}", "--silent",
-                      "--pack-destination", tmp], check=True, capture_output=True,
-                     text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-      detail = getattr(e, "stderr", "") or str(e)
-      raise FetchError(
-          f"could not get {name}@{version} with npm ({detail.strip()[-200:]}); run "
-          f"`npm pack {name}@{version}` where the npm registry is reachable and put "
-          f"{filename} in {dest}") from e
-    found = os.path.join(tmp, filename)
-    if not os.path.exists(found):
-      raise FetchError(f"npm did not produce {filename} for {name}@{version}")
-    _checked(found, expected_sha256)
-    os.replace(found, path)
-  return path
+  spec = f"{name}@{version}"
+  return _client_download(
+      "npm", spec, ["npm", "pack", spec, "--silent", "--pack-destination", "{tmp}"],
+      f"npm pack {spec}", f"{name.lstrip('@').replace('/', '-')}-{version}.tgz", expected_sha256, dest,
+      "the npm registry")
 
 
 def apt_deb(name, version, expected_sha256, dest):
