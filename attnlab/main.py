@@ -495,8 +495,14 @@ def cmd_compile(argv):
   import tempfile
   from attnlab import sharding as sharding_lib
   from attnlab import train
-  # Character models have no vocab_size: a byte's worth of ids stands in.
-  exp = module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
+  # No data is read: text experiments take a vocabulary size (character
+  # models have none: a byte's worth of ids stands in), image ones read
+  # their classes and channels from the dataset's description.
+  import inspect
+  if "vocab_size" in inspect.signature(module.Experiment).parameters:
+    exp = module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
+  else:
+    exp = module.Experiment(config, None, read_data=False)
   with tempfile.TemporaryDirectory() as workdir:
     trainer = make_trainer(config, exp, workdir)
     abstract, shardings = trainer.abstract_state()
@@ -514,14 +520,14 @@ def cmd_compile(argv):
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30
   flops = exp.flops_per_step(config.batch_size) if hasattr(exp, "flops_per_step") \
-      else train.step_flops(compiled)
+      else train.step_flops(compiled) * devices  # XLA counts one device's program
   print(f"{train.param_count(abstract['params']):,} params; mesh "
         f"{dict(trainer.mesh.shape)}; global batch {config.batch_size} "
         f"(accumulation {config.grad_accum})")
   print(f"per device: arguments {gib(mem.argument_size_in_bytes):.3f} GiB (state + "
         f"batch), temporaries {gib(mem.temp_size_in_bytes):.3f} GiB, outputs "
         f"{gib(mem.output_size_in_bytes):.3f} GiB (aliased with the donated state)")
-  print(f"{flops / 1e12:.2f} TFLOP per step in all, {flops / devices / 1e12:.3f} per device; "
+  print(f"{flops / 1e12:.4g} TFLOP per step in all, {flops / devices / 1e12:.4g} per device; "
         f"lowered and compiled in {compile_s:.1f} s")
 
 

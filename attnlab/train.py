@@ -282,7 +282,9 @@ class Trainer:
     self._install_signal_handlers()
     first_batch = sharding_lib.global_batch(next(data), self.mesh)
     compiled = train_step.lower(state, first_batch).compile()
-    flops, how = step_flops(compiled), "XLA cost analysis"
+    # XLA's count is of one device's partitioned program: the step's is that
+    # times the devices (an experiment's analytic count is the whole step's).
+    flops, how = step_flops(compiled) * devices, "XLA cost analysis"
     if hasattr(exp, "flops_per_step"):
       flops, how = exp.flops_per_step(config.batch_size), "analytic"
     peak = peak or measured_peak_flops()
@@ -408,7 +410,8 @@ def param_count(params):
 
 
 def step_flops(compiled):
-  """FLOPs of one compiled step from XLA's cost analysis (0 if unknown)."""
+  """FLOPs of one device's part of a compiled step, from XLA's cost
+  analysis (0 if unknown)."""
   try:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):

@@ -101,7 +101,9 @@ def validate(config):
 class Experiment:
   item_name = "images"
 
-  def __init__(self, config, workdir=None):
+  def __init__(self, config, workdir=None, read_data=True):
+    """read_data=False (`./launch.sh compile`): classes and channels from
+    the dataset's tfds description, no image read."""
     self.config, self.workdir = config, workdir
     data = config.data
     self.classes = images.class_names(data)
@@ -111,6 +113,11 @@ class Experiment:
     self.batch_norm = m.name == "resnet" and m.norm == "batch"
     self.whole_batch = "BatchNorm normalises over the batch" if self.batch_norm else None
     self._eval = {}
+    if not read_data:
+      steps = image_ops.parse(data.pp_eval, "data.pp_eval")
+      self.channels = dict(steps[0][2], **dict(zip(("channels",), steps[0][1]))).get(
+          "channels", 3) if steps and steps[0][0] == "decode" else 3
+      return
     # One preprocessed eval image says the shape the model is built for.
     example = self.eval_source(data.eval_split)[0]["image"]
     config_lib.check(example.shape[:2] == (m.image_size, m.image_size), "data.pp_eval",
@@ -118,6 +125,11 @@ class Experiment:
                      f"model.image_size is {m.image_size}",
                      "resize to model.image_size in data.pp_train and data.pp_eval")
     self.channels = example.shape[-1]
+
+  def abstract_batch(self, batch_size):
+    s = self.config.model.image_size
+    return {"image": jax.ShapeDtypeStruct((batch_size, s, s, self.channels), jnp.float32),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
 
   def eval_source(self, split):
     if split not in self._eval:

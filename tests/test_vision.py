@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -430,3 +431,19 @@ def test_linear_probe_of_a_pretrained_run_leaves_its_backbone_frozen(tmp_path):
   rc, out = run_cli(*probe_args[:4], str(tmp_path / "other"), *probe_args[5:],
                     "--config.model.width=24")
   assert rc == 2 and "holds another architecture" in out, out
+
+
+def test_compile_an_imagenet_config_without_its_data():
+  """./launch.sh compile of the i1k recipe on 2 fake devices: classes and
+  channels from tfds's description of imagenet2012 (not prepared here),
+  FLOPs counted for the whole step (XLA's per-device count x devices)."""
+  rc, out = run_cli("compile", "configs/vit.py:i1k,variant=Ti/16", "--devices", "2",
+                    "--config.batch_size=4")
+  assert rc == 0, out
+  assert "{'data': 2}" in out and "5,717,416 params" in out
+  total, per_device = (float(x) for x in re.search(
+      r"([\d.e+-]+) TFLOP per step in all, ([\d.e+-]+) per device", out).groups())
+  assert total == pytest.approx(2 * per_device, rel=1e-3)
+  # ViT-Ti/16's forward is 1.26 GMACs per image (timm); a train step is
+  # about 3 forwards, 2 FLOPs per multiply-add: 4 x 7.6 GFLOP.
+  assert total * 1e12 == pytest.approx(4 * 3 * 2 * 1.26e9, rel=0.1)
