@@ -193,6 +193,8 @@ def load_run(workdir):
   if "model" in config and "d_model" in config.model and "scan" not in config.model:
     # Runs made before the layer stack had options: unscanned, no remat.
     config.model.update(dict(scan=False, remat="none"))
+  if config.get("model", {}).get("name") == "vit" and "drop_path" not in config.model:
+    config.model.drop_path = 0.0  # ViT runs made before stochastic depth
   return config
 
 

@@ -74,7 +74,7 @@ def get_config(arg=None):
       name="vit", variant=arg.variant or "B/16", image_size=224,
       width=0, depth=0, mlp_dim=0, num_heads=0,  # 0: the variant's
       pool="tok", posemb="learn", representation_size=0, dropout=0.0,
-      attention_dropout=0.0, implementation="xla", scan=False, remat="none",
+      attention_dropout=0.0, implementation="xla", scan=False, remat="none", drop_path=0.0,
       dtype="float32"))
   if task == "i1k":
     # ImageNet has no labelled test split: the validation set is reported,

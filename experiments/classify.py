@@ -60,7 +60,7 @@ def make_model(m, num_classes):
       num_classes=num_classes, **model_fields(m), image_size=m.image_size, pool=m.pool,
       posemb=m.posemb, representation_size=m.representation_size, dropout=m.dropout,
       attention_dropout=m.attention_dropout, implementation=m.implementation,
-      scan=m.scan, remat=m.remat, dtype=jnp.dtype(m.dtype))
+      scan=m.scan, remat=m.remat, drop_path=m.drop_path, dtype=jnp.dtype(m.dtype))
 
 
 def validate(config):
@@ -87,6 +87,8 @@ def validate(config):
                      "use a multiple of model.num_heads")
     config_lib.check_choice(config, "model.pool", {"tok", "gap"})
     config_lib.check_choice(config, "model.posemb", {"learn", "sincos2d"})
+    config_lib.check(0 <= m.drop_path < 1, "model.drop_path", f"{m.drop_path} is not in [0, 1)",
+                     "e.g. 0.1 (the rate of the last layer; 0 at the first)")
   config_lib.check_choice(config, "loss", {"softmax", "sigmoid"})
   config_lib.check(0 <= config.label_smoothing < 1, "label_smoothing",
                    f"{config.label_smoothing} is not in [0, 1)", "e.g. 0.1")
@@ -113,10 +115,11 @@ class Experiment:
     self.batch_norm = m.name == "resnet" and m.norm == "batch"
     self.whole_batch = "BatchNorm normalises over the batch" if self.batch_norm else None
     self._eval = {}
-    if not read_data:
-      steps = image_ops.parse(data.pp_eval, "data.pp_eval")
-      self.channels = dict(steps[0][2], **dict(zip(("channels",), steps[0][1]))).get(
-          "channels", 3) if steps and steps[0][0] == "decode" else 3
+    if not read_data:  # the eval pp run on one blank image says the channels
+      blank = image_ops.build(data.pp_eval, "data.pp_eval")(
+          {"image": np.full((m.image_size, m.image_size, 3), 255, np.uint8)},
+          np.random.default_rng(0))
+      self.channels = blank["image"].shape[-1]
       return
     # One preprocessed eval image says the shape the model is built for.
     example = self.eval_source(data.eval_split)[0]["image"]
@@ -183,6 +186,13 @@ class Experiment:
     if "pos_embedding" in loaded and "pos_embedding" in params:
       side = self.config.model.image_size // self.model.patch
       prefix = 1 if self.model.pool == "tok" else 0
+      tokens = loaded["pos_embedding"].shape[1]
+      old_side = int(round(np.sqrt(max(tokens - prefix, 0))))
+      config_lib.check(
+          old_side * old_side == tokens - prefix, "init_from",
+          f"{source}'s {tokens} position embeddings are not {prefix} class token(s) + a "
+          f"square grid, so they cannot be interpolated to {side} x {side}",
+          "fine-tune with the pretrained run's model.pool (tok: a class token; gap: none)")
       loaded["pos_embedding"] = vit.resize_posemb(loaded["pos_embedding"], (side, side),
                                                   prefix)
     mine = {k: v for k, v in params.items() if k != HEAD}
@@ -221,6 +231,8 @@ class Experiment:
     logits, _, _ = self._apply(params, {"model_state": model_state}, batch["image"], False)
     label = batch["label"]
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    # Eval loss is the plain likelihood of the true label (no label smoothing,
+    # no mixup) so runs trained with different smoothing compare on one scale.
     return {"nll": optax.softmax_cross_entropy_with_integer_labels(logits, label)
             if self.config.loss == "softmax" else self._nll(logits, label),
             "top1": (top5[:, 0] == label).astype(jnp.float32),

@@ -161,3 +161,45 @@ def test_layouts_convert_both_ways():
   back = blocks.unscanned_layout(blocks.scanned_layout(p, "layer"), "layer")
   assert jax.tree.structure(back) == jax.tree.structure(p)
   assert_trees_close(back, p, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_stochastic_depth_keeps_or_drops_each_rows_branches_at_the_layers_rate(scan):
+  """Drop path: in layer l each row's attention and FFN branches are either
+  kept, scaled by 1 / (1 - p_l), or dropped whole, p_l rising linearly from
+  0 at the first layer to `drop_path` at the last (DeiT). Checked row by row
+  against the layers computed by hand from their own sub-modules for every
+  keep/drop choice; evaluation is the stack without it."""
+  L, B, rate = 3, 64, 0.5
+  args = dict(num_layers=L, num_heads=2, d_ff=32, dropout=0.0, pre_norm=True, scan=scan)
+  stack = blocks.Stack(**args, drop_path=rate)
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, 5, 16))
+  variables = stack.init(jax.random.PRNGKey(1), x, att.Mask())
+  np.testing.assert_array_equal(stack.apply(variables, x, att.Mask())[0],
+                                blocks.Stack(**args).apply(variables, x, att.Mask())[0])
+  y = stack.apply(variables, x, att.Mask(), train=True, rngs={"dropout": jax.random.PRNGKey(2)})[0]
+
+  params = variables["params"]
+  layer_params = [jax.tree.map(lambda a: a[i], params["layer_scan"]) if scan
+                  else params[f"layer_{i}"] for i in range(L)]
+  layer = blocks.Layer(2, 32, dropout=0.0, pre_norm=True)
+  attend = lambda m, h: m.self_attention(m.norms["self_norm"](h), mask=att.Mask())[0]
+  ffn = lambda m, h: m.ffn(m.norms["ffn_norm"](h))
+  rates = [rate * i / (L - 1) for i in range(L)]  # 0, 0.25, 0.5
+
+  def by_hand(keep):  # keep[l] = (attention kept, FFN kept) for every row
+    h = x
+    for p, r, (a, f) in zip(layer_params, rates, keep):
+      h = h + a * layer.apply({"params": p}, h, method=attend) / (1 - r)
+      h = h + f * layer.apply({"params": p}, h, method=ffn) / (1 - r)
+    return h
+
+  choices = [((1, 1), k1, k2) for k1 in np.ndindex(2, 2) for k2 in np.ndindex(2, 2)]
+  match = np.stack([np.all(np.isclose(by_hand(c), y, atol=1e-5), axis=(1, 2))
+                    for c in choices], 1)
+  assert (match.sum(1) == 1).all(), "every row is one keep/drop choice"
+  dropped = 2 * B - np.array([[sum(choices[j][l]) for j in match.argmax(1)]
+                              for l in range(L)]).sum(1)
+  # Branches dropped per layer out of 2B = 128: none, ~32 (p = 0.25), ~64 (0.5).
+  assert dropped[0] == 0
+  assert abs(dropped[1] - 32) < 20 and abs(dropped[2] - 64) < 24, dropped

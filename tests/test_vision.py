@@ -253,6 +253,12 @@ def test_fine_tuning_at_another_resolution_takes_all_but_the_head(tmp_path):
   np.testing.assert_allclose(ft["pos_embedding"], want, rtol=1e-6)
   # The head is new (zero, then one step), not the pretrained run's.
   assert not np.allclose(ft["head"]["kernel"], pre["head"]["kernel"])
+  # Without a class token the checkpoint's 1 + 8 x 8 positions are no grid
+  # to interpolate: refused in one line, before compile.
+  rc, out = run_cli(*train_args(tmp_path / "gap", root, f"--config.init_from={tmp_path / 'pre'}",
+                                "--config.model.pool=gap"))
+  assert rc == 2 and "65 position embeddings are not 0 class token(s) + a square grid" in out, out
+  assert "Traceback" not in out and "compil" not in out.lower(), out
 
 
 @pytest.mark.parametrize("override,message", [

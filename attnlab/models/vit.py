@@ -83,6 +83,7 @@ class ViT(nn.Module):
   implementation: str = "xla"
   scan: bool = False
   remat: str = "none"
+  drop_path: float = 0.0      # stochastic depth at the last layer (DeiT, DINO)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -111,7 +112,8 @@ class ViT(nn.Module):
     stack = blocks.Stack(self.depth, self.num_heads, self.mlp_dim, prefix="encoderblock",
                          dropout=self.dropout, attention_dropout=self.attention_dropout,
                          pre_norm=True, activation="gelu", implementation=self.implementation,
-                         scan=self.scan, remat=self.remat, dtype=self.dtype, name="encoder")
+                         scan=self.scan, remat=self.remat, drop_path=self.drop_path,
+                         dtype=self.dtype, name="encoder")
     x, weights = stack(x, att.Mask(), train=train, return_weights=return_weights)
     x = nn.LayerNorm(epsilon=1e-6, name="encoder_norm")(x)
     pre_logits = x[:, 0] if prefix else jnp.mean(x, 1)

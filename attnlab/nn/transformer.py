@@ -44,10 +44,28 @@ class FeedForward(nn.Module):
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="wo")(h)
 
 
+def drop_path(module, y, rate, train):
+  """Stochastic depth (Huang et al. 2016, as DeiT/DINO use it): each row's
+  residual branch y [B, ...] is zeroed with probability `rate` and scaled by
+  1 / (1 - rate) otherwise. `rate` may be traced (a scanned layer's rate)."""
+  if rate is None or not train:
+    return y
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+  return jnp.where(mask, y / keep, 0).astype(y.dtype)
+
+
+def drop_path_rates(rate, num_layers):
+  """The per-layer rates: 0 at the first layer rising linearly to `rate`
+  at the last (DeiT's and DINO's schedule)."""
+  return jnp.linspace(0.0, rate, num_layers)
+
+
 class Layer(nn.Module):
   """Self-attention (+ encoder-decoder attention when `cross`) + FFN, each
   sub-layer wrapped as LayerNorm(x + Dropout(f(x))) (post-norm, the paper)
-  or x + Dropout(f(LayerNorm(x))) (pre-norm)."""
+  or x + Dropout(f(LayerNorm(x))) (pre-norm); with a `drop_path` rate the
+  whole branch of a row is dropped (stochastic depth)."""
   num_heads: int
   d_ff: int
   cross: bool = False
@@ -70,13 +88,14 @@ class Layer(nn.Module):
     self.norms = {n: nn.LayerNorm(name=n) for n in names}
     self.drop = nn.Dropout(self.dropout)
 
-  def _sublayer(self, name, fn, x, train):
+  def _sublayer(self, name, fn, x, train, rate):
+    branch = lambda h: drop_path(self, self.drop(fn(h), deterministic=not train), rate, train)
     if self.pre_norm:
-      return x + self.drop(fn(self.norms[name](x)), deterministic=not train)
-    return self.norms[name](x + self.drop(fn(x), deterministic=not train))
+      return x + branch(self.norms[name](x))
+    return self.norms[name](x + branch(x))
 
   def __call__(self, x, mask, memory=None, cross_mask=None, cache=None, index=None,
-               cross_kv=None, train=False, return_weights=False):
+               cross_kv=None, train=False, return_weights=False, drop_path=None):
     """x [B, T, D]. `memory` [B, S, D] (or `cross_kv`, its projected keys
     and values) for the encoder-decoder attention. With `cache` = {"k", "v"
     [B, L, H, Dh]}, x holds the next T tokens of each row, written at
@@ -104,7 +123,7 @@ class Layer(nn.Module):
       return self.self_attention(h, mask=causal, kv=(new_cache["k"], new_cache["v"]),
                                  train=train)[0]
 
-    x = self._sublayer("self_norm", self_attend, x, train)
+    x = self._sublayer("self_norm", self_attend, x, train, drop_path)
     if self.cross:
       def cross_attend(h):
         out, w = self.cross_attention(h, memory, cross_mask, kv=cross_kv,
@@ -112,8 +131,8 @@ class Layer(nn.Module):
         if return_weights:
           weights["cross"] = w
         return out
-      x = self._sublayer("cross_norm", cross_attend, x, train)
-    x = self._sublayer("ffn_norm", self.ffn, x, train)
+      x = self._sublayer("cross_norm", cross_attend, x, train, drop_path)
+    x = self._sublayer("ffn_norm", self.ffn, x, train, drop_path)
     return x, weights, new_cache
 
   def project_cross_kv(self, memory):
@@ -130,11 +149,11 @@ class _ScanBody(Layer):
 
   def __call__(self, x, per_layer, mask, memory, cross_mask, index, train,
                return_weights, op):
-    cache, cross_kv = per_layer
+    cache, cross_kv, rate = per_layer
     if op == "project_cross_kv":
       return x, self.project_cross_kv(memory)
     x, weights, new_cache = super().__call__(x, mask, memory, cross_mask, cache, index,
-                                             cross_kv, train, return_weights)
+                                             cross_kv, train, return_weights, rate)
     return x, (weights, new_cache)
 
 
@@ -157,7 +176,9 @@ class Stack(nn.Module):
   scan=True: one nn.scan over the layers; parameters stacked on a leading
   layer axis under `{prefix}_scan` (one layer is compiled instead of L, and
   the backward pass keeps one layer's activations per step of the scan
-  when rematerialised). `remat` is a REMAT_POLICIES key.
+  when rematerialised). `remat` is a REMAT_POLICIES key. `drop_path` is
+  the stochastic-depth rate of the last layer (drop_path_rates); a scanned
+  stack gets each layer's rate as a scanned input.
 
   A model calls nn.share_scope(self, stack) so that unscanned parameters
   keep the names they had before the stack existed (old checkpoints load).
@@ -178,6 +199,7 @@ class Stack(nn.Module):
   implementation: str = "xla"
   scan: bool = False
   remat: str = "none"
+  drop_path: float = 0.0
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -187,15 +209,19 @@ class Stack(nn.Module):
     # Every Layer field is a Stack field of the same name.
     kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(Layer)
               if f.name not in ("parent", "name")}
+    if not 0 <= self.drop_path < 1:
+      raise ValueError(f"drop_path={self.drop_path} is not in [0, 1)")
     policy = REMAT_POLICIES[self.remat]
     remat = self.remat != "none"
     if self.scan:
       body = _ScanBody
       if remat:  # self counts as argument 0: train, return_weights, op
         body = nn.remat(body, policy=policy, prevent_cse=False, static_argnums=(7, 8, 9))
+      # per-layer inputs: the cache and cross keys (layers on axis 1) and
+      # the drop-path rates (axis 0).
       body = nn.scan(body, variable_axes={"params": 0},
                      split_rngs={"params": True, "dropout": True},
-                     in_axes=(1,) + (nn.broadcast,) * 7, out_axes=1,
+                     in_axes=((1, 1, 0),) + (nn.broadcast,) * 7, out_axes=1,
                      length=self.num_layers)
       self.scanned = body(**kwargs, name=f"{self.prefix}_scan")
     else:
@@ -207,13 +233,16 @@ class Stack(nn.Module):
                return_weights=False):
     """x [B, T, D] -> (y [B, T, D], weights): None, or when asked
     {"self": [B, layers, H, T, T] (, "cross": [B, layers, H, T, S])}."""
+    rates = (drop_path_rates(self.drop_path, self.num_layers)
+             if self.drop_path and train else None)
     if self.scan:
-      x, (weights, _) = self.scanned(x, (None, None), mask, memory, cross_mask, None,
+      x, (weights, _) = self.scanned(x, (None, None, rates), mask, memory, cross_mask, None,
                                      train, return_weights, "call")
       return x, weights
     per_layer = []
-    for layer in self.layers:
-      x, w, _ = layer(x, mask, memory, cross_mask, None, None, None, train, return_weights)
+    for i, layer in enumerate(self.layers):
+      x, w, _ = layer(x, mask, memory, cross_mask, None, None, None, train, return_weights,
+                      None if rates is None else rates[i])
       per_layer.append(w)
     if not return_weights:
       return x, None
@@ -231,7 +260,7 @@ class Stack(nn.Module):
   def project_cross_kv(self, memory):
     """Per-layer encoder-decoder keys and values of memory [B, S, D]."""
     if self.scan:
-      return self.scanned(memory[:, :0], (None, None), None, memory, None, None,
+      return self.scanned(memory[:, :0], (None, None, None), None, memory, None, None,
                           False, False, "project_cross_kv")[1]
     return [layer.project_cross_kv(memory) for layer in self.layers]
 
@@ -241,7 +270,7 @@ class Stack(nn.Module):
     weights [B, layers, H, T, S] or None, new cache)."""
     index = cache["index"]
     if self.scan:
-      x, (weights, kv) = self.scanned(x, (cache["kv"], cross_kv), None, None, cross_mask,
+      x, (weights, kv) = self.scanned(x, (cache["kv"], cross_kv, None), None, None, cross_mask,
                                       index, train, return_weights, "call")
       weights = weights["cross"] if return_weights and self.cross else None
     else:
