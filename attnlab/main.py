@@ -194,7 +194,7 @@ def load_run(workdir):
     # Runs made before the layer stack had options: unscanned, no remat.
     config.model.update(dict(scan=False, remat="none"))
   if config.get("model", {}).get("name") == "vit" and "drop_path" not in config.model:
-    config.model.drop_path = 0.0  # ViT runs made before stochastic depth
+    config.model.update(drop_path=0.0, head_bias=0.0)  # ViT runs made before they existed
   return config
 
 

@@ -199,3 +199,19 @@ def compare_runs(runs, key, path, x="step"):
   ax.grid(alpha=0.3)
   ax.legend()
   _save(fig, path, None, 0, None)
+
+
+def by_data_fraction(curves, path, ylabel="test accuracy"):
+  """{label: [(percent of the training set, value)]} on a log x axis (the
+  "ViT needs more data" comparison)."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, pts in curves.items():
+    ax.plot(*zip(*sorted(pts)), marker="o", label=label)
+  ax.set_xscale("log")
+  ticks = sorted({p for pts in curves.values() for p, _ in pts})
+  ax.set_xticks(ticks, [f"{p:g}%" for p in ticks])
+  ax.set_xlabel("training set used")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save(fig, path, None, 0, None)

@@ -23,6 +23,10 @@
       against the flax WMT example (DIR = its examples/wmt) in alternating
       windows: the median ratio of the rounds and their spread; levers
       (rbg dropout bits, the one-hot loss, fused q/k/v) timed one at a time against ours
+  python -m experiments.bench bigvision DIR [VARIANT...]   ViT training
+      images/s (default Ti/16 and S/16) at 224, batch 8, f32, against
+      big_vision's models/vit.py with its optimizer and loss (DIR = its
+      checkout) in alternating windows: median ratio, spread, MFU
   python -m experiments.bench pipeline SPEC...       a config's input pipeline
       alone (batches/s, items/s) against what its train step consumes
   python -m experiments.bench attention              self-attention forward +
@@ -631,6 +635,110 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
           f"{secs[theirs] / secs[ours]:.2f}x flax")
 
 
+def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window=3):
+  """Training images/s of our ViT against big_vision's (BV_DIR = a checkout
+  of google-research/big_vision, fetched, never committed) at 224 x 224,
+  batch 8, float32, one process: each side its own model, optimizer and
+  loss from its i1k recipe (configs/vit.py:i1k and big_vision's
+  configs/vit_i1k.py: Adam with clipping and decoupled weight decay, the
+  sigmoid loss, the pre-logits layer), the same random batch, timed in
+  alternating windows of `window` steps, `rounds` times; the figure is the
+  median ratio. big_vision's step is its train.py update_fn without
+  mixup (ours mixes in the input pipeline) and its
+  gradient/parameter/update norms kept. MFU from XLA's FLOPs of our
+  compiled step against a matmul peak measured in this run."""
+  import functools
+  import importlib.util
+  import types
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from attnlab import main as main_lib
+  from attnlab import train as train_lib
+  from experiments import classify
+
+  if not os.path.isdir(os.path.join(bv_dir, "big_vision", "models")):
+    sys.exit(f"{bv_dir} has no big_vision/models: pass the root of a "
+             "google-research/big_vision checkout")
+  # Its utils import TensorFlow for gfile only (checkpoint files, unused
+  # here): a stand-in, after flax's own probe for TensorFlow has run.
+  from flax.training import checkpoints  # noqa: F401
+  stand_ins = {}
+  if importlib.util.find_spec("tensorflow") is None:
+    tf = types.ModuleType("tensorflow")
+    tf.io = types.ModuleType("tensorflow.io")
+    tf.io.gfile = types.ModuleType("tensorflow.io.gfile")
+    stand_ins = {"tensorflow": tf, "tensorflow.io": tf.io, "tensorflow.io.gfile": tf.io.gfile}
+  sys.modules.update(stand_ins)
+  sys.path.insert(0, bv_dir)
+  import big_vision.optax as bv_optax
+  import big_vision.utils as bv_utils
+  from big_vision.configs import vit_i1k
+  from big_vision.models import vit as bv_vit
+  for name in stand_ins:  # others (tfds, etils) probe for the real one
+    del sys.modules[name]
+
+  rng = jax.random.PRNGKey(0)
+  images = jax.random.uniform(rng, (batch, 224, 224, 3), jnp.float32, -1, 1)
+  labels = jax.random.randint(rng, (batch,), 0, 1000)
+  peak = train_lib.measured_peak_flops()
+  print(f"224 x 224, batch {batch}, float32, 1000 classes; {rounds} rounds of "
+        f"{window} steps each, alternating; measured f32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+  print(f"{'':>22}{'params':>12}{'images/s':>10}{'s/step':>8}{'MFU':>7}"
+        f"{'x big_vision (median)':>23}{'rounds':>13}")
+  for variant in variants:
+    # Ours: the trainer's own step on configs/vit.py:i1k.
+    config, _ = main_lib.parse_config(["--config", f"configs/vit.py:i1k,variant={variant}"])
+    config.batch_size = batch
+    exp = classify.Experiment(config, None, read_data=False)
+    workdir = tempfile.mkdtemp()
+    trainer = train_lib.Trainer(config, exp, workdir)
+    step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
+    state = trainer.create_state()
+    ours_batch = {"image": images, "label": labels}
+    flops = train_lib.step_flops(step.lower(state, ours_batch).compile())
+    contenders = {"attnlab": Stepper(step, state, ours_batch)}
+    count = train_lib.param_count(contenders["attnlab"].state["params"])
+    shutil.rmtree(workdir)
+
+    # Theirs: its model, optimizer (bv_optax.make) and loss from its config.
+    bv = vit_i1k.get_config(f"variant={variant}")
+    model = bv_vit.Model(num_classes=bv.num_classes, **bv.model)
+    params = jax.jit(lambda r: model.init(r, images[:1])["params"])(rng)
+    params["head"]["bias"] = jnp.full_like(params["head"]["bias"], bv.init_head_bias)
+    tx, _ = bv_optax.make(bv, params, sched_kw=dict(
+        total_steps=93_750, batch_size=bv.input.batch_size, data_size=1_281_167))
+    loss_name = bv.get("loss", "sigmoid_xent")
+
+    def update_fn(train_state, batch_, rng_model):
+      def loss_fn(p):
+        logits, _ = model.apply({"params": p}, batch_["image"], train=True,
+                                rngs={"dropout": rng_model})
+        return getattr(bv_utils, loss_name)(logits=logits, labels=batch_["labels"])
+      p, opt = train_state["params"], train_state["opt"]
+      loss, grads = jax.value_and_grad(loss_fn)(p)
+      updates, opt = tx.update(grads, opt, p)
+      p = optax.apply_updates(p, updates)
+      norm = lambda t: jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(t)))
+      return {"params": p, "opt": opt}, {"training_loss": loss, "l2_grads": norm(grads),
+                                          "l2_params": norm(p), "l2_updates": norm(updates)}
+    their_step = jax.jit(update_fn, donate_argnums=(0,))
+    their_batch = {"image": images, "labels": jax.nn.one_hot(labels, 1000)}
+    contenders["big_vision"] = Stepper(
+        lambda s, b: their_step(s, b, rng), {"params": params, "opt": tx.init(params)},
+        their_batch)
+    their_count = sum(x.size for x in jax.tree.leaves(params))
+
+    times = interleaved({k: functools.partial(c.window, window)
+                         for k, c in contenders.items()}, rounds)
+    for name, n in (("attnlab", count), ("big_vision", their_count)):
+      secs = float(np.median(times[name])) / window
+      med, lo, hi = ratio_summary(times, "big_vision", name)
+      print(f"{name + ' ' + variant:>22}{n:>12,}{batch / secs:>10.1f}{secs:>8.2f}"
+            f"{100 * flops / secs / peak:>6.1f}%{med:>22.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -656,13 +764,17 @@ def main():
     bench_pipeline(sys.argv[2:])
   elif what == "decode":
     decode_speed()
+  elif what == "bigvision":
+    if len(sys.argv) < 3:
+      sys.exit("usage: python -m experiments.bench bigvision BIG_VISION_CHECKOUT [VARIANT...]")
+    big_vision_vit(sys.argv[2], *([sys.argv[3:]] if len(sys.argv) > 3 else []))
   elif what == "flaxwmt":
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
     flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt, attention or pipeline")
+             "decode, flaxwmt, bigvision, attention or pipeline")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def make_model(m, num_classes):
       num_classes=num_classes, **model_fields(m), image_size=m.image_size, pool=m.pool,
       posemb=m.posemb, representation_size=m.representation_size, dropout=m.dropout,
       attention_dropout=m.attention_dropout, implementation=m.implementation,
-      scan=m.scan, remat=m.remat, drop_path=m.drop_path, dtype=jnp.dtype(m.dtype))
+      scan=m.scan, remat=m.remat, drop_path=m.drop_path, head_bias=m.head_bias,
+      dtype=jnp.dtype(m.dtype))
 
 
 def validate(config):
@@ -128,6 +129,18 @@ class Experiment:
                      f"model.image_size is {m.image_size}",
                      "resize to model.image_size in data.pp_train and data.pp_eval")
     self.channels = example.shape[-1]
+    # And one training image, so that a bad pp_train stops here, not mid-run.
+    try:
+      train = image_ops.build(data.pp_train, "data.pp_train")(
+          images.source(data, data.train_split)[0], np.random.default_rng(0))["image"]
+    except config_lib.ConfigError:
+      raise
+    except ValueError as e:
+      raise config_lib.ConfigError("data.pp_train", str(e),
+                                   "fix the op order or arguments") from None
+    config_lib.check(train.shape == example.shape, "data.pp_train",
+                     f"makes {train.shape} images but data.pp_eval makes {example.shape}",
+                     "end both pipelines at model.image_size with the same channels")
 
   def abstract_batch(self, batch_size):
     s = self.config.model.image_size

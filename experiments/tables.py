@@ -17,9 +17,16 @@
               sentence length, for finished translation runs (each run's
               bleu.json, written at the end of training or by `eval`), as a
               table and one plot beside the runs.
+  data_efficiency WORKDIR...
+              "ViT needs more data than a ResNet": finished classification
+              runs on shares of one training set (data.train_split such as
+              train[:5%]), test accuracy (read once, at each run's end) per
+              model and share, as a table and data_efficiency.png beside
+              the runs.
 """
 import json
 import os
+import re
 import sys
 
 import jax
@@ -204,8 +211,50 @@ def vision():
         f"{memory.temp_size_in_bytes / 2 ** 20:,.1f} MiB")
 
 
+def _percent(split):
+  """The share of the training set a split string takes: "train[:5%]" -> 5."""
+  m = re.fullmatch(r"\w+\[:(\d+(?:\.\d+)?)%\]", split)
+  return float(m.group(1)) if m else 100.0
+
+
+def data_efficiency(*workdirs):
+  """Finished classification runs of several models on shares of one
+  training set: a table and a plot of test accuracy against the share."""
+  from attnlab import metrics as metrics_lib
+  from attnlab import viz
+  if not workdirs:
+    sys.exit("error: give the workdirs of finished classification runs "
+             "(e.g. --config.data.train_split=train[:5%])")
+  curves, table = {}, []
+  for wd in workdirs:
+    path = os.path.join(wd, "test.json")
+    if not os.path.exists(path):
+      sys.exit(f"error: {path} is missing: let the run finish (its test split is "
+               "read once, at the end)")
+    config = json.load(open(os.path.join(wd, "config.json")))
+    rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+    last = lambda key: [r[key] for r in rows if key in r][-1]
+    m = config["model"]
+    name = (f"ResNet-{m['variant']} w{m['width']}" if m["name"] == "resnet"
+            else f"ViT {m['variant']} w{m['width']}")
+    percent = _percent(config["data"]["train_split"])
+    test = json.load(open(path))["test/accuracy"]
+    curves.setdefault(name, []).append((percent, test))
+    table.append((percent, name, last("model/params"), config["total_steps"],
+                  last("time/wall_sec") / 60, last("eval/accuracy"), test))
+  print("| training set | model | params | steps | wall minutes | validation acc. "
+        "(last eval) | test acc. |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  for percent, name, n, steps, minutes, val, test in sorted(table):
+    print(f"| {percent:g}% | {name} | {n / 1e6:.2f} M | {steps:,} | {minutes:.1f} | "
+          f"{100 * val:.1f}% | {100 * test:.1f}% |")
+  out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), "data_efficiency.png")
+  viz.by_data_fraction(curves, out)
+  print(f"\nplot: {os.path.relpath(out)}")
+
+
 TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,
-          "vision": vision}
+          "vision": vision, "data_efficiency": data_efficiency}
 
 
 def main():

@@ -151,6 +151,51 @@ def test_mixup_mixes_images_and_labels_by_one_lambda():
   np.testing.assert_allclose(out["label"].sum(1), 1.0, rtol=1e-6)
 
 
+def test_randaugment_ops_match_their_definitions_and_the_recipes_magnitudes():
+  """Each op against an independent statement of it; magnitude 10 gives the
+  TF implementation's full arguments (rotation 30 degrees, shear 0.3, 100
+  pixels of translation at 224); N ops drawn uniformly from all 16."""
+  from attnlab.data import randaugment as ra
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(ra.posterize(x, 4), x & 0xF0)
+  assert not ra.posterize(x, 0).any()  # 0 bits kept: the quirk of randaug(2, 0)
+  np.testing.assert_array_equal(ra.solarize(x, 0), 255 - x)
+  np.testing.assert_array_equal(ra.solarize(x, 256), x)
+  v = np.array([[[0], [100], [127], [128], [250]]], np.uint8)
+  np.testing.assert_array_equal(ra.solarize_add(v, 110)[0, :, 0], [110, 210, 237, 128, 250])
+  np.testing.assert_array_equal(ra.rotate(x, 90), np.rot90(x))  # counter-clockwise
+  moved = ra.translate_x(x, 3)
+  np.testing.assert_array_equal(moved[:, 3:], x[:, :-3])
+  assert (moved[:, :3] == ra.FILL).all()
+  np.testing.assert_array_equal(ra.translate_y(x, -2)[:-2], x[2:])
+  assert not ra.brightness(x, 0.0).any()
+  np.testing.assert_array_equal(ra.brightness(x, 1.0), x)
+  cut = ra.cutout(np.zeros((20, 20, 1), np.uint8), 3, rng)[..., 0] == ra.FILL
+  rows, cols = np.nonzero(cut)
+  assert 0 < cut.sum() <= 36 and cut.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
+  big = rng.integers(0, 256, (224, 224, 1), dtype=np.uint8)
+  for name, fn, arg in [("Rotate", ra.rotate, 30.0), ("ShearX", ra.shear_x, 0.3),
+                        ("TranslateX", ra.translate_x, 100)]:
+    out = ra.OPS[name](big, 10, rng)
+    assert any(np.array_equal(out, fn(big, s * arg)) for s in (1, -1)), name
+
+  chosen = []
+  ops = {n: (lambda n: lambda im, m, r: chosen.append(n) or im)(n) for n in ra.NAMES}
+  for _ in range(200):
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr(ra, "OPS", ops)
+      ra.randaugment(x, rng, 2, 10)
+  assert len(chosen) == 400 and set(chosen) == set(ra.NAMES) and len(ra.NAMES) == 16
+  pp = image_ops.build("randaug(2, 15)")
+  for image in (x, x[..., :1]):
+    out = pp({"image": image}, np.random.default_rng(1))["image"]
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, pp({"image": image}, np.random.default_rng(1))["image"])
+  with pytest.raises(ValueError, match="before value_range"):
+    image_ops.build("value_range|randaug")({"image": x}, rng)
+
+
 # --- sources -------------------------------------------------------------------
 def test_idx_files_read_as_written():
   want = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
@@ -188,6 +233,11 @@ def test_folder_splits_labels_and_holdout(tmp_path):
   assert sorted(test.labels) == [0, 0, 0, 1, 1, 1]
   row = images.Preprocessed(val, "decode|value_range(0, 1)")[0]
   assert row["image"].shape == (12, 12, 3) and row["label"] in (0, 1)
+  # A tfds slice takes each label's share of its files (the 4 training ones).
+  half = images.source(data, "train[:50%]")
+  assert sorted(half.labels) == [0, 0, 1, 1]
+  assert set(half.files) <= set(train.files)
+  assert images.source(data, "test[-1:]").labels == [0, 1]
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -264,7 +314,9 @@ def test_fine_tuning_at_another_resolution_takes_all_but_the_head(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("--config.model.variant=Ti/5", "model.image_size: 32 is not divisible by the patch size 5"),
     ("--config.model.variant=Q/4", "unknown ViT variant"),
-    ("--config.data.pp_train=decode|blur", "unknown op 'blur'")])
+    ("--config.data.pp_train=decode|blur", "unknown op 'blur'"),
+    ("--config.data.pp_train=decode|resize(32)|value_range|randaug",
+     "randaug needs uint8 images, got float32: put it before value_range")])
 def test_bad_vision_input_is_one_line_exit_2(tmp_path, override, message):
   root = make_folder(tmp_path / "imgs")
   rc, out = run_cli(*train_args(tmp_path / "run", root, override))

@@ -186,6 +186,16 @@ def flip_lr(p=0.5):
 
 
 @op
+def randaug(num_layers=2, magnitude=10):
+  """RandAugment (attnlab/data/randaugment.py): `num_layers` ops at
+  `magnitude`, on uint8 images (before value_range)."""
+  from attnlab.data import randaugment
+  if num_layers < 0 or magnitude < 0:
+    raise ValueError(f"need num_layers >= 0 and magnitude >= 0, got {num_layers}, {magnitude}")
+  return _image_op(lambda image, rng: randaugment.randaugment(image, rng, num_layers, magnitude))
+
+
+@op
 def value_range(vmin=-1.0, vmax=1.0):
   """uint8 [0, 255] -> float32 [vmin, vmax]."""
   return _image_op(lambda image, rng: (

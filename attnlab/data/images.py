@@ -15,6 +15,7 @@ int}. Images stay encoded until the `decode` op of the pipeline, which
 """
 import glob
 import os
+import types
 
 import grain
 import numpy as np
@@ -54,15 +55,24 @@ def _label_files(folder):
 
 
 def folder_source(data, split):
+  """A folder's split; without ROOT/validation/ it is the last `holdout` of
+  each label's training files. A tfds slice ("train[:5%]", "test[10:20]")
+  slices each label's files alike, so that every label keeps its share."""
   classes = folder_classes(data.folder)
   has_validation = os.path.isdir(os.path.join(data.folder, "validation"))
-  read_from = "train" if split == "validation" and not has_validation else split
+  base = split.split("[")[0]
+  read_from = "train" if base == "validation" and not has_validation else base
   files, labels = [], []
   for label, name in enumerate(classes):
     found = _label_files(os.path.join(data.folder, read_from, name))
-    if read_from != split or (split == "train" and not has_validation):
+    if read_from != base or (base == "train" and not has_validation):
       cut = len(found) - int(round(len(found) * data.holdout))
-      found = found[cut:] if split == "validation" else found[:cut]
+      found = found[cut:] if base == "validation" else found[:cut]
+    if base != split:
+      import tensorflow_datasets as tfds
+      sizes = {base: types.SimpleNamespace(num_examples=len(found))}
+      part = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)[0]
+      found = found[part.from_:part.to]
     files += found
     labels += [label] * len(found)
   return FolderSource(files, labels, classes)
