@@ -101,7 +101,105 @@ def validate(config):
                      "give the --workdir of a finished classification run")
 
 
-class Experiment:
+class ImageFeatures:
+  """What the vision experiments share, on a backbone `self.vit` (a ViT or
+  ResNet) whose variables in a train state are `feature_variables(state)`:
+  preprocessed eval splits, the frozen features of a split (pre-logits,
+  every device), the linear probe on them, and attention maps. Needs
+  `self.config` (data.pp_eval, data.probe_rows, eval_batch_size),
+  `self.classes` and `self._eval = {}`."""
+
+  def eval_source(self, split):
+    if split not in self._eval:
+      self._eval[split] = images.Preprocessed(images.source(self.config.data, split),
+                                              self.config.data.pp_eval)
+    return self._eval[split]
+
+  def _features(self, variables, batch):
+    """Per row of a batch: {"features", "label"}."""
+    raise NotImplementedError
+
+  def split_features(self, state, mesh, split, limit=0):
+    src = self.eval_source(split)
+    if limit and len(src) > limit:  # an evenly spaced subset of a large split
+      src = _Subset(src, np.linspace(0, len(src) - 1, limit).astype(int))
+    rows = sharded.rows(self._features, self.feature_variables(state),
+                        sharded.batches(src, sharded.round_to_devices(
+                            self.config.eval_batch_size, mesh), mesh))
+    return rows["features"], rows["label"]
+
+  def probe(self, state, mesh, test=False):
+    """The linear probe: fitted on the training split's features (eval
+    preprocessing, at most data.probe_rows of them), L2 chosen on validation.
+    Returns ({split: accuracy}, chosen l2, the probe)."""
+    c = self.config
+    train = self.split_features(state, mesh, c.data.train_split, c.data.probe_rows)
+    validation = self.split_features(state, mesh, c.data.eval_split)
+    probe, l2, scores = linear_probe.select(train, validation, len(self.classes), mesh)
+    out = {"validation": scores[l2]}
+    if test:
+      out["test"] = linear_probe.accuracy(
+          probe, *self.split_features(state, mesh, c.data.test_split))
+    return out, l2, probe
+
+  # --- attention maps -------------------------------------------------------
+  def has_maps(self):
+    return isinstance(self.vit, vit.ViT) and self.vit.pool == "tok"
+
+  def attention(self, params, images_):
+    """Per image [B, H, W, C] (preprocessed): the last layer's class-token
+    attention to each patch, per head [B, heads, h, w], and the attention
+    rollout of the class token over all layers [B, h, w]."""
+    if not self.has_maps():
+      raise ValueError("attention maps need a ViT with a class token "
+                       f"(this run's model is {self.config.model.name}, pool "
+                       f"{self.config.model.get('pool')})")
+    _, aux = self.vit.apply({"params": params}, images_, return_weights=True)
+    weights = aux["attention"]  # [B, layers, heads, T, T]
+    side = images_.shape[1] // self.vit.patch
+    last = weights[:, -1, :, 0, 1:].reshape(weights.shape[0], weights.shape[2], side, -1)
+    rollout = att.attention_rollout(weights)[:, 0, 1:].reshape(weights.shape[0], side, -1)
+    return last, rollout
+
+  def guess(self, state, image):
+    """A caption for an attention figure (the class guessed), or ""."""
+    return ""
+
+  def attend(self, state, pictures, folder, writer=None, step=0):
+    """Attention maps of `pictures` ([(name, encoded image)]) as PNGs in
+    `folder`: each image resized and centre-cropped to the model's size,
+    then the eval pipeline; returns the paths written."""
+    s = self.config.model.image_size
+    steps = image_ops.parse(self.config.data.pp_eval, "data.pp_eval")  # decode first
+    fit = [("resize_small", (s,), {}), ("central_crop", (s,), {})]
+    pp = image_ops.compose(steps[:1] + fit + steps[1:], "data.pp_eval")
+    fn = jax.jit(self.attention)
+    params = self.attention_params(state)
+    paths = []
+    for name, encoded in pictures:
+      image = jnp.asarray(pp({"image": encoded}, np.random.default_rng(0))["image"][None])
+      last, rollout = (np.asarray(a[0]) for a in fn(params, image))
+      guess = self.guess(state, image)
+      shown = image_ops.compose(fit)({"image": images.display(encoded)}, None)["image"]
+      path = os.path.join(folder, f"attention_{os.path.splitext(os.path.basename(name))[0]}.png")
+      viz.attention_maps(shown, [*last, rollout],
+                         [f"head {h + 1}, last layer" for h in range(len(last))] + ["rollout"],
+                         path, writer, step, title=f"{os.path.basename(name)}: class-token "
+                         "attention" + (f" (guess: {guess})" if guess else ""))
+      paths.append(path)
+    return paths
+
+  def test_maps(self, state, writer):
+    """Attention maps of 4 test images, evenly spaced, into plots/."""
+    if not self.has_maps():
+      return
+    src = self.eval_source(self.config.data.test_split).src
+    shown = np.linspace(0, len(src) - 1, min(4, len(src))).astype(int)
+    self.attend(jax.device_get(state), [(f"test_{i}", src[int(i)]["image"]) for i in shown],
+                os.path.join(self.workdir, "plots"), writer, int(state["step"]))
+
+
+class Experiment(ImageFeatures):
   item_name = "images"
 
   def __init__(self, config, workdir=None, read_data=True):
@@ -111,7 +209,7 @@ class Experiment:
     data = config.data
     self.classes = images.class_names(data)
     m = config.model
-    self.model = make_model(m, len(self.classes))
+    self.model = self.vit = make_model(m, len(self.classes))
     # BatchNorm statistics are the model's state; its loss needs the batch whole.
     self.batch_norm = m.name == "resnet" and m.norm == "batch"
     self.whole_batch = "BatchNorm normalises over the batch" if self.batch_norm else None
@@ -146,12 +244,6 @@ class Experiment:
     s = self.config.model.image_size
     return {"image": jax.ShapeDtypeStruct((batch_size, s, s, self.channels), jnp.float32),
             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-
-  def eval_source(self, split):
-    if split not in self._eval:
-      self._eval[split] = images.Preprocessed(images.source(self.config.data, split),
-                                              self.config.data.pp_eval)
-    return self._eval[split]
 
   # --- what the trainer needs --------------------------------------------
   def items_per_step(self, batch_size):
@@ -266,38 +358,18 @@ class Experiment:
   def evaluate(self, state, mesh, step, writer):
     results = self._evaluate(state, mesh, self.config.data.eval_split, "eval", False)
     if self.config.linear_probe:
-      probe, l2, _ = self._probe(state, mesh)
+      probe, l2, _ = self.probe(state, mesh)
       results["eval/probe_accuracy"] = probe["validation"]
       results["eval/probe_l2"] = l2
     return results
+
+  def feature_variables(self, state):
+    return state["params"], state["model_state"]
 
   def _features(self, variables, batch):
     params, model_state = variables
     _, aux, _ = self._apply(params, {"model_state": model_state}, batch["image"], False)
     return {"features": aux["pre_logits"], "label": batch["label"]}
-
-  def _split_features(self, state, mesh, split, limit=0):
-    src = self.eval_source(split)
-    if limit and len(src) > limit:  # an evenly spaced subset of a large split
-      src = _Subset(src, np.linspace(0, len(src) - 1, limit).astype(int))
-    rows = sharded.rows(self._features, (state["params"], state["model_state"]),
-                        sharded.batches(src, sharded.round_to_devices(
-                            self.config.eval_batch_size, mesh), mesh))
-    return rows["features"], rows["label"]
-
-  def _probe(self, state, mesh, test=False):
-    """The linear probe: fitted on the training split's features (eval
-    preprocessing, at most data.probe_rows of them), L2 chosen on validation.
-    Returns ({split: accuracy}, chosen l2, the probe)."""
-    c = self.config
-    train = self._split_features(state, mesh, c.data.train_split, c.data.probe_rows)
-    validation = self._split_features(state, mesh, c.data.eval_split)
-    probe, l2, scores = linear_probe.select(train, validation, len(self.classes), mesh)
-    out = {"validation": scores[l2]}
-    if test:
-      out["test"] = linear_probe.accuracy(
-          probe, *self._split_features(state, mesh, c.data.test_split))
-    return out, l2, probe
 
   def finish(self, state, mesh, writer):
     """The test split, once: accuracy, per-class accuracy, confusion matrix
@@ -305,57 +377,18 @@ class Experiment:
     results = self._evaluate(state, mesh, self.config.data.test_split, "test", True,
                              writer, int(state["step"]))
     if self.config.linear_probe:
-      probe, l2, _ = self._probe(state, mesh, test=True)
+      probe, l2, _ = self.probe(state, mesh, test=True)
       results.update({"test/probe_accuracy": probe["test"], "test/probe_l2": l2})
-    if jax.process_index() == 0 and self.model_has_maps():
-      src = self.eval_source(self.config.data.test_split).src
-      shown = np.linspace(0, len(src) - 1, min(4, len(src))).astype(int)
-      self.attend(jax.device_get(state), [(f"test_{i}", src[int(i)]["image"]) for i in shown],
-                  os.path.join(self.workdir, "plots"), writer, int(state["step"]))
+    if jax.process_index() == 0:
+      self.test_maps(state, writer)
     return results
 
-  def model_has_maps(self):
-    return isinstance(self.model, vit.ViT) and self.model.pool == "tok"
+  def attention_params(self, state):
+    return state["params"]
 
-  # --- attention maps -------------------------------------------------------
-  def attention(self, params, images_):
-    """Per image [B, H, W, C] (preprocessed): the last layer's class-token
-    attention to each patch, per head [B, heads, h, w], and the attention
-    rollout of the class token over all layers [B, h, w]."""
-    if not self.model_has_maps():
-      raise ValueError("attention maps need a ViT with a class token "
-                       f"(this run's model is {self.config.model.name}, pool "
-                       f"{self.config.model.get('pool')})")
-    _, aux = self.model.apply({"params": params}, images_, return_weights=True)
-    weights = aux["attention"]  # [B, layers, heads, T, T]
-    side = images_.shape[1] // self.model.patch
-    last = weights[:, -1, :, 0, 1:].reshape(weights.shape[0], weights.shape[2], side, -1)
-    rollout = att.attention_rollout(weights)[:, 0, 1:].reshape(weights.shape[0], side, -1)
-    return last, rollout
-
-  def attend(self, state, pictures, folder, writer=None, step=0):
-    """Attention maps of `pictures` ([(name, encoded image)]) as PNGs in
-    `folder`: each image resized and centre-cropped to the model's size,
-    then the eval pipeline; returns the paths written."""
-    s = self.config.model.image_size
-    steps = image_ops.parse(self.config.data.pp_eval, "data.pp_eval")  # decode first
-    fit = [("resize_small", (s,), {}), ("central_crop", (s,), {})]
-    pp = image_ops.compose(steps[:1] + fit + steps[1:], "data.pp_eval")
-    fn = jax.jit(self.attention)
-    paths = []
-    for name, encoded in pictures:
-      image = pp({"image": encoded}, np.random.default_rng(0))["image"]
-      logits, _ = self.model.apply({"params": state["params"]}, jnp.asarray(image[None]))
-      last, rollout = (np.asarray(a[0]) for a in fn(state["params"], jnp.asarray(image[None])))
-      guess = self.classes[int(np.argmax(logits[0]))]
-      shown = image_ops.compose(fit)({"image": images.display(encoded)}, None)["image"]
-      path = os.path.join(folder, f"attention_{os.path.splitext(os.path.basename(name))[0]}.png")
-      viz.attention_maps(shown, [*last, rollout],
-                         [f"head {h + 1}, last layer" for h in range(len(last))] + ["rollout"],
-                         path, writer, step, title=f"{os.path.basename(name)}: class-token "
-                         f"attention (guess: {guess})")
-      paths.append(path)
-    return paths
+  def guess(self, state, image):
+    logits, _ = self.model.apply({"params": state["params"]}, image)
+    return self.classes[int(np.argmax(logits[0]))]
 
   def _report(self, rows, src, tag, writer, step):
     k = len(self.classes)

@@ -196,6 +196,29 @@ def test_randaugment_ops_match_their_definitions_and_the_recipes_magnitudes():
     image_ops.build("value_range|randaug")({"image": x}, rng)
 
 
+def test_self_supervised_photometric_ops_against_their_definitions():
+  """DINO's view ops: grey is ITU-R 601 luma on every channel; jitter with
+  zero ranges and blur with p=0 change nothing, full-range contrast jitter
+  moves pixels but keeps the grey mean; blur keeps the mean and lowers the
+  variance; solarize inverts the bright half."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  grey = image_ops.build("random_grey(p=1.0)")({"image": x}, rng)["image"]
+  luma = (x.astype(np.int64) @ np.array([299, 587, 114]) + 500) // 1000
+  np.testing.assert_allclose(grey[..., 0], luma, atol=1)
+  assert (grey == grey[..., :1]).all()
+  still = image_ops.build("color_jitter(0, 0, 0, 0, p=1.0)|gaussian_blur(p=0.0)|solarize(p=0.0)")
+  np.testing.assert_array_equal(still({"image": x}, rng)["image"], x)
+  g = x[..., :1]
+  jittered = image_ops.build("color_jitter(0, 0.9, p=1.0)")({"image": g}, rng)["image"]
+  assert not np.array_equal(jittered, g) and abs(jittered.mean() - g.mean()) < 2
+  blurred = image_ops.build("gaussian_blur(p=1.0, sigma_min=2, sigma_max=2)")(
+      {"image": g}, rng)["image"]
+  assert abs(blurred.mean() - g.mean()) < 3 and blurred.std() < 0.5 * g.std()
+  sol = image_ops.build("solarize(p=1.0)")({"image": x}, rng)["image"]
+  np.testing.assert_array_equal(sol, np.where(x < 128, x, 255 - x))
+
+
 # --- sources -------------------------------------------------------------------
 def test_idx_files_read_as_written():
   want = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
@@ -498,7 +521,8 @@ def test_compile_an_imagenet_config_without_its_data():
   rc, out = run_cli("compile", "configs/vit.py:i1k,variant=Ti/16", "--devices", "2",
                     "--config.batch_size=4")
   assert rc == 0, out
-  assert "{'data': 2}" in out and "5,717,416 params" in out
+  # Ti/16's 5,717,416 + the recipe's 192-wide pre-logits layer (37,056)
+  assert "{'data': 2}" in out and "5,754,472 params" in out
   total, per_device = (float(x) for x in re.search(
       r"([\d.e+-]+) TFLOP per step in all, ([\d.e+-]+) per device", out).groups())
   assert total == pytest.approx(2 * per_device, rel=1e-3)

@@ -19,6 +19,7 @@ import io
 import numpy as np
 
 from attnlab import config as config_lib
+from attnlab.data.pixels import _array, _pil  # noqa: F401 (randaugment shares them)
 
 OPS = {}
 
@@ -75,18 +76,16 @@ def compose(steps, key="data.pp"):
   return apply
 
 
-def _pil(image):
-  from PIL import Image
-  return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-
-
-def _array(pil, channels):
-  a = np.asarray(pil, np.uint8)
-  return a[..., None] if a.ndim == 2 else a[..., :channels]
-
-
 def _size(size):
   return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _resample(method):
+  from PIL import Image
+  methods = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+  if method not in methods:
+    raise ValueError(f"method={method!r} is not one of {sorted(methods)}")
+  return methods[method]
 
 
 def _image_op(fn):
@@ -118,9 +117,7 @@ def decode(channels=3):
 @op
 def resize(size, method="bilinear"):
   """To `size` (int: square, or (height, width)), aspect ratio not kept."""
-  from PIL import Image
-  resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
-              "nearest": Image.NEAREST}[method]
+  resample = _resample(method)
   h, w = _size(size)
   return _image_op(lambda image, rng: _array(_pil(image).resize((w, h), resample),
                                              image.shape[-1]))
@@ -153,14 +150,15 @@ def central_crop(size):
 
 
 @op
-def inception_crop(size, area_min=0.05, area_max=1.0):
+def inception_crop(size, area_min=0.05, area_max=1.0, method="bilinear"):
   """Inception's random-resized crop (Szegedy et al. 2015): a crop of a
   random fraction [area_min, area_max] of the area and aspect ratio in
-  [3/4, 4/3] (log-uniform), resized to `size`. Falls back to the whole
-  image when 10 draws do not fit."""
+  [3/4, 4/3] (log-uniform), resized to `size` (DINO: method="bicubic").
+  Falls back to the whole image when 10 draws do not fit."""
   if not 0 < area_min <= area_max <= 1:
     raise ValueError(f"need 0 < area_min <= area_max <= 1, got {area_min}, {area_max}")
   from PIL import Image
+  resample = _resample(method)
   h_out, w_out = _size(size)
 
   def fn(image, rng):
@@ -175,7 +173,7 @@ def inception_crop(size, area_min=0.05, area_max=1.0):
         ch, cw = ch_, cw_
         break
     crop = image[top:top + ch, left:left + cw]
-    return _array(_pil(crop).resize((w_out, h_out), Image.BILINEAR), image.shape[-1])
+    return _array(_pil(crop).resize((w_out, h_out), resample), image.shape[-1])
   return _image_op(fn)
 
 
@@ -183,6 +181,71 @@ def inception_crop(size, area_min=0.05, area_max=1.0):
 def flip_lr(p=0.5):
   """Mirror left-right with probability p."""
   return _image_op(lambda image, rng: image[:, ::-1] if rng.uniform() < p else image)
+
+
+# --- photometric ops of the self-supervised recipes (DINO, BYOL) ------------
+@op
+def color_jitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8):
+  """With probability p, brightness, contrast and saturation factors drawn
+  from [1 - x, 1 + x] and a hue shift from [-hue, hue] (of a full turn),
+  applied in a random order (torchvision's ColorJitter, which DINO uses).
+  Grey images get brightness and contrast only."""
+  from matplotlib import colors
+  from PIL import Image, ImageEnhance
+
+  def shift_hue(pil, amount):  # in float HSV (PIL's 8-bit HSV loses up to 5 levels)
+    hsv = colors.rgb_to_hsv(np.asarray(pil, np.float32) / 255)
+    hsv[..., 0] = (hsv[..., 0] + amount) % 1.0
+    return Image.fromarray(np.round(colors.hsv_to_rgb(hsv) * 255).astype(np.uint8))
+
+  def fn(image, rng):
+    if rng.uniform() >= p:
+      return image
+    steps = [("Brightness", rng.uniform(1 - brightness, 1 + brightness)),
+             ("Contrast", rng.uniform(1 - contrast, 1 + contrast))]
+    if image.shape[-1] == 3:
+      steps += [("Color", rng.uniform(1 - saturation, 1 + saturation)),
+                ("hue", rng.uniform(-hue, hue))]
+    pil = _pil(image)
+    for i in rng.permutation(len(steps)):
+      name, amount = steps[i]
+      pil = (shift_hue(pil, amount) if name == "hue"
+             else getattr(ImageEnhance, name)(pil).enhance(amount))
+    return _array(pil, image.shape[-1])
+  return _image_op(fn)
+
+
+@op
+def random_grey(p=0.2):
+  """With probability p, the image in grey (kept at its channel count)."""
+  def fn(image, rng):
+    if rng.uniform() >= p or image.shape[-1] == 1:
+      return image
+    grey = np.asarray(_pil(image).convert("L"))[..., None]
+    return np.repeat(grey, image.shape[-1], -1)
+  return _image_op(fn)
+
+
+@op
+def gaussian_blur(p=0.5, sigma_min=0.1, sigma_max=2.0):
+  """With probability p, PIL's Gaussian blur with radius (sigma) drawn
+  from [sigma_min, sigma_max], as DINO's."""
+  from PIL import ImageFilter
+
+  def fn(image, rng):
+    if rng.uniform() >= p:
+      return image
+    radius = rng.uniform(sigma_min, sigma_max)
+    return _array(_pil(image).filter(ImageFilter.GaussianBlur(radius)), image.shape[-1])
+  return _image_op(fn)
+
+
+@op
+def solarize(p=0.2, threshold=128):
+  """With probability p, values at or above `threshold` inverted."""
+  from attnlab.data import randaugment
+  return _image_op(lambda image, rng: image if rng.uniform() >= p
+                   else randaugment.solarize(image, threshold))
 
 
 @op

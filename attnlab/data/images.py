@@ -159,10 +159,11 @@ def display(image):
   return image_ops.OPS["decode"](3)({"image": image}, None)["image"]
 
 
-def validate(data):
+def validate(data, pipelines=("pp_train", "pp_eval")):
   """The data.* keys of an image experiment (one line, exit 2)."""
-  image_ops.build(data.pp_train, "data.pp_train")
-  image_ops.build(data.pp_eval, "data.pp_eval")
+  for key in pipelines:
+    for pp in [data[key]] if isinstance(data[key], str) else data[key]:
+      image_ops.build(pp, f"data.{key}")
   config_lib.check(0 < data.holdout < 1, "data.holdout",
                    f"{data.holdout} is not in (0, 1)", "e.g. 0.1")
   if data.source == "folder":
@@ -178,11 +179,12 @@ def train_dataset(src, pp, local_batch, process_index, process_count, num_steps,
                   global_batch, seed, mixup=0.0, num_classes=0, workers=0):
   """Grain iterator of this process's rows of each global batch: shuffled
   every epoch (seeded), sharded across processes, preprocessed by `pp` with
-  per-element random numbers, batched; mixup on whole batches."""
+  per-element random numbers, batched; mixup on whole batches. `pp` is a
+  pp string or a function (example, rng) -> example (DINO's views)."""
   epochs = num_steps * global_batch // max(len(src), 1) + 2
   ds = (grain.MapDataset.source(src).seed(seed).shuffle().repeat(epochs)
         [process_index::process_count]
-        .random_map(image_ops.build(pp, "data.pp_train"))
+        .random_map(pp if callable(pp) else image_ops.build(pp, "data.pp_train"))
         .batch(local_batch, drop_remainder=True))
   if mixup:
     ds = ds.random_map(lambda b, rng: image_ops.mixup(b, rng, mixup, num_classes))

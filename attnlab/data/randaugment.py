@@ -17,7 +17,7 @@ Images are uint8 [H, W, C] with C = 1 or 3 (before `value_range`).
 """
 import numpy as np
 
-from attnlab.data.image_ops import _array, _pil
+from attnlab.data.pixels import _array, _pil
 
 MAX_LEVEL = 10.0
 FILL = 128
