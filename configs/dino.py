@@ -73,7 +73,8 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       name="vit", variant=arg.variant or "S/16", image_size=224,
       width=0, depth=0, mlp_dim=0, num_heads=0,  # 0: the variant's
-      posemb="learn", drop_path=0.1, implementation="xla", scan=False, remat="none",
+      pool="tok", posemb="learn", representation_size=0, dropout=0.0, attention_dropout=0.0,
+      head_bias=0.0, drop_path=0.1, implementation="xla", scan=False, remat="none",
       out_dim=65536, head_hidden=2048, bottleneck=256, norm_last_layer=False,
       dtype="float32"))
   pp_global, pp_local = views(224, 96, False, "normalize")

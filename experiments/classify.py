@@ -215,10 +215,9 @@ class Experiment(ImageFeatures):
     self.whole_batch = "BatchNorm normalises over the batch" if self.batch_norm else None
     self._eval = {}
     if not read_data:  # the eval pp run on one blank image says the channels
-      blank = image_ops.build(data.pp_eval, "data.pp_eval")(
-          {"image": np.full((m.image_size, m.image_size, 3), 255, np.uint8)},
-          np.random.default_rng(0))
-      self.channels = blank["image"].shape[-1]
+      blank = {"image": np.full((m.image_size, m.image_size, 3), 255, np.uint8)}
+      self.channels = images.run_pipeline(image_ops.build(data.pp_eval, "data.pp_eval"),
+                                          blank, "data.pp_eval")["image"].shape[-1]
       return
     # One preprocessed eval image says the shape the model is built for.
     example = self.eval_source(data.eval_split)[0]["image"]
@@ -228,14 +227,9 @@ class Experiment(ImageFeatures):
                      "resize to model.image_size in data.pp_train and data.pp_eval")
     self.channels = example.shape[-1]
     # And one training image, so that a bad pp_train stops here, not mid-run.
-    try:
-      train = image_ops.build(data.pp_train, "data.pp_train")(
-          images.source(data, data.train_split)[0], np.random.default_rng(0))["image"]
-    except config_lib.ConfigError:
-      raise
-    except ValueError as e:
-      raise config_lib.ConfigError("data.pp_train", str(e),
-                                   "fix the op order or arguments") from None
+    train = images.run_pipeline(image_ops.build(data.pp_train, "data.pp_train"),
+                                images.source(data, data.train_split)[0],
+                                "data.pp_train")["image"]
     config_lib.check(train.shape == example.shape, "data.pp_train",
                      f"makes {train.shape} images but data.pp_eval makes {example.shape}",
                      "end both pipelines at model.image_size with the same channels")

@@ -98,9 +98,12 @@ class Network(nn.Module):
 def validate(config):
   """One-line errors before anything compiles."""
   images.validate(config.data, ("pp_decode", "pp_global", "pp_local", "pp_eval"))
+  config_lib.check(len(config.data.pp_global) == 2, "data.pp_global",
+                   f"{len(config.data.pp_global)} pipelines", "give one per global crop: 2")
   d, m = config.dino, config.model
+  config_lib.check_choice(config, "model.name", {"vit"})
   try:
-    vit.parse_variant(m.variant)
+    patch = vit.parse_variant(m.variant)["patch"]
   except ValueError as e:
     raise config_lib.ConfigError("model.variant", str(e), "e.g. S/16") from None
   config_lib.check(m.out_dim > 0, "model.out_dim", f"{m.out_dim} is not positive",
@@ -113,11 +116,10 @@ def validate(config):
                    f"local crops of {d.local_size} are not smaller than the global "
                    f"crops of {m.image_size}", "make local crops smaller (224 / 96 in the paper)")
   for key, size in (("model.image_size", m.image_size), ("dino.local_size", d.local_size)):
-    config_lib.check(size % vit.parse_variant(m.variant)["patch"] == 0, key,
+    config_lib.check(size % patch == 0, key,
                      f"{size} is not divisible by the patch size", "use a multiple of the patch")
-  config_lib.check(0 < d.knn_k <= config.data.knn_rows, "dino.knn_k",
-                   f"k = {d.knn_k} is not in 1..{config.data.knn_rows} (the k-NN bank's "
-                   "rows, data.knn_rows)", "use k = 20 and a bank of at least that many images")
+  # (k against the bank's size: Experiment, which knows the split's size.)
+  config_lib.check(d.knn_k > 0, "dino.knn_k", f"k = {d.knn_k} is not positive", "k = 20")
   config_lib.check(0 <= d.center_momentum < 1, "dino.center_momentum",
                    f"{d.center_momentum} is not in [0, 1)", "0.9 as the paper")
 
@@ -126,14 +128,10 @@ def validate(config):
 
 
 def make_network(m):
-  fields = classify.model_fields(m)
-  backbone = vit.ViT(num_classes=0, **fields, image_size=m.image_size, pool="tok",
-                     posemb=m.posemb, drop_path=m.drop_path, implementation=m.implementation,
-                     scan=m.scan, remat=m.remat, dtype=jnp.dtype(m.dtype), name="backbone")
+  """The classification experiment's ViT without its classifier, and the head."""
   head = dino_head.DINOHead(out_dim=m.out_dim, hidden=m.head_hidden, bottleneck=m.bottleneck,
-                            norm_last_layer=m.norm_last_layer, dtype=jnp.dtype(m.dtype),
-                            name="head")
-  return Network(backbone, head)
+                            norm_last_layer=m.norm_last_layer, dtype=jnp.dtype(m.dtype))
+  return Network(classify.make_model(m, 0), head)
 
 
 def multicrop(data, num_local):
@@ -163,32 +161,23 @@ class Experiment(classify.ImageFeatures):
     self.num_local = config.dino.local_crops
     # Epochs (of the schedules) from the training split's size; without data
     # (`compile`), data.train_images.
-    self.train_images = (len(images.source(config.data, config.data.train_split))
-                         if read_data else config.data.train_images)
+    src = images.source(config.data, config.data.train_split) if read_data else None
+    self.train_images = len(src) if read_data else config.data.train_images
     bank = min(config.data.knn_rows, self.train_images)
     config_lib.check(config.dino.knn_k <= bank, "dino.knn_k",
                      f"k = {config.dino.knn_k} is larger than the k-NN bank of {bank} "
                      "training images", "use a smaller k or more training images")
-    config_lib.check(len(config.data.pp_global) == 2, "data.pp_global",
-                     f"{len(config.data.pp_global)} pipelines", "give one per global crop: 2")
     self._eval = {}
-    self.channels = self.check_pipelines(read_data)
+    self.channels = self.check_pipelines(
+        src[0] if read_data else
+        {"image": np.full((config.model.image_size,) * 2 + (3,), 255, np.uint8)})
 
-  def check_pipelines(self, read_data):
+  def check_pipelines(self, example):
     """The views' shapes from one image (a blank one without data), before
     anything compiles: global crops at model.image_size, local ones at
-    dino.local_size, all with the eval pipeline's channels."""
+    dino.local_size. Returns the channels."""
     c = self.config
-    if read_data:
-      example = images.source(c.data, c.data.train_split)[0]
-    else:
-      example = {"image": np.full((c.model.image_size,) * 2 + (3,), 255, np.uint8)}
-    try:
-      views = multicrop(c.data, self.num_local)(example, np.random.default_rng(0))
-    except config_lib.ConfigError:
-      raise
-    except ValueError as e:
-      raise config_lib.ConfigError("data.pp_global", str(e), "fix the view pipelines") from None
+    views = images.run_pipeline(multicrop(c.data, self.num_local), example, "data.pp_global")
     g, s = views["global"], c.model.image_size
     config_lib.check(g.shape[1:3] == (s, s), "data.pp_global",
                      f"makes {g.shape[1]} x {g.shape[2]} crops but model.image_size is {s}",

@@ -19,7 +19,7 @@ import io
 import numpy as np
 
 from attnlab import config as config_lib
-from attnlab.data.pixels import _array, _pil  # noqa: F401 (randaugment shares them)
+from attnlab.data.pixels import _array, _pil
 
 OPS = {}
 

@@ -159,6 +159,18 @@ def display(image):
   return image_ops.OPS["decode"](3)({"image": image}, None)["image"]
 
 
+def run_pipeline(fn, example, key):
+  """`fn(example, rng)` on one example, before anything compiles: an op's
+  ValueError there (a wrong order, a size it cannot take) is the one-line
+  ConfigError of `key`, not a crash in the middle of a run."""
+  try:
+    return fn(example, np.random.default_rng(0))
+  except config_lib.ConfigError:
+    raise
+  except ValueError as e:
+    raise config_lib.ConfigError(key, str(e), "fix the op order or arguments") from None
+
+
 def validate(data, pipelines=("pp_train", "pp_eval")):
   """The data.* keys of an image experiment (one line, exit 2)."""
   for key in pipelines:
