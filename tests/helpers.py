@@ -6,6 +6,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,3 +49,16 @@ def assert_trees_equal(a, b):
   assert len(la) == len(lb)
   for x, y in zip(la, lb):
     np.testing.assert_array_equal(x, y)
+
+
+def make_folder(root, per_label=6, test=3, size=12, labels=("blue", "red")):
+  """ROOT/{train,test}/<label>/*.png: red or blue squares with noise."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", per_label), ("test", test)):
+    for c, label in enumerate(labels):
+      os.makedirs(os.path.join(root, split, label), exist_ok=True)
+      for i in range(n):
+        img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+        img[..., 2 * (1 - c)] += 180
+        Image.fromarray(img).save(os.path.join(root, split, label, f"{i}.png"))
+  return str(root)

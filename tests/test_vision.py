@@ -17,7 +17,7 @@ from PIL import Image
 from attnlab import config as config_lib
 from attnlab.data import fashion_mnist, image_ops, images
 from attnlab.models import vit
-from helpers import load_state, run_cli
+from helpers import load_state, make_folder, run_cli
 
 
 # --- ViT -----------------------------------------------------------------------
@@ -225,19 +225,6 @@ def test_idx_files_read_as_written():
   header = (0x0803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in want.shape)
   np.testing.assert_array_equal(fashion_mnist.read_idx(gzip.compress(header + want.tobytes())),
                                 want)
-
-
-def make_folder(root, per_label=6, test=3, size=12, labels=("blue", "red")):
-  """ROOT/{train,test}/<label>/*.png: red or blue squares with noise."""
-  rng = np.random.default_rng(0)
-  for split, n in (("train", per_label), ("test", test)):
-    for c, label in enumerate(labels):
-      os.makedirs(os.path.join(root, split, label), exist_ok=True)
-      for i in range(n):
-        img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-        img[..., 2 * (1 - c)] += 180
-        Image.fromarray(img).save(os.path.join(root, split, label, f"{i}.png"))
-  return str(root)
 
 
 def folder_data(root, **kw):
