@@ -1,6 +1,10 @@
 """DINO (Caron et al. 2021): the projection head, the loss, schedules and
 centre against independent statements of the paper's formulas, and the
-collapse that centring prevents."""
+collapse that centring prevents; then the experiment in the trainer: the
+teacher follows the UPDATED student, 8 devices give the step of 1, kill -9
+resumes bit-identically, bad input is one line."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,3 +116,134 @@ def test_centring_and_sharpening_prevent_the_collapse_that_sharpening_alone_caus
     assert monitors["teacher_entropy"] > 0.3 and monitors["kl"] > 0.5 and used >= 12
   else:
     assert monitors["teacher_entropy"] < 1e-3 and monitors["kl"] < 1e-3 and used == 1
+
+
+# --- the experiment in the trainer ------------------------------------------
+
+DINO = "configs/dino.py:folder,runlocal=True"
+
+
+def dino_trainer(tmp_path, *overrides):
+  """A DINO Trainer on a folder of 10 training images (tiny ViT, 2 local crops)."""
+  from attnlab import main as main_lib
+  from attnlab import train as train_lib
+  from experiments import dino
+  from helpers import make_folder
+  root = make_folder(tmp_path / "imgs")
+  config, _ = main_lib.parse_config(["--config", DINO, f"--config.data.folder={root}",
+                                     *overrides])
+  exp = dino.Experiment(config, str(tmp_path))
+  return config, exp, train_lib.Trainer(config, exp, str(tmp_path / "run"))
+
+
+def unit_columns(kernel):
+  return kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
+
+
+def test_teacher_is_the_ema_of_the_student_after_each_update(tmp_path):
+  """teacher_t = m_t teacher_{t-1} + (1 - m_t) student_t, student_t the
+  params AFTER update t, m_t on the cosine from momentum_teacher to 1 at
+  the pre-update step. A momentum of 0.5 and a large lr make the
+  post-update and the pre-update versions measurably different. The last
+  layer is frozen in step 0 (0.1 of a one-step epoch): its function
+  (unit columns) is unchanged by it and changed by step 1."""
+  from experiments import dino
+  config, exp, trainer = dino_trainer(tmp_path, "--config.dino.momentum_teacher=0.5",
+                                      "--config.optim.lr=0.01")
+  step = jax.jit(trainer.step_fn())
+  data = exp.train_iter(config.batch_size, 0, 1)
+  state = trainer.create_state()
+  for i in range(3):
+    before = jax.device_get(state)
+    state, metrics = step(state, next(data))
+    after = jax.device_get(state)
+    m = float(dino.cosine(0.5, 1.0, i, config.total_steps))
+    np.testing.assert_allclose(metrics["momentum"], m, rtol=1e-6)
+    want = dino.ema(before["extra"]["teacher"], after["params"], m)
+    stale = dino.ema(before["extra"]["teacher"], before["params"], m)
+    gap = max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(stale)))
+    assert gap > 1e-4
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(after["extra"]["teacher"])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    last = lambda s: unit_columns(s["params"]["head"]["last_layer"]["kernel"])
+    moved = np.abs(last(after) - last(before)).max()
+    assert (moved < 1e-6) if i == 0 else (moved > 1e-4), (i, moved)
+  trainer.writer.close()
+
+
+def test_a_step_on_eight_devices_is_the_step_on_one(tmp_path):
+  """The same batch on a mesh of 8 devices (one row each) and of 1: the
+  loss, the centre (a mean over the GLOBAL batch) and the teacher agree."""
+  from attnlab import sharding as sharding_lib
+  out = []
+  for n in (1, 8):
+    config, exp, trainer = dino_trainer(tmp_path / str(n), f'--config.mesh=(("data", {n}),)')
+    assert trainer.mesh.size == n
+    batch = sharding_lib.global_batch(next(exp.train_iter(config.batch_size, 0, 1)),
+                                      trainer.mesh)
+    state, metrics = jax.jit(trainer.step_fn())(trainer.create_state(), batch)
+    out.append(jax.device_get((metrics["loss"], state["extra"])))
+    trainer.writer.close()
+  (loss1, extra1), (loss8, extra8) = out
+  assert np.abs(extra1["center"]).max() > 0
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(extra8), jax.tree.leaves(extra1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def dino_args(workdir, root, *extra):
+  return ["train", "--config", DINO, "--workdir", str(workdir), f"--config.data.folder={root}",
+          *extra]
+
+
+def test_killed_9_resumes_bit_identically_with_teacher_centre_and_schedules(tmp_path):
+  """A run killed -9 after a checkpoint and rerun ends with exactly the
+  state (student, teacher, centre, optimizer with its weight-decay
+  schedule, data iterator) of a run never stopped; that run ends with the
+  test split's k-NN and linear-probe accuracies and attention maps."""
+  import json
+  import signal
+  import time
+  from helpers import assert_trees_equal, cli, load_state, make_folder, run_cli
+  root = make_folder(tmp_path / "imgs")
+  common = ["--config.total_steps=8", "--config.ckpt_every=2", "--config.keep_ckpts=10",
+            "--config.log_every=1"]
+  rc, out = run_cli(*dino_args(tmp_path / "ref", root, *common, "--config.eval_every=4"))
+  assert rc == 0, out
+  test = json.load(open(tmp_path / "ref" / "test.json"))
+  for key in ("test/knn_accuracy", "test/probe_accuracy"):
+    assert 0.0 <= test[key] <= 1.0, test
+  assert any(p.startswith("attention_test_") for p in os.listdir(tmp_path / "ref" / "plots"))
+  cut_args = dino_args(tmp_path / "cut", root, *common, "--config.eval_every=0",
+                       "--config.final_test=False")
+  p = cli(*cut_args)
+  for line in p.stdout:
+    if line.startswith("step 5/"):
+      deadline = time.time() + 60
+      while not any(d.isdigit() for d in os.listdir(tmp_path / "cut" / "checkpoints")):
+        assert time.time() < deadline
+        time.sleep(0.01)
+      p.send_signal(signal.SIGKILL)
+      break
+  p.communicate(timeout=60)
+  assert p.returncode == -signal.SIGKILL
+  rc, out = run_cli(*cut_args)
+  assert rc == 0 and "resumed" in out.lower(), out
+  ref, cut = load_state(tmp_path / "ref"), load_state(tmp_path / "cut")
+  assert int(ref["step"]) == 8 and np.abs(ref["extra"]["center"]).max() > 0
+  assert_trees_equal(ref, cut)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.dino.local_size=32", "dino.local_size: local crops of 32 are not smaller"),
+    ("--config.model.out_dim=0", "model.out_dim: 0 is not positive"),
+    ("--config.dino.teacher_temp=0.2", "dino.teacher_temp: teacher temperature 0.2"),
+    ("--config.dino.knn_k=20", "dino.knn_k: k = 20 is larger than the k-NN bank of 10"),
+    ("--config.data.pp_local=decode|resize(8)", "data.pp_local"),
+])
+def test_bad_dino_input_is_one_line_exit_2(tmp_path, override, message):
+  from helpers import make_folder, run_cli
+  root = make_folder(tmp_path / "imgs")
+  rc, out = run_cli(*dino_args(tmp_path / "run", root, override))
+  assert rc == 2 and message in out and "Traceback" not in out, out
+  assert len([l for l in out.splitlines() if l.startswith("error")]) == 1, out
