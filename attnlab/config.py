@@ -82,6 +82,9 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   c.grad_accum = 1
   c.log_every = log_every
   c.eval_every = eval_every
+  # Also evaluate a new run's initial state, before its first step: the
+  # untrained starting point of every curve (e.g. a random network's k-NN).
+  c.eval_at_start = False
   c.ckpt_every = ckpt_every
   c.keep_ckpts = 3
   c.mesh = (("data", -1),)

@@ -292,6 +292,8 @@ class Trainer:
     log(f"compiled train step in {compile_sec:.1f}s from start; "
         f"{flops / 1e9:.2f} GFLOP/step ({how}), peak {peak / 1e9:.1f} GFLOP/s/device "
         f"for MFU ({peak_source})")
+    if config.eval_at_start and config.eval_every and step == 0:
+      self.evaluate(state, 0)
     progress = metrics_lib.Progress(config.total_steps)
     batch, window_t0, window_steps = first_batch, time.time(), 0
     items_per_step = exp.items_per_step(config.batch_size)

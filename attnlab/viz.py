@@ -215,3 +215,21 @@ def by_data_fraction(curves, path, ylabel="test accuracy"):
   ax.grid(alpha=0.3)
   ax.legend()
   _save(fig, path, None, 0, None)
+
+
+def feature_curves(curves, references, path):
+  """k-NN and linear-probe accuracy over wall-clock minutes ({metric:
+  [(minutes, value)]}) with other features' values as dashed lines
+  ({name: {metric: value}})."""
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  names = {"knn_accuracy": "k-NN", "probe_accuracy": "linear probe"}
+  for i, (key, pts) in enumerate(curves.items()):
+    ax.plot(*zip(*sorted(pts)), marker="o", color=f"C{i}", label=f"DINO {names[key]}")
+    for j, (name, values) in enumerate(references.items()):
+      ax.axhline(values[key], color=f"C{i}", ls=("--", ":", "-.")[j % 3], lw=1,
+                 label=f"{name} {names[key]}")
+  ax.set_xlabel("wall-clock minutes of DINO training (0: random init)")
+  ax.set_ylabel("validation accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  _save(fig, path, None, 0, None)

@@ -13,8 +13,12 @@ steps=N, runlocal=True):
           local crops of 12 (3 x 3 patches), the paper's augmentations on
           grey images (brightness/contrast jitter, blur, solarisation,
           flips), a smaller head (hidden 512, bottleneck 128, 1024 outputs),
-          AdamW, batch 128; the README reports its time and accuracies.
-  emoji   the same on the emoji images (grey 32 x 32, local crops of 16).
+          AdamW with the paper's lr rule (0.0005 x 64 / 256), batch 64, 500
+          steps (0.6 epochs); k-NN and a linear probe of the teacher's
+          features (10k training images) from step 0 (the random network)
+          at every quarter; the README reports time and accuracies.
+  emoji   the same on the emoji images (grey 32 x 32, local crops of 16),
+          2 epochs (185 steps).
   folder  the same on your images (ROOT/train/<label>/..., RGB 32 x 32).
   i1k     the paper's ImageNet recipe for ViT-S/16 (section 4 and the
           authors' released commands): 2 x 224 global crops (scale 0.4-1)
@@ -54,12 +58,15 @@ def get_config(arg=None):
   arg = parse_arg(rest, variant="", epochs=0, steps=0, runlocal=False)
   embedded = task != "i1k"
   images = {"fmnist": 55_000, "emoji": 5_928, "folder": 1_000, "i1k": 1_281_167}[task]
-  batch = 128 if embedded else 1024
+  batch = 64 if embedded else 1024
   epochs = arg.epochs or (2 if embedded else 100)
   steps = arg.steps or epochs * images // batch
+  if task == "fmnist" and not (arg.steps or arg.epochs):
+    steps = 500  # 0.6 epochs: about 20 minutes here, evaluations included
   epoch = max(images // batch, 1)
   c = common("dino", total_steps=steps, batch_size=batch, log_every=50 if embedded else 100,
-             eval_every=max(steps // 5, 1), ckpt_every=250 if embedded else 1000,
+             eval_every=max(steps // (4 if embedded else 5), 1),
+             ckpt_every=250 if embedded else 1000,
              optim=dict(name="adamw", lr=0.0005 * batch / 256, b1=0.9, b2=0.999,
                         weight_decay=0.04, wd_schedule="cosine", weight_decay_end=0.4,
                         warmup_steps=10 * epoch if not embedded else epoch // 4,
@@ -68,8 +75,11 @@ def get_config(arg=None):
   c.dino = ml_collections.ConfigDict(dict(
       local_crops=10, local_size=96, student_temp=0.1, teacher_temp=0.04,
       warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0.0,
-      center_momentum=0.9, momentum_teacher=0.996, freeze_last_layer_epochs=1.0,
-      knn_k=20, knn_temperature=0.07))
+      center_momentum=0.9, momentum_teacher=0.996, freeze_last_layer_epochs=1.0))
+  # The teacher's frozen features, evaluated (experiments/classify.py's
+  # ImageFeatures): weighted k-NN at every evaluation, the linear probe at
+  # the end (and at every evaluation with linear_probe).
+  c.knn_k, c.knn_temperature, c.linear_probe = 20, 0.07, False
   c.model = ml_collections.ConfigDict(dict(
       name="vit", variant=arg.variant or "S/16", image_size=224,
       width=0, depth=0, mlp_dim=0, num_heads=0,  # 0: the variant's
@@ -97,7 +107,7 @@ def get_config(arg=None):
     resize = "" if task == "fmnist" else f"|resize({size})"
     pp_global, pp_local = views(size, local, grey, "value_range(-1, 1)")
     c.data.update(source=task, eval_split="validation", test_split="test", workers=2,
-                  knn_rows=20_000, probe_rows=20_000, pp_decode=channels + resize,
+                  knn_rows=10_000, probe_rows=10_000, pp_decode=channels + resize,
                   pp_global=pp_global, pp_local=pp_local,
                   pp_eval=f"{channels}{resize}|value_range(-1, 1)")
     c.model.update(variant=arg.variant or "Ti/4", image_size=size, width=96, depth=6,
@@ -105,13 +115,17 @@ def get_config(arg=None):
                    norm_last_layer=True)
     c.dino.update(local_crops=6, local_size=local, freeze_last_layer_epochs=0.1,
                   teacher_temp=0.07, warmup_teacher_temp_epochs=0.5)
+    # Curves of the features' quality: k-NN and linear probe at every
+    # evaluation, from the random initial network (step 0) on.
+    c.eval_at_start, c.linear_probe = True, True
   c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps // 4)
   if arg.runlocal:
     c.total_steps, c.batch_size, c.eval_batch_size = 4, 8, 16
     c.log_every = c.eval_every = c.ckpt_every = 2
     c.optim.warmup_steps = 0
     c.data.knn_rows = c.data.probe_rows = 64
-    c.dino.update(local_crops=2, knn_k=4)
+    c.dino.local_crops = 2
+    c.knn_k = 4
     c.model.update(width=16, depth=1, mlp_dim=32, num_heads=2, out_dim=32, head_hidden=32,
                    bottleneck=16)
   return c

@@ -66,6 +66,8 @@ def get_config(arg=None):
                         wd_mults=KERNELS_ONLY))
   c.init_from = ""  # a run's workdir: fine-tune from its newest checkpoint
   c.linear_probe = False  # an L-BFGS probe on the pre-logits at each evaluation
+  c.knn_k = 0  # > 0: DINO's weighted k-NN of the pre-logits at each evaluation
+  c.knn_temperature = 0.07
   c.loss = "softmax"  # | "sigmoid"
   c.label_smoothing = 0.0
   c.eval_batch_size = 1024
@@ -73,6 +75,7 @@ def get_config(arg=None):
       source="imagenet2012", folder="", data_dir="", train_split="train",
       eval_split="validation", test_split="test", holdout=0.1, mixup=0.0, workers=4,
       probe_rows=50_000,  # training images the linear probe fits on (at most)
+      knn_rows=50_000,    # and in the k-NN bank
       pp_train="decode|inception_crop(224)|flip_lr|value_range(-1, 1)",
       pp_eval="decode|resize_small(256)|central_crop(224)|value_range(-1, 1)"))
   c.model = ml_collections.ConfigDict(dict(
@@ -130,7 +133,7 @@ def get_config(arg=None):
   if arg.probe:
     # A linear probe of --config.init_from's frozen features: one step that
     # trains nothing but the (unused) head, then the probe at evaluation.
-    c.linear_probe = True
+    c.linear_probe, c.knn_k = True, 20
     c.total_steps, c.eval_every = 1, 1
     c.optim.frozen = ("(?!head/).*",)
   c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps // 4)
@@ -139,4 +142,5 @@ def get_config(arg=None):
     c.log_every = c.eval_every = c.ckpt_every = 2
     c.optim.warmup_steps = 0
     c.model.update(width=16, depth=1, mlp_dim=32, num_heads=2)
+    c.knn_k = min(c.knn_k, 4)  # a folder of a few images
   return c

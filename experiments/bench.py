@@ -27,6 +27,10 @@
       images/s (default Ti/16 and S/16) at 224, batch 8, f32, against
       big_vision's models/vit.py with its optimizer and loss (DIR = its
       checkout) in alternating windows: median ratio, spread, MFU
+  python -m experiments.bench dino DIR [VARIANT]     DINO training images/s
+      (default S/16) with 2 x 224 + 6 x 96 crops, batch 8, f32, against the
+      authors' PyTorch DINO (DIR = its checkout; torch on PYTHONPATH) in
+      alternating windows: median ratio, spread, MFU
   python -m experiments.bench pipeline SPEC...       a config's input pipeline
       alone (batches/s, items/s) against what its train step consumes
   python -m experiments.bench attention              self-attention forward +
@@ -117,6 +121,25 @@ def compiled_step(spec, overrides=()):
               items=exp.items_per_step(config.batch_size), flops=flops,
               params=train_lib.param_count(stepper.state["params"]),
               window=stepper.window)
+
+
+def synthetic_step(spec, overrides, batch):
+  """The trainer's jitted step of `spec` on a given batch, without data
+  (the experiment built as for `compile`): (Stepper, XLA's FLOPs of the
+  step, parameter count)."""
+  import jax
+  from attnlab import main as main_lib
+  from attnlab import train as train_lib
+  config, _ = main_lib.parse_config(["--config", spec, *overrides])
+  exp = main_lib.experiment_module(config).Experiment(config, None, read_data=False)
+  workdir = tempfile.mkdtemp()
+  trainer = train_lib.Trainer(config, exp, workdir)
+  step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
+  state = trainer.create_state()
+  flops = train_lib.step_flops(step.lower(state, batch).compile())
+  stepper = Stepper(step, state, batch)
+  shutil.rmtree(workdir)
+  return stepper, flops, train_lib.param_count(stepper.state["params"])
 
 
 def step_speeds(runs, rounds, window):
@@ -654,9 +677,7 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from attnlab import main as main_lib
   from attnlab import train as train_lib
-  from experiments import classify
 
   if not os.path.isdir(os.path.join(bv_dir, "big_vision", "models")):
     sys.exit(f"{bv_dir} has no big_vision/models: pass the root of a "
@@ -689,18 +710,10 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
         f"{'x big_vision (median)':>23}{'rounds':>13}")
   for variant in variants:
     # Ours: the trainer's own step on configs/vit.py:i1k.
-    config, _ = main_lib.parse_config(["--config", f"configs/vit.py:i1k,variant={variant}"])
-    config.batch_size = batch
-    exp = classify.Experiment(config, None, read_data=False)
-    workdir = tempfile.mkdtemp()
-    trainer = train_lib.Trainer(config, exp, workdir)
-    step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
-    state = trainer.create_state()
-    ours_batch = {"image": images, "label": labels}
-    flops = train_lib.step_flops(step.lower(state, ours_batch).compile())
-    contenders = {"attnlab": Stepper(step, state, ours_batch)}
-    count = train_lib.param_count(contenders["attnlab"].state["params"])
-    shutil.rmtree(workdir)
+    ours, flops, count = synthetic_step(
+        f"configs/vit.py:i1k,variant={variant}", [f"--config.batch_size={batch}"],
+        {"image": images, "label": labels})
+    contenders = {"attnlab": ours}
 
     # Theirs: its model, optimizer (bv_optax.make) and loss from its config.
     bv = vit_i1k.get_config(f"variant={variant}")
@@ -739,6 +752,120 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
             f"{100 * flops / secs / peak:>6.1f}%{med:>22.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
 
 
+def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, window=1):
+  """Training images/s of our DINO step against the authors' PyTorch DINO
+  (DINO_DIR = a checkout of facebookresearch/dino, fetched, never
+  committed; torch importable, installed for this benchmark only): ViT-S/16,
+  2 x 224 global + `local_crops` x 96 local crops, batch 8, float32, one
+  process. Theirs: its vision_transformer (drop path 0.1), DINOHead (65,536
+  outputs, learned last-layer norm, as configs/dino.py:i1k),
+  MultiCropWrapper, DINOLoss, AdamW on get_params_groups, clip_gradients(3),
+  cancel_gradients_last_layer and the teacher's EMA: the body of its
+  train_one_epoch without CUDA. Ours: the trainer's step on
+  configs/dino.py:i1k. Same random images, alternating windows; the figure
+  is the median ratio. MFU from XLA's FLOPs of our step (both do the same
+  arithmetic) against a matmul peak measured in this run."""
+  import functools
+  import types
+  import numpy as np
+  import torch
+  import torch.distributed as dist
+  from attnlab import main as main_lib
+  from attnlab import train as train_lib
+
+  if not os.path.exists(os.path.join(dino_dir, "main_dino.py")):
+    sys.exit(f"{dino_dir} has no main_dino.py: pass the root of a "
+             "facebookresearch/dino checkout")
+  # main_dino imports torchvision for its data loading and ResNet archs
+  # (unused here): stand-ins unless torchvision is installed.
+  try:
+    import torchvision  # noqa: F401
+  except ImportError:
+    tv = types.ModuleType("torchvision")
+    for name in ("datasets", "transforms", "models"):
+      setattr(tv, name, types.ModuleType(f"torchvision.{name}"))
+      sys.modules[f"torchvision.{name}"] = getattr(tv, name)
+    sys.modules["torchvision"] = tv
+  sys.path.insert(0, dino_dir)
+  import main_dino
+  import utils as dino_utils
+  import vision_transformer as vits
+  # DINOLoss all-reduces its centre: a one-process group.
+  if not dist.is_initialized():
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29533", rank=0, world_size=1)
+  torch.set_num_threads(os.cpu_count())
+
+  rng = np.random.default_rng(0)
+  glob = rng.uniform(-1, 1, (batch, 2, 224, 224, 3)).astype(np.float32)
+  local = rng.uniform(-1, 1, (batch, local_crops, 96, 96, 3)).astype(np.float32)
+  peak = train_lib.measured_peak_flops()
+
+  # Ours: the trainer's own step on configs/dino.py:i1k.
+  spec = f"configs/dino.py:i1k,variant={variant}"
+  ours, flops, count = synthetic_step(
+      spec, [f"--config.batch_size={batch}", f"--config.dino.local_crops={local_crops}"],
+      {"global": glob, "local": local})
+  config, _ = main_lib.parse_config(["--config", spec])
+
+  # Theirs, as main_dino.train_dino builds it and train_one_epoch steps it.
+  m, d, o = config.model, config.dino, config.optim
+  arch = {"Ti": "vit_tiny", "S": "vit_small", "B": "vit_base"}[variant.split("/")[0]]
+  patch = int(variant.split("/")[1])
+  head = lambda: vits.DINOHead(vits.__dict__[arch]().embed_dim, m.out_dim,
+                               norm_last_layer=m.norm_last_layer,
+                               hidden_dim=m.head_hidden, bottleneck_dim=m.bottleneck)
+  student = dino_utils.MultiCropWrapper(
+      vits.__dict__[arch](patch_size=patch, drop_path_rate=m.drop_path), head())
+  teacher = dino_utils.MultiCropWrapper(vits.__dict__[arch](patch_size=patch), head())
+  teacher.load_state_dict(student.state_dict())
+  for p in teacher.parameters():
+    p.requires_grad = False
+  loss_fn = main_dino.DINOLoss(m.out_dim, local_crops + 2, d.warmup_teacher_temp,
+                               d.teacher_temp, 30, 100, d.student_temp, d.center_momentum)
+  optimizer = torch.optim.AdamW(dino_utils.get_params_groups(student))
+  views = ([torch.from_numpy(np.ascontiguousarray(glob[:, i].transpose(0, 3, 1, 2)))
+            for i in range(2)] +
+           [torch.from_numpy(np.ascontiguousarray(local[:, i].transpose(0, 3, 1, 2)))
+            for i in range(local_crops)])
+
+  def their_step():
+    for i, group in enumerate(optimizer.param_groups):
+      group["lr"] = o.lr
+      if i == 0:
+        group["weight_decay"] = o.weight_decay
+    teacher_output = teacher(views[:2])
+    loss = loss_fn(student(views), teacher_output, 0)
+    optimizer.zero_grad()
+    loss.backward()
+    dino_utils.clip_gradients(student, o.clip_norm)
+    dino_utils.cancel_gradients_last_layer(0, student, d.freeze_last_layer_epochs)
+    optimizer.step()
+    with torch.no_grad():
+      momentum = d.momentum_teacher
+      for q, k in zip(student.parameters(), teacher.parameters()):
+        k.data.mul_(momentum).add_((1 - momentum) * q.detach().data)
+    return loss.item()
+
+  def their_window(n):
+    for _ in range(n):
+      their_step()
+  their_window(1)  # warm-up, as ours compiled
+  their_count = sum(p.numel() for p in student.parameters())
+  print(f"DINO {variant}: 2 x 224 + {local_crops} x 96 crops, batch {batch}, float32, "
+        f"{m.out_dim:,} outputs; {rounds} rounds of {window} step(s) each, alternating; "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); measured f32 matmul "
+        f"peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
+  times = interleaved({"attnlab": functools.partial(ours.window, window),
+                       "PyTorch DINO": functools.partial(their_window, window)}, rounds)
+  print(f"{'':>14}{'params':>13}{'images/s':>10}{'s/step':>8}{'MFU':>7}"
+        f"{'x PyTorch DINO (median)':>25}{'rounds':>13}")
+  for name, n in (("attnlab", count), ("PyTorch DINO", their_count)):
+    secs = float(np.median(times[name])) / window
+    med, lo, hi = ratio_summary(times, "PyTorch DINO", name)
+    print(f"{name:>14}{n:>13,}{batch / secs:>10.2f}{secs:>8.2f}"
+          f"{100 * flops / secs / peak:>6.1f}%{med:>24.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -768,6 +895,10 @@ def main():
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench bigvision BIG_VISION_CHECKOUT [VARIANT...]")
     big_vision_vit(sys.argv[2], *([sys.argv[3:]] if len(sys.argv) > 3 else []))
+  elif what == "dino":
+    if len(sys.argv) < 3:
+      sys.exit("usage: python -m experiments.bench dino DINO_CHECKOUT [VARIANT]")
+    dino_torch(sys.argv[2], *sys.argv[3:4])
   elif what == "flaxwmt":
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")

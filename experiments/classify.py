@@ -14,12 +14,14 @@ the same architecture is taken, the head is new (another task may have
 other classes), and position embeddings are resized in 2-D when the image
 size differs (`vit.resize_posemb`).
 
-Linear probe (`config.linear_probe`): at each evaluation, a logistic
-regression on the frozen backbone's pre-logits features of the training
-images (attnlab/evals/linear_probe.py, L-BFGS), its L2 penalty chosen on
-the validation split; at the end, that probe's test accuracy. With
-init_from and the backbone frozen (configs/vit.py's `probe=True`) it
-measures how linearly separable another run's features are for this task.
+Linear probe (`config.linear_probe`) and k-NN (`config.knn_k` > 0): at each
+evaluation, a logistic regression on the frozen backbone's pre-logits
+features of the training images (attnlab/evals/linear_probe.py, L-BFGS),
+its L2 penalty chosen on the validation split, and DINO's weighted k-NN
+vote of those training features (attnlab/evals/knn.py); at the end, both
+on test. With init_from and the backbone frozen (configs/vit.py's
+`probe=True`) they measure how good another run's features are for this
+task.
 """
 import os
 
@@ -33,7 +35,7 @@ from attnlab import config as config_lib
 from attnlab import viz
 from attnlab.data import image_ops
 from attnlab.data import images
-from attnlab.evals import linear_probe
+from attnlab.evals import knn, linear_probe
 from attnlab.evals import sharded
 from attnlab.models import resnet
 from attnlab.models import vit
@@ -106,7 +108,8 @@ class ImageFeatures:
   ResNet) whose variables in a train state are `feature_variables(state)`:
   preprocessed eval splits, the frozen features of a split (pre-logits,
   every device), the linear probe on them, and attention maps. Needs
-  `self.config` (data.pp_eval, data.probe_rows, eval_batch_size),
+  `self.config` (data.pp_eval, data.probe_rows, data.knn_rows, knn_k,
+  knn_temperature, linear_probe, eval_batch_size),
   `self.classes` and `self._eval = {}`."""
 
   def eval_source(self, split):
@@ -128,19 +131,55 @@ class ImageFeatures:
                             self.config.eval_batch_size, mesh), mesh))
     return rows["features"], rows["label"]
 
-  def probe(self, state, mesh, test=False):
+  def probe(self, state, mesh, test=False, features=None):
     """The linear probe: fitted on the training split's features (eval
     preprocessing, at most data.probe_rows of them), L2 chosen on validation.
-    Returns ({split: accuracy}, chosen l2, the probe)."""
+    Returns ({split: accuracy}, chosen l2, the probe). `features(split,
+    limit)` may give them (shared with the k-NN)."""
     c = self.config
-    train = self.split_features(state, mesh, c.data.train_split, c.data.probe_rows)
-    validation = self.split_features(state, mesh, c.data.eval_split)
+    features = features or (lambda split, limit=0: self.split_features(state, mesh, split, limit))
+    train = features(c.data.train_split, c.data.probe_rows)
+    validation = features(c.data.eval_split)
     probe, l2, scores = linear_probe.select(train, validation, len(self.classes), mesh)
     out = {"validation": scores[l2]}
     if test:
-      out["test"] = linear_probe.accuracy(
-          probe, *self.split_features(state, mesh, c.data.test_split))
+      out["test"] = linear_probe.accuracy(probe, *features(c.data.test_split))
     return out, l2, probe
+
+  def check_knn(self, train_images):
+    """k against the k-NN bank (at most data.knn_rows training images)."""
+    c = self.config
+    bank = min(c.data.knn_rows, train_images)
+    config_lib.check(c.knn_k >= 0, "knn_k", f"k = {c.knn_k} is negative",
+                     "20 as DINO, or 0 for no k-NN evaluation")
+    config_lib.check(c.knn_k <= bank, "knn_k", f"k = {c.knn_k} is larger than the k-NN "
+                     f"bank of {bank} training images", "use a smaller k or more training images")
+
+  def feature_evals(self, state, mesh, prefix, test=False, probe=None):
+    """The frozen features' weighted k-NN accuracy (config.knn_k > 0; the
+    bank: at most data.knn_rows training images) and linear-probe accuracy
+    (`probe`, by default config.linear_probe) on validation, or on test.
+    Each split's features are computed once."""
+    c, out = self.config, {}
+    probe = c.linear_probe if probe is None else probe
+    cache = {}
+
+    def features(split, limit=0):
+      if (split, limit) not in cache:
+        cache[split, limit] = self.split_features(state, mesh, split, limit)
+      return cache[split, limit]
+    split = c.data.test_split if test else c.data.eval_split
+    if c.knn_k:
+      out[f"{prefix}/knn_accuracy"] = float(knn.knn_accuracy(
+          *features(c.data.train_split, c.data.knn_rows), *features(split), mesh,
+          len(self.classes), c.knn_k, c.knn_temperature))
+    if probe:
+      scores, l2, _ = self.probe(state, mesh, test, features)
+      out.update({f"{prefix}/probe_accuracy": scores["test" if test else "validation"],
+                  f"{prefix}/probe_l2": l2})
+      if test:
+        out["test/probe_validation_accuracy"] = scores["validation"]
+    return out
 
   # --- attention maps -------------------------------------------------------
   def has_maps(self):
@@ -227,8 +266,9 @@ class Experiment(ImageFeatures):
                      "resize to model.image_size in data.pp_train and data.pp_eval")
     self.channels = example.shape[-1]
     # And one training image, so that a bad pp_train stops here, not mid-run.
-    train = images.run_pipeline(image_ops.build(data.pp_train, "data.pp_train"),
-                                images.source(data, data.train_split)[0],
+    src = images.source(data, data.train_split)
+    self.check_knn(len(src))
+    train = images.run_pipeline(image_ops.build(data.pp_train, "data.pp_train"), src[0],
                                 "data.pp_train")["image"]
     config_lib.check(train.shape == example.shape, "data.pp_train",
                      f"makes {train.shape} images but data.pp_eval makes {example.shape}",
@@ -351,11 +391,7 @@ class Experiment(ImageFeatures):
 
   def evaluate(self, state, mesh, step, writer):
     results = self._evaluate(state, mesh, self.config.data.eval_split, "eval", False)
-    if self.config.linear_probe:
-      probe, l2, _ = self.probe(state, mesh)
-      results["eval/probe_accuracy"] = probe["validation"]
-      results["eval/probe_l2"] = l2
-    return results
+    return {**results, **self.feature_evals(state, mesh, "eval")}
 
   def feature_variables(self, state):
     return state["params"], state["model_state"]
@@ -370,9 +406,7 @@ class Experiment(ImageFeatures):
     and sample predictions."""
     results = self._evaluate(state, mesh, self.config.data.test_split, "test", True,
                              writer, int(state["step"]))
-    if self.config.linear_probe:
-      probe, l2, _ = self.probe(state, mesh, test=True)
-      results.update({"test/probe_accuracy": probe["test"], "test/probe_l2": l2})
+    results.update(self.feature_evals(state, mesh, "test", test=True))
     if jax.process_index() == 0:
       self.test_maps(state, writer)
     return results

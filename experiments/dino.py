@@ -37,7 +37,6 @@ import numpy as np
 
 from attnlab import config as config_lib
 from attnlab.data import image_ops, images
-from attnlab.evals import knn
 from attnlab.models import dino_head, vit
 from experiments import classify
 
@@ -118,8 +117,6 @@ def validate(config):
   for key, size in (("model.image_size", m.image_size), ("dino.local_size", d.local_size)):
     config_lib.check(size % patch == 0, key,
                      f"{size} is not divisible by the patch size", "use a multiple of the patch")
-  # (k against the bank's size: Experiment, which knows the split's size.)
-  config_lib.check(d.knn_k > 0, "dino.knn_k", f"k = {d.knn_k} is not positive", "k = 20")
   config_lib.check(0 <= d.center_momentum < 1, "dino.center_momentum",
                    f"{d.center_momentum} is not in [0, 1)", "0.9 as the paper")
 
@@ -163,10 +160,7 @@ class Experiment(classify.ImageFeatures):
     # (`compile`), data.train_images.
     src = images.source(config.data, config.data.train_split) if read_data else None
     self.train_images = len(src) if read_data else config.data.train_images
-    bank = min(config.data.knn_rows, self.train_images)
-    config_lib.check(config.dino.knn_k <= bank, "dino.knn_k",
-                     f"k = {config.dino.knn_k} is larger than the k-NN bank of {bank} "
-                     "training images", "use a smaller k or more training images")
+    self.check_knn(self.train_images)
     self._eval = {}
     self.channels = self.check_pipelines(
         src[0] if read_data else
@@ -231,18 +225,23 @@ class Experiment(classify.ImageFeatures):
       params = {**params, "head": {
           k: jax.tree.map(lambda x: jnp.where(frozen, jax.lax.stop_gradient(x), x), v)
           if k.startswith(dino_head.LAST_LAYER) else v for k, v in params["head"].items()}}
-    views_first = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
-    glob = views_first(batch["global"])  # [2B, S, S, C], view 0's rows first
-    rng_g, rng_l = jax.random.split(ctx.rng)
+    # Each image's views stay together ([B, V, ...] -> [B * V, ...]): the
+    # batch axis is sharded over the mesh, and merging it with the views
+    # axis after it keeps every device on its own images. (Views first,
+    # [V * B, ...], cannot be sharded so and would be gathered: every
+    # device would then compute the whole global batch.)
     b = batch["global"].shape[0]
-    student = self.network.apply({"params": params}, glob, train=True,
-                                 rngs={"dropout": rng_g}).reshape(2, b, -1)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])
+    views_first = lambda y, v: jnp.swapaxes(y.reshape(b, v, -1), 0, 1)  # [V, B, K]
+    glob = flat(batch["global"])
+    rng_g, rng_l = jax.random.split(ctx.rng)
+    student = views_first(self.network.apply({"params": params}, glob, train=True,
+                                             rngs={"dropout": rng_g}), 2)
     if self.num_local:
-      local = self.network.apply({"params": params}, views_first(batch["local"]), train=True,
-                                 rngs={"dropout": rng_l}).reshape(self.num_local, b, -1)
-      student = jnp.concatenate([student, local], 0)
-    t_out = jax.lax.stop_gradient(
-        self.network.apply({"params": teacher}, glob).reshape(2, b, -1))
+      local = self.network.apply({"params": params}, flat(batch["local"]), train=True,
+                                 rngs={"dropout": rng_l})
+      student = jnp.concatenate([student, views_first(local, self.num_local)], 0)
+    t_out = jax.lax.stop_gradient(views_first(self.network.apply({"params": teacher}, glob), 2))
     temp = teacher_temperature(ctx.step, d.warmup_teacher_temp_epochs * self.steps_per_epoch(),
                                d.warmup_teacher_temp, d.teacher_temp)
     loss, monitors = dino_loss(student, t_out, center, d.student_temp, temp)
@@ -270,22 +269,12 @@ class Experiment(classify.ImageFeatures):
     return {"features": features, "label": batch["label"]}
 
   def evaluate(self, state, mesh, step, writer):
-    return {"eval/knn_accuracy": self.knn(state, mesh, self.config.data.eval_split)}
-
-  def knn(self, state, mesh, split):
-    c = self.config
-    bank = self.split_features(state, mesh, c.data.train_split, c.data.knn_rows)
-    return float(knn.knn_accuracy(*bank, *self.split_features(state, mesh, split), mesh,
-                                  len(self.classes), c.dino.knn_k, c.dino.knn_temperature))
+    return self.feature_evals(state, mesh, "eval")
 
   def finish(self, state, mesh, writer):
     """The test split, once: k-NN and a linear probe of the teacher's
     features (L2 chosen on validation), and attention maps of test images."""
-    c = self.config
-    results = {"test/knn_accuracy": self.knn(state, mesh, c.data.test_split)}
-    probe, l2, _ = self.probe(state, mesh, test=True)
-    results.update({"test/probe_accuracy": probe["test"], "test/probe_l2": l2,
-                    "test/probe_validation_accuracy": probe["validation"]})
+    results = self.feature_evals(state, mesh, "test", test=True, probe=True)
     if jax.process_index() == 0:
       self.test_maps(state, writer)
     return results

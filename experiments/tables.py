@@ -23,6 +23,14 @@
               train[:5%]), test accuracy (read once, at each run's end) per
               model and share, as a table and data_efficiency.png beside
               the runs.
+  features DINO_RUN FEATURES_RUN...
+              DINO's "features without labels": a finished DINO run's k-NN
+              and linear-probe accuracy of its teacher's features over
+              training time (validation; step 0 is the random network),
+              against other runs' frozen features measured the same way
+              (configs/vit.py:...,probe=True --config.init_from=SUPERVISED),
+              each run's test split read once at its end; a table and
+              features.png beside the DINO run.
 """
 import json
 import os
@@ -253,8 +261,58 @@ def data_efficiency(*workdirs):
   print(f"\nplot: {os.path.relpath(out)}")
 
 
+def features(dino_run=None, *others):
+  """A DINO run's k-NN / linear-probe curves against other runs' features."""
+  from attnlab import metrics as metrics_lib
+  from attnlab import viz
+  if not dino_run:
+    sys.exit("error: give a finished DINO run, then runs of other features (e.g. "
+             "configs/vit.py:fmnist,probe=True --config.init_from=SUPERVISED_RUN)")
+  keys = ("knn_accuracy", "probe_accuracy")
+  curves, references, table = {}, {}, []
+  for wd in (dino_run, *others):
+    path = os.path.join(wd, "test.json")
+    if not os.path.exists(path):
+      sys.exit(f"error: {path} is missing: let the run finish (its test split is "
+               "read once, at the end)")
+    test = json.load(open(path))
+    config = json.load(open(os.path.join(wd, "config.json")))
+    rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+    wall = [(r["step"], r["time/wall_sec"] / 60) for r in rows if "time/wall_sec" in r]
+    evals = [r for r in rows if "eval/knn_accuracy" in r]
+    if not evals or not all(f"test/{k}" in test for k in keys):
+      sys.exit(f"error: {wd} has no k-NN and probe evaluations (config.knn_k > 0 and "
+               "config.linear_probe, or a DINO run)")
+    if config["experiment"] == "dino":
+      name = f"DINO {config['model']['variant']}, no labels"
+      for r in evals:
+        minutes = float(np.interp(r["step"], *zip(*wall))) if r["step"] else 0.0
+        label = "random init" if r["step"] == 0 else f"step {r['step']:,}"
+        table.append((name, label, minutes, r["eval/knn_accuracy"], r["eval/probe_accuracy"]))
+        for k in keys:
+          curves.setdefault(k, []).append((minutes, r[f"eval/{k}"]))
+    else:
+      source = config.get("init_from") or wd
+      name = f"{os.path.basename(os.path.normpath(source))} (frozen)"
+      table.append((name, "", None, evals[-1]["eval/knn_accuracy"],
+                    evals[-1]["eval/probe_accuracy"]))
+      references[name] = {k: evals[-1][f"eval/{k}"] for k in keys}
+    table.append((name, f"test, step {test['step']:,}", None, test["test/knn_accuracy"],
+                  test["test/probe_accuracy"]))
+  print("| features | point | wall minutes | k-NN acc. | linear-probe acc. |")
+  print("| --- | --- | --- | --- | --- |")
+  for name, label, minutes, k, lin in table:
+    split = "test" if label.startswith("test") else "validation"
+    print(f"| {name} | {label or 'validation'} | "
+          f"{'' if minutes is None else f'{minutes:.1f}'} | {100 * k:.1f}% ({split}) | "
+          f"{100 * lin:.1f}% ({split}) |")
+  out = os.path.join(os.path.dirname(os.path.abspath(dino_run)), "features.png")
+  viz.feature_curves(curves, references, out)
+  print(f"\nplot: {os.path.relpath(out)}")
+
+
 TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,
-          "vision": vision, "data_efficiency": data_efficiency}
+          "vision": vision, "data_efficiency": data_efficiency, "features": features}
 
 
 def main():

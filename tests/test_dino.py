@@ -173,18 +173,26 @@ def test_teacher_is_the_ema_of_the_student_after_each_update(tmp_path):
 
 def test_a_step_on_eight_devices_is_the_step_on_one(tmp_path):
   """The same batch on a mesh of 8 devices (one row each) and of 1: the
-  loss, the centre (a mean over the GLOBAL batch) and the teacher agree."""
+  loss, the centre (a mean over the GLOBAL batch) and the teacher agree,
+  and each device does an eighth of the work."""
   from attnlab import sharding as sharding_lib
+  from attnlab import train as train_lib
   out = []
   for n in (1, 8):
     config, exp, trainer = dino_trainer(tmp_path / str(n), f'--config.mesh=(("data", {n}),)')
     assert trainer.mesh.size == n
     batch = sharding_lib.global_batch(next(exp.train_iter(config.batch_size, 0, 1)),
                                       trainer.mesh)
-    state, metrics = jax.jit(trainer.step_fn())(trainer.create_state(), batch)
-    out.append(jax.device_get((metrics["loss"], state["extra"])))
+    state = trainer.create_state()
+    compiled = jax.jit(trainer.step_fn()).lower(state, batch).compile()
+    state, metrics = compiled(state, batch)
+    out.append(jax.device_get((metrics["loss"], state["extra"])) +
+               (train_lib.step_flops(compiled),))
     trainer.writer.close()
-  (loss1, extra1), (loss8, extra8) = out
+  (loss1, extra1, flops1), (loss8, extra8, flops8) = out
+  # Each device computes its own rows, not the whole batch (1/8 of the
+  # work, plus the replicated optimizer update).
+  assert flops8 < 0.3 * flops1, (flops8, flops1)
   assert np.abs(extra1["center"]).max() > 0
   np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(extra8), jax.tree.leaves(extra1)):
@@ -196,14 +204,16 @@ def dino_args(workdir, root, *extra):
           *extra]
 
 
-def test_killed_9_resumes_bit_identically_with_teacher_centre_and_schedules(tmp_path):
+def test_killed_9_resumes_bit_identically_with_teacher_centre_and_schedules(tmp_path, capsys):
   """A run killed -9 after a checkpoint and rerun ends with exactly the
   state (student, teacher, centre, optimizer with its weight-decay
-  schedule, data iterator) of a run never stopped; that run ends with the
-  test split's k-NN and linear-probe accuracies and attention maps."""
+  schedule, data iterator) of a run never stopped; that run evaluates from
+  step 0 on, ends with the test split's k-NN and linear-probe accuracies
+  and attention maps, makes `tables features` and draws any photo's maps."""
   import json
   import signal
   import time
+  from attnlab import metrics as metrics_lib
   from helpers import assert_trees_equal, cli, load_state, make_folder, run_cli
   root = make_folder(tmp_path / "imgs")
   common = ["--config.total_steps=8", "--config.ckpt_every=2", "--config.keep_ckpts=10",
@@ -214,6 +224,24 @@ def test_killed_9_resumes_bit_identically_with_teacher_centre_and_schedules(tmp_
   for key in ("test/knn_accuracy", "test/probe_accuracy"):
     assert 0.0 <= test[key] <= 1.0, test
   assert any(p.startswith("attention_test_") for p in os.listdir(tmp_path / "ref" / "plots"))
+  # Evaluated from the random initial network (step 0) on: k-NN and probe.
+  rows = metrics_lib.read_jsonl(str(tmp_path / "ref" / "metrics.jsonl"))
+  evals = [r["step"] for r in rows if "eval/knn_accuracy" in r and "eval/probe_accuracy" in r]
+  assert evals == [0, 4, 8], evals
+  # ./launch.sh tables features: those points and the test split's, and a plot.
+  from experiments import tables
+  tables.features(str(tmp_path / "ref"))
+  table = capsys.readouterr().out
+  knn_at = {r["step"]: r["eval/knn_accuracy"] for r in rows if "eval/knn_accuracy" in r}
+  for label, value in (("random init", knn_at[0]), ("step 8", knn_at[8]),
+                       ("test, step 8", test["test/knn_accuracy"])):
+    assert f"| {label} |" in table and f"{100 * value:.1f}%" in table, table
+  assert (tmp_path / "features.png").exists()
+  # The teacher's attention maps of any photo (matplotlib's sample photo).
+  import matplotlib
+  photo = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+  rc, out = run_cli("attend", str(tmp_path / "ref"), photo)
+  assert rc == 0 and (tmp_path / "ref" / "plots" / "attention_grace_hopper.png").exists(), out
   cut_args = dino_args(tmp_path / "cut", root, *common, "--config.eval_every=0",
                        "--config.final_test=False")
   p = cli(*cut_args)
@@ -238,7 +266,7 @@ def test_killed_9_resumes_bit_identically_with_teacher_centre_and_schedules(tmp_
     ("--config.dino.local_size=32", "dino.local_size: local crops of 32 are not smaller"),
     ("--config.model.out_dim=0", "model.out_dim: 0 is not positive"),
     ("--config.dino.teacher_temp=0.2", "dino.teacher_temp: teacher temperature 0.2"),
-    ("--config.dino.knn_k=20", "dino.knn_k: k = 20 is larger than the k-NN bank of 10"),
+    ("--config.knn_k=20", "knn_k: k = 20 is larger than the k-NN bank of 10"),
     ("--config.data.pp_local=decode|resize(8)", "data.pp_local"),
 ])
 def test_bad_dino_input_is_one_line_exit_2(tmp_path, override, message):

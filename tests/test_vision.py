@@ -481,8 +481,8 @@ def test_emoji_builder_keeps_each_emoji_and_its_variants_in_one_split(tmp_path, 
 
 def test_linear_probe_of_a_pretrained_run_leaves_its_backbone_frozen(tmp_path):
   """configs/vit.py:...,probe=True --config.init_from=RUN: the backbone is
-  the pretrained run's, unchanged; the L-BFGS probe's validation and test
-  accuracies are reported; a run of another architecture is refused."""
+  the pretrained run's, unchanged; the L-BFGS probe's and the k-NN's
+  validation and test accuracies are reported; a run of another architecture is refused."""
   root = make_folder(tmp_path / "imgs")
   rc, out = run_cli(*train_args(tmp_path / "pre", root))
   assert rc == 0, out
@@ -494,6 +494,7 @@ def test_linear_probe_of_a_pretrained_run_leaves_its_backbone_frozen(tmp_path):
   with open(tmp_path / "probe" / "test.json") as f:
     test = json.load(f)
   assert 0 <= test["test/probe_accuracy"] <= 1 and test["test/probe_l2"] > 0
+  assert 0 <= test["test/knn_accuracy"] <= 1  # DINO's k-NN of the same features
   pre, probe = load_state(tmp_path / "pre")["params"], load_state(tmp_path / "probe")["params"]
   jax.tree.map(np.testing.assert_array_equal, probe["encoder"], pre["encoder"])
   rc, out = run_cli(*probe_args[:4], str(tmp_path / "other"), *probe_args[5:],
