@@ -62,3 +62,23 @@ def make_folder(root, per_label=6, test=3, size=12, labels=("blue", "red")):
         img[..., 2 * (1 - c)] += 180
         Image.fromarray(img).save(os.path.join(root, split, label, f"{i}.png"))
   return str(root)
+
+
+def kill_9_after_a_checkpoint(args, workdir, at="step 5/"):
+  """Start `train ARGS`, SIGKILL it at the first log line starting with
+  `at` once a checkpoint directory exists, then rerun it to the end.
+  Returns the rerun's (returncode, output)."""
+  import signal
+  import time
+  p = cli(*args)
+  for line in p.stdout:
+    if line.startswith(at):
+      deadline = time.time() + 60
+      while not any(d.isdigit() for d in os.listdir(os.path.join(workdir, "checkpoints"))):
+        assert time.time() < deadline
+        time.sleep(0.01)
+      p.send_signal(signal.SIGKILL)
+      break
+  p.communicate(timeout=60)
+  assert p.returncode == -signal.SIGKILL
+  return run_cli(*args)

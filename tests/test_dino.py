@@ -211,10 +211,9 @@ def test_killed_9_resumes_bit_identically_with_teacher_centre_and_schedules(tmp_
   step 0 on, ends with the test split's k-NN and linear-probe accuracies
   and attention maps, makes `tables features` and draws any photo's maps."""
   import json
-  import signal
-  import time
   from attnlab import metrics as metrics_lib
-  from helpers import assert_trees_equal, cli, load_state, make_folder, run_cli
+  from helpers import (assert_trees_equal, kill_9_after_a_checkpoint, load_state, make_folder,
+                       run_cli)
   root = make_folder(tmp_path / "imgs")
   common = ["--config.total_steps=8", "--config.ckpt_every=2", "--config.keep_ckpts=10",
             "--config.log_every=1"]
@@ -244,18 +243,7 @@ def test_killed_9_resumes_bit_identically_with_teacher_centre_and_schedules(tmp_
   assert rc == 0 and (tmp_path / "ref" / "plots" / "attention_grace_hopper.png").exists(), out
   cut_args = dino_args(tmp_path / "cut", root, *common, "--config.eval_every=0",
                        "--config.final_test=False")
-  p = cli(*cut_args)
-  for line in p.stdout:
-    if line.startswith("step 5/"):
-      deadline = time.time() + 60
-      while not any(d.isdigit() for d in os.listdir(tmp_path / "cut" / "checkpoints")):
-        assert time.time() < deadline
-        time.sleep(0.01)
-      p.send_signal(signal.SIGKILL)
-      break
-  p.communicate(timeout=60)
-  assert p.returncode == -signal.SIGKILL
-  rc, out = run_cli(*cut_args)
+  rc, out = kill_9_after_a_checkpoint(cut_args, tmp_path / "cut")
   assert rc == 0 and "resumed" in out.lower(), out
   ref, cut = load_state(tmp_path / "ref"), load_state(tmp_path / "cut")
   assert int(ref["step"]) == 8 and np.abs(ref["extra"]["center"]).max() > 0

@@ -6,7 +6,6 @@ import json
 import os
 import re
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -374,9 +373,7 @@ def test_resnet_killed_9_resumes_bit_identically_with_statistics_and_a_frozen_st
   """BatchNorm statistics (model_state), a frozen stem, the image
   pipeline's iterator: a run killed -9 after a checkpoint and rerun ends
   with exactly the state of a run never stopped."""
-  import signal
-  import time
-  from helpers import assert_trees_equal, cli
+  from helpers import assert_trees_equal, kill_9_after_a_checkpoint
   root = make_folder(tmp_path / "imgs")
 
   def args(workdir):
@@ -387,17 +384,7 @@ def test_resnet_killed_9_resumes_bit_identically_with_statistics_and_a_frozen_st
             "--config.optim.frozen=('stem_.*',)"]
   rc, out = run_cli(*args(tmp_path / "ref"))
   assert rc == 0, out
-  p = cli(*args(tmp_path / "cut"))
-  for line in p.stdout:
-    if line.startswith("step 5/"):
-      deadline = time.time() + 60
-      while not any(d.isdigit() for d in os.listdir(tmp_path / "cut" / "checkpoints")):
-        assert time.time() < deadline
-        time.sleep(0.01)
-      p.send_signal(signal.SIGKILL)
-      break
-  p.communicate(timeout=60)
-  rc, out = run_cli(*args(tmp_path / "cut"))
+  rc, out = kill_9_after_a_checkpoint(args(tmp_path / "cut"), tmp_path / "cut")
   assert rc == 0 and "resumed" in out.lower(), out
   ref, cut = load_state(tmp_path / "ref"), load_state(tmp_path / "cut")
   assert jax.tree.leaves(ref["model_state"])  # there are statistics to compare
