@@ -126,7 +126,7 @@ def compiled_step(spec, overrides=()):
 def synthetic_step(spec, overrides, batch):
   """The trainer's jitted step of `spec` on a given batch, without data
   (the experiment built as for `compile`): (Stepper, XLA's FLOPs of the
-  step, parameter count)."""
+  step, parameter count, the config)."""
   import jax
   from attnlab import main as main_lib
   from attnlab import train as train_lib
@@ -139,7 +139,7 @@ def synthetic_step(spec, overrides, batch):
   flops = train_lib.step_flops(step.lower(state, batch).compile())
   stepper = Stepper(step, state, batch)
   shutil.rmtree(workdir)
-  return stepper, flops, train_lib.param_count(stepper.state["params"])
+  return stepper, flops, train_lib.param_count(stepper.state["params"]), config
 
 
 def step_speeds(runs, rounds, window):
@@ -710,7 +710,7 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
         f"{'x big_vision (median)':>23}{'rounds':>13}")
   for variant in variants:
     # Ours: the trainer's own step on configs/vit.py:i1k.
-    ours, flops, count = synthetic_step(
+    ours, flops, count, _ = synthetic_step(
         f"configs/vit.py:i1k,variant={variant}", [f"--config.batch_size={batch}"],
         {"image": images, "label": labels})
     contenders = {"attnlab": ours}
@@ -770,7 +770,6 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   import numpy as np
   import torch
   import torch.distributed as dist
-  from attnlab import main as main_lib
   from attnlab import train as train_lib
 
   if not os.path.exists(os.path.join(dino_dir, "main_dino.py")):
@@ -802,10 +801,9 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
 
   # Ours: the trainer's own step on configs/dino.py:i1k.
   spec = f"configs/dino.py:i1k,variant={variant}"
-  ours, flops, count = synthetic_step(
+  ours, flops, count, config = synthetic_step(
       spec, [f"--config.batch_size={batch}", f"--config.dino.local_crops={local_crops}"],
       {"global": glob, "local": local})
-  config, _ = main_lib.parse_config(["--config", spec])
 
   # Theirs, as main_dino.train_dino builds it and train_one_epoch steps it.
   m, d, o = config.model, config.dino, config.optim

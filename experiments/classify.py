@@ -131,13 +131,12 @@ class ImageFeatures:
                             self.config.eval_batch_size, mesh), mesh))
     return rows["features"], rows["label"]
 
-  def probe(self, state, mesh, test=False, features=None):
+  def probe(self, features, mesh, test=False):
     """The linear probe: fitted on the training split's features (eval
-    preprocessing, at most data.probe_rows of them), L2 chosen on validation.
-    Returns ({split: accuracy}, chosen l2, the probe). `features(split,
-    limit)` may give them (shared with the k-NN)."""
+    preprocessing, at most data.probe_rows of them; `features(split,
+    limit)` gives them), L2 chosen on validation. Returns ({split:
+    accuracy}, chosen l2, the probe)."""
     c = self.config
-    features = features or (lambda split, limit=0: self.split_features(state, mesh, split, limit))
     train = features(c.data.train_split, c.data.probe_rows)
     validation = features(c.data.eval_split)
     probe, l2, scores = linear_probe.select(train, validation, len(self.classes), mesh)
@@ -174,7 +173,7 @@ class ImageFeatures:
           *features(c.data.train_split, c.data.knn_rows), *features(split), mesh,
           len(self.classes), c.knn_k, c.knn_temperature))
     if probe:
-      scores, l2, _ = self.probe(state, mesh, test, features)
+      scores, l2, _ = self.probe(features, mesh, test)
       out.update({f"{prefix}/probe_accuracy": scores["test" if test else "validation"],
                   f"{prefix}/probe_l2": l2})
       if test:
