@@ -74,7 +74,11 @@ def dino_loss(student, teacher, center, student_temp, teacher_temp):
 
 def update_center(center, teacher, momentum):
   """The running mean of the teacher's outputs [2, B, K] over every row."""
-  return momentum * center + (1.0 - momentum) * jnp.mean(teacher, axis=(0, 1))
+  rows = teacher.reshape(-1, teacher.shape[-1])
+  # The mean as a product with ones: XLA's CPU reduction over the leading
+  # axis of a [rows, 65536] array is over 20x slower than this matvec.
+  mean = jnp.ones((rows.shape[0],), rows.dtype) @ rows / rows.shape[0]
+  return momentum * center + (1.0 - momentum) * mean
 
 
 def ema(teacher, student, momentum):
@@ -220,7 +224,7 @@ class Experiment(classify.ImageFeatures):
     if d.freeze_last_layer_epochs:
       # The last layer is not trained in the first epoch(s): DINO's remedy for
       # early instability. Its gradient is zero there (weight decay leaves
-      # its output alone: its columns are normalised).
+      # its output alone: its rows are normalised).
       frozen = ctx.step < d.freeze_last_layer_epochs * self.steps_per_epoch()
       params = {**params, "head": {
           k: jax.tree.map(lambda x: jnp.where(frozen, jax.lax.stop_gradient(x), x), v)

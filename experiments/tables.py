@@ -284,7 +284,10 @@ def features(dino_run=None, *others):
       sys.exit(f"error: {wd} has no k-NN and probe evaluations (config.knn_k > 0 and "
                "config.linear_probe, or a DINO run)")
     if config["experiment"] == "dino":
-      name = f"DINO {config['model']['variant']}, no labels"
+      m = config["model"]
+      shape = (f"ViT {m['depth']} x {m['width']}, patch {m['variant'].split('/')[-1]}"
+               if m.get("depth") and m.get("width") else m["variant"])  # the variant's or its own
+      name = f"DINO {shape}, no labels"
       for r in evals:
         minutes = float(np.interp(r["step"], *zip(*wall))) if r["step"] else 0.0
         label = "random init" if r["step"] == 0 else f"step {r['step']:,}"

@@ -16,7 +16,8 @@ from attnlab.models import dino_head
 @pytest.mark.parametrize("norm_last_layer", [True, False])
 def test_head_is_mlp_bottleneck_l2_then_weight_normalised_linear(norm_last_layer):
   """By hand: GELU (exact) MLP, bottleneck L2-normalised, times a kernel
-  whose columns are scaled to norm g (1 when the norm is fixed)."""
+  whose rows (one per output, PyTorch's layout) are scaled to norm g (1
+  when the norm is fixed)."""
   head = dino_head.DINOHead(out_dim=10, hidden=32, bottleneck=8, norm_last_layer=norm_last_layer)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 16))
   p = head.init(jax.random.PRNGKey(1), x)["params"]
@@ -27,10 +28,13 @@ def test_head_is_mlp_bottleneck_l2_then_weight_normalised_linear(norm_last_layer
   h = h @ p["mlp_2"]["kernel"] + p["mlp_2"]["bias"]
   h = h / np.linalg.norm(h, axis=-1, keepdims=True)
   v = p["last_layer"]["kernel"]
-  g = 1.0 if norm_last_layer else p["last_layer_scale"]["last_layer/kernel/scale"]
-  want = h @ (g * v / np.linalg.norm(v, axis=0, keepdims=True))
+  assert v.shape == (10, 8)
+  g = 1.0 if norm_last_layer else p["last_layer"]["scale"]
+  if not norm_last_layer:  # a learned norm: make it differ from 1 to see it used
+    g = p["last_layer"]["scale"] = np.linspace(0.5, 2.0, 10)[:, None]
+  want = h @ (g * v / np.linalg.norm(v, axis=1, keepdims=True)).T
   np.testing.assert_allclose(head.apply({"params": p}, x), want, rtol=1e-5, atol=1e-6)
-  assert ("last_layer_scale" in p) == (not norm_last_layer)
+  assert ("scale" in p["last_layer"]) == (not norm_last_layer)
 
 
 def test_loss_is_the_mean_cross_entropy_over_pairs_of_different_views():
@@ -136,8 +140,8 @@ def dino_trainer(tmp_path, *overrides):
   return config, exp, train_lib.Trainer(config, exp, str(tmp_path / "run"))
 
 
-def unit_columns(kernel):
-  return kernel / np.linalg.norm(kernel, axis=0, keepdims=True)
+def unit_rows(kernel):
+  return kernel / np.linalg.norm(kernel, axis=1, keepdims=True)  # one row per output
 
 
 def test_teacher_is_the_ema_of_the_student_after_each_update(tmp_path):
@@ -146,7 +150,7 @@ def test_teacher_is_the_ema_of_the_student_after_each_update(tmp_path):
   the pre-update step. A momentum of 0.5 and a large lr make the
   post-update and the pre-update versions measurably different. The last
   layer is frozen in step 0 (0.1 of a one-step epoch): its function
-  (unit columns) is unchanged by it and changed by step 1."""
+  (unit rows) is unchanged by it and changed by step 1."""
   from experiments import dino
   config, exp, trainer = dino_trainer(tmp_path, "--config.dino.momentum_teacher=0.5",
                                       "--config.optim.lr=0.01")
@@ -165,7 +169,7 @@ def test_teacher_is_the_ema_of_the_student_after_each_update(tmp_path):
     assert gap > 1e-4
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(after["extra"]["teacher"])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    last = lambda s: unit_columns(s["params"]["head"]["last_layer"]["kernel"])
+    last = lambda s: unit_rows(s["params"]["head"]["last_layer"]["kernel"])
     moved = np.abs(last(after) - last(before)).max()
     assert (moved < 1e-6) if i == 0 else (moved > 1e-4), (i, moved)
   trainer.writer.close()
