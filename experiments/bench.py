@@ -94,6 +94,46 @@ class Stepper:
     jax.block_until_ready(m)
 
 
+def op_profile(stepper, top=12):
+  """Where one step's time goes: a jax.profiler trace of one step, each
+  traced XLA op mapped to the model code that made it (the optimised HLO's
+  op_name metadata, layer numbers folded), summed. Thread time: ops that run
+  side by side on the cores both count, so shares, not wall time, compare."""
+  import collections
+  import glob
+  import gzip
+  import json
+  import re
+  import jax
+  hlo = stepper.step.lower(stepper.state, stepper.batch).compile().as_text()
+  source = dict(re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"',
+                           hlo, re.M))
+  trace_dir = tempfile.mkdtemp()
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    stepper.window(1)
+  events = json.load(gzip.open(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]))
+  shutil.rmtree(trace_dir)
+  by_op = collections.Counter()
+  for e in events["traceEvents"] if isinstance(events, dict) else events:
+    if e.get("ph") == "X" and e.get("name") in source:
+      name = re.sub(r"(encoderblock|layer)_\d+(/\1_\d+\._sublayer)?", "L", source[e["name"]])
+      by_op[re.sub(r"^jit\([^)]*\)/", "", name)] += e["dur"] / 1e3
+  kinds = collections.Counter()
+  for name, ms in by_op.items():
+    kinds["matmuls and convolutions" if "dot_general" in name or "conv_general" in name else
+          "softmax" if re.search(r"attention/vmap\(\)/(div|reduce_max|reduce_sum|exp|sub)", name) else
+          "LayerNorm" if "_norm/" in name else
+          "transposes and reshapes" if "transpose" in name or "reshape" in name else
+          "selects (NaN guard, masks)" if "select_n" in name else "other elementwise"] += ms
+  total = sum(by_op.values())
+  print(f"one step: {total:,.0f} ms of op time over all threads")
+  for name, ms in kinds.most_common():
+    print(f"{ms:>9,.0f} ms {100 * ms / total:5.1f}%  {name}")
+  print(f"top {top} ops by source (L = any layer):")
+  for name, ms in by_op.most_common(top):
+    print(f"{ms:>9,.0f} ms {100 * ms / total:5.1f}%  {name[:110]}")
+
+
 def compiled_step(spec, overrides=()):
   """The jitted train step of `spec` (CONFIG[:args] plus --config.KEY=VALUE
   overrides) on one real batch of its data, compiled: a dict with `window(n)`
@@ -862,6 +902,8 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
     med, lo, hi = ratio_summary(times, "PyTorch DINO", name)
     print(f"{name:>14}{n:>13,}{batch / secs:>10.2f}{secs:>8.2f}"
           f"{100 * flops / secs / peak:>6.1f}%{med:>24.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
+  print("\nour step, profiled:")
+  op_profile(ours)
 
 
 def main():

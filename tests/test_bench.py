@@ -23,3 +23,24 @@ def test_windows_alternate_and_ratio_is_the_median_of_rounds(monkeypatch):
   assert calls == ["A", "B"] * 3
   assert times == {"A": [1.0, 1.0, 1.0], "B": [2.0, 10.0, 2.5]}
   assert bench.ratio_summary(times, "B", "A") == (2.5, 2.0, 10.0)
+
+
+def test_op_profile_attributes_traced_ops_to_their_source(capsys):
+  """One traced step's ops are mapped back to the code that made them (the
+  HLO's op_name), layer numbers folded, and grouped by kind."""
+  import re
+
+  import jax
+  import jax.numpy as jnp
+
+  def step(state, batch):  # one matmul and one elementwise op, by name
+    with jax.named_scope("encoderblock_3"):
+      y = jnp.tanh(state @ batch)
+    return state, {"y": y}
+  x = jnp.ones((256, 256))
+  bench.op_profile(bench.Stepper(jax.jit(step), x, x), top=5)
+  out = capsys.readouterr().out
+  assert "matmuls and convolutions" in out and "other elementwise" in out, out
+  assert re.search(r"% +L/dot_general", out), out  # encoderblock_3 folded to L
+  shares = [float(m) for m in re.findall(r"ms +([\d.]+)% +[a-z]", out.split("top")[0])]
+  assert abs(sum(shares) - 100) < 0.5, out
