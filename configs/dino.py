@@ -71,7 +71,7 @@ def get_config(arg=None):
   images = {"fmnist": 55_000, "emoji": 5_928, "folder": 1_000, "i1k": 1_281_167}[task]
   batch = 64 if embedded else 1024
   epochs = arg.epochs or {"fmnist": 3.5, "emoji": 16, "folder": 16, "i1k": 100}[task]
-  # Fashion-MNIST: 3000 steps (3.5 epochs), about 20 minutes here with evaluations.
+  # Fashion-MNIST: 3000 steps (3.5 epochs), 15 minutes here with evaluations (README).
   steps = arg.steps or (3000 if task == "fmnist" and not arg.epochs else
                         int(epochs * images // batch))
   epoch = max(images // batch, 1)
