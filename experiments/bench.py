@@ -116,7 +116,7 @@ def op_profile(stepper, top=12):
   by_op = collections.Counter()
   for e in events["traceEvents"] if isinstance(events, dict) else events:
     if e.get("ph") == "X" and e.get("name") in source:
-      name = re.sub(r"(encoderblock|layer)_\d+(/\1_\d+\._sublayer)?", "L", source[e["name"]])
+      name = re.sub(r"(encoderblock|encoder|decoder|layer)_\d+(/\1_\d+\._sublayer)?", "L", source[e["name"]])
       by_op[re.sub(r"^jit\([^)]*\)/", "", name)] += e["dur"] / 1e3
   kinds = collections.Counter()
   for name, ms in by_op.items():
