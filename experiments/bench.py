@@ -120,11 +120,13 @@ def op_profile(stepper, top=12):
       by_op[re.sub(r"^jit\([^)]*\)/", "", name)] += e["dur"] / 1e3
   kinds = collections.Counter()
   for name, ms in by_op.items():
-    kinds["matmuls and convolutions" if "dot_general" in name or "conv_general" in name else
-          "softmax" if re.search(r"attention/vmap\(\)/(div|reduce_max|reduce_sum|exp|sub)", name) else
+    op = name.rsplit("/", 1)[-1]  # the primitive; "transpose(jvp(...))/" marks the backward pass
+    kinds["matmuls and convolutions" if op in ("dot_general", "conv_general_dilated") else
+          "softmax" if "attention/vmap()/" in name and op in ("div", "reduce_max", "reduce_sum",
+                                                            "exp", "sub") else
           "LayerNorm" if "_norm/" in name else
-          "transposes and reshapes" if "transpose" in name or "reshape" in name else
-          "selects (NaN guard, masks)" if "select_n" in name else "other elementwise"] += ms
+          "transposes and reshapes" if op.startswith(("transpose", "reshape", "copy")) else
+          "selects (NaN guard, masks)" if op == "select_n" else "other elementwise"] += ms
   total = sum(by_op.values())
   print(f"one step: {total:,.0f} ms of op time over all threads")
   for name, ms in kinds.most_common():
