@@ -31,6 +31,9 @@
       (default S/16) with 2 x 224 + 6 x 96 crops, batch 8, f32, against the
       authors' PyTorch DINO (DIR = its checkout; torch on PYTHONPATH) in
       alternating windows: median ratio, spread, MFU
+  python -m experiments.bench dinohead              DINO's 65,536-wide last layer
+      and centre: flax's nn.WeightNorm(Dense) against ours ([out, in] rows),
+      and the XLA reductions behind the difference, in alternating windows
   python -m experiments.bench pipeline SPEC...       a config's input pipeline
       alone (batches/s, items/s) against what its train step consumes
   python -m experiments.bench attention              self-attention forward +
@@ -908,6 +911,63 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   op_profile(ours)
 
 
+def dino_head_layouts(out_dim=65536, bottleneck=256, rows=64, rounds=5, calls=3):
+  """Milliseconds per call (median over alternating rounds) of DINO's last
+  layer on `rows` bottleneck vectors, forward and forward + backward with
+  the loss: flax's nn.WeightNorm around a Dense (an [in, out] kernel, norms
+  over its leading axis) against dino_head.WeightNormLinear (an [out, in]
+  kernel, norms over its trailing axis); then the two reductions alone and
+  the centre's batch mean both ways."""
+  import functools
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from attnlab.models import dino_head
+  from experiments import dino
+
+  class FlaxWeightNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.WeightNorm(nn.Dense(out_dim, use_bias=False), feature_axes=-1)(x)
+  x = jax.random.normal(jax.random.PRNGKey(0), (rows, bottleneck))
+  x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  jobs = {}
+  for name, layer in (("flax nn.WeightNorm(Dense)", FlaxWeightNorm()),
+                      ("dino_head.WeightNormLinear", dino_head.WeightNormLinear(out_dim))):
+    params = layer.init(jax.random.PRNGKey(1), x)["params"]
+
+    def loss(p, layer=layer):
+      out = layer.apply({"params": p}, x).reshape(2, rows // 2, -1)
+      return dino.dino_loss(out, out, jnp.zeros(out_dim), 0.1, 0.04)[0]
+    jobs[f"{name}: forward"] = (jax.jit(lambda p, layer=layer: layer.apply({"params": p}, x)),
+                                params)
+    jobs[f"{name}: forward + backward"] = (jax.jit(jax.grad(loss)), params)
+  v = jax.random.normal(jax.random.PRNGKey(2), (bottleneck, out_dim))
+  jobs[f"sum over the leading axis of [{bottleneck}, {out_dim}]"] = (
+      jax.jit(lambda a: jnp.sum(a * a, 0)), v)
+  jobs[f"sum over the trailing axis of [{out_dim}, {bottleneck}]"] = (
+      jax.jit(lambda a: jnp.sum(a * a, 1)), v.T.copy())
+  teacher = jax.random.normal(jax.random.PRNGKey(3), (2, rows // 2, out_dim))
+  center = jnp.zeros(out_dim)
+  jobs["centre: jnp.mean over rows"] = (
+      jax.jit(lambda t: 0.9 * center + 0.1 * jnp.mean(t, axis=(0, 1))), teacher)
+  jobs["centre: dino.update_center (ones @ rows)"] = (
+      jax.jit(lambda t: dino.update_center(center, t, 0.9)), teacher)
+
+  def window(f, a):
+    for _ in range(calls):
+      out = f(a)
+    jax.block_until_ready(out)
+  for f, a in jobs.values():
+    window(f, a)  # compiled before timing
+  times = interleaved({k: functools.partial(window, f, a) for k, (f, a) in jobs.items()}, rounds)
+  print(f"DINO last layer, {rows} rows of {bottleneck} -> {out_dim:,} outputs, float32; "
+        f"{rounds} alternating rounds of {calls} calls")
+  for name, t in times.items():
+    print(f"{1000 * float(np.median(t)) / calls:>9.1f} ms  {name}", flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -941,13 +1001,15 @@ def main():
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench dino DINO_CHECKOUT [VARIANT]")
     dino_torch(sys.argv[2], *sys.argv[3:4])
+  elif what == "dinohead":
+    dino_head_layouts()
   elif what == "flaxwmt":
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
     flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt, bigvision, attention or pipeline")
+             "decode, flaxwmt, bigvision, dino, dinohead, attention or pipeline")
 
 
 if __name__ == "__main__":

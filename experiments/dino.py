@@ -228,7 +228,7 @@ class Experiment(classify.ImageFeatures):
       frozen = ctx.step < d.freeze_last_layer_epochs * self.steps_per_epoch()
       params = {**params, "head": {
           k: jax.tree.map(lambda x: jnp.where(frozen, jax.lax.stop_gradient(x), x), v)
-          if k.startswith(dino_head.LAST_LAYER) else v for k, v in params["head"].items()}}
+          if k == dino_head.LAST_LAYER else v for k, v in params["head"].items()}}
     # Each image's views stay together ([B, V, ...] -> [B * V, ...]): the
     # batch axis is sharded over the mesh, and merging it with the views
     # axis after it keeps every device on its own images. (Views first,
