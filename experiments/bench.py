@@ -34,6 +34,8 @@
   python -m experiments.bench dinohead              DINO's 65,536-wide last layer
       and centre: flax's nn.WeightNorm(Dense) against ours ([out, in] rows),
       and the XLA reductions behind the difference, in alternating windows
+  python -m experiments.bench matmul                 XLA:CPU's matmul against
+      PyTorch's at those steps' shapes (torch on PYTHONPATH), alternating
   python -m experiments.bench pipeline SPEC...       a config's input pipeline
       alone (batches/s, items/s) against what its train step consumes
   python -m experiments.bench attention              self-attention forward +
@@ -123,13 +125,18 @@ def op_profile(stepper, top=12):
       by_op[re.sub(r"^jit\([^)]*\)/", "", name)] += e["dur"] / 1e3
   kinds = collections.Counter()
   for name, ms in by_op.items():
+    # A fused loop carries the name of its root op. The optimizer's update
+    # of each parameter is one such loop, and the NaN guard's select
+    # (outside any model scope) is its root: the loop is the whole update,
+    # moments included, not the guard alone.
     op = name.rsplit("/", 1)[-1]  # the primitive; "transpose(jvp(...))/" marks the backward pass
-    kinds["matmuls and convolutions" if op in ("dot_general", "conv_general_dilated") else
+    kinds["optimizer update (one fused loop per parameter)" if name == "jit(_where)/select_n" else
+          "matmuls and convolutions" if op in ("dot_general", "conv_general_dilated") else
           "softmax" if "attention/vmap()/" in name and op in ("div", "reduce_max", "reduce_sum",
                                                             "exp", "sub") else
           "LayerNorm" if "_norm/" in name else
           "transposes and reshapes" if op.startswith(("transpose", "reshape", "copy")) else
-          "selects (NaN guard, masks)" if op == "select_n" else "other elementwise"] += ms
+          "selects (masks, ReLU and dropout gradients)" if op == "select_n" else "other elementwise"] += ms
   total = sum(by_op.values())
   print(f"one step: {total:,.0f} ms of op time over all threads")
   for name, ms in kinds.most_common():
@@ -968,6 +975,53 @@ def dino_head_layouts(out_dim=65536, bottleneck=256, rows=64, rounds=5, calls=3)
     print(f"{1000 * float(np.median(t)) / calls:>9.1f} ms  {name}", flush=True)
 
 
+def matmul_backends(rounds=7, flops_per_window=2e10):
+  """XLA:CPU's float32 matmul against PyTorch's at the shapes of the steps
+  these benchmarks compare (ViT-S/16 with DINO's 2 x 224 + 6 x 96 crops at
+  batch 8, the Transformer at base dims, batch 16 x 64), forward and
+  weight-gradient forms, in alternating windows of about
+  `flops_per_window` FLOPs each: the median ratio says whether a step's gap
+  to a PyTorch peer is in the matmul library or in everything else.
+  torch importable (installed for this benchmark only)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  shapes = {  # name: (m, k, n) of an [m, k] x [k, n] product
+      "ViT-S/16 224 qkv": (16 * 197, 384, 1152),
+      "ViT-S/16 224 MLP in": (16 * 197, 384, 1536),
+      "ViT-S/16 224 MLP out": (16 * 197, 1536, 384),
+      "ViT-S/16 224 MLP in, dW": (384, 16 * 197, 1536),
+      "ViT-S/16 96 MLP in": (48 * 37, 384, 1536),
+      "Transformer FFN in": (1024, 512, 2048),
+      "Transformer FFN in, dW": (512, 1024, 2048),
+      "Transformer logits": (1024, 512, 32000),
+  }
+  product = jax.jit(jnp.matmul)
+  print(f"float32, {torch.get_num_threads()} torch threads; {rounds} rounds, alternating")
+  print(f"{'':>26}{'XLA GFLOP/s':>13}{'torch GFLOP/s':>15}{'XLA / torch (median)':>22}{'rounds':>13}")
+  for name, (m, k, n) in shapes.items():
+    a, b = (np.random.default_rng(0).standard_normal(s, np.float32) for s in ((m, k), (k, n)))
+    ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+    reps = max(1, round(flops_per_window / (2 * m * k * n)))
+
+    def xla():
+      for _ in range(reps):
+        out = product(ja, jb)
+      out.block_until_ready()
+
+    def pytorch():
+      for _ in range(reps):
+        torch.matmul(ta, tb)
+    xla(), pytorch()  # compile, warm up
+    times = interleaved({"xla": xla, "torch": pytorch}, rounds)
+    med, lo, hi = ratio_summary(times, "torch", "xla")
+    rate = lambda key: 2 * m * k * n * reps / float(np.median(times[key])) / 1e9
+    print(f"{name:>26}{rate('xla'):>13.0f}{rate('torch'):>15.0f}{med:>21.2f}x"
+          f"{lo:>7.2f}-{hi:.2f}", flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -1003,13 +1057,15 @@ def main():
     dino_torch(sys.argv[2], *sys.argv[3:4])
   elif what == "dinohead":
     dino_head_layouts()
+  elif what == "matmul":
+    matmul_backends()
   elif what == "flaxwmt":
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
     flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt, bigvision, dino, dinohead, attention or pipeline")
+             "decode, flaxwmt, bigvision, dino, dinohead, matmul, attention or pipeline")
 
 
 if __name__ == "__main__":

@@ -44,3 +44,21 @@ def test_op_profile_attributes_traced_ops_to_their_source(capsys):
   assert re.search(r"% +L/dot_general", out), out  # encoderblock_3 folded to L
   shares = [float(m) for m in re.findall(r"ms +([\d.]+)% +[a-z]", out.split("top")[0])]
   assert abs(sum(shares) - 100) < 0.5, out
+
+
+def test_op_profile_names_the_guarded_update_loop_the_optimizer(capsys):
+  """XLA fuses an elementwise update and the NaN guard's select around it
+  into one loop named after its root, the select: the profile must report
+  that loop as the optimizer's update, not as the guard's cost."""
+  import jax
+  import jax.numpy as jnp
+
+  def step(params, grads):
+    finite = jnp.isfinite(jnp.sum(grads))
+    new = params - 0.1 * grads * jax.lax.rsqrt(grads * grads + 1e-8)
+    return jnp.where(finite, new, params), {"n": jnp.sum(new)}
+  x = jnp.ones((1024, 1024))
+  bench.op_profile(bench.Stepper(jax.jit(step), x, x), top=5)
+  out = capsys.readouterr().out
+  assert "optimizer update (one fused loop per parameter)" in out, out
+  assert "selects" not in out.split("top")[0], out
