@@ -29,8 +29,10 @@ An experiment object provides:
   whole_batch, optional: a sentence saying why the loss depends on the
       whole batch at once (contrastive negatives, BatchNorm statistics);
       grad_accum > 1 is then refused
-  post_update(params, extra, step) -> extra, optional: called with the
-      updated params inside the step (an EMA teacher, a clamped temperature)
+  post_update(params, extra, step) -> (params, extra), optional: called
+      with the updated params inside the step; returns them (changed where
+      a parameter has bounds: CLIP's clamped temperature) and the new extra
+      state (an EMA teacher of the updated student)
   train_iter(local_batch, process_index, process_count) -> grain iterator of
       this process's rows (dicts of numpy arrays)
   evaluate(state, mesh, step, writer) -> {"eval/...": float} on the
@@ -107,7 +109,7 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
 
   `loss_fn(params, state, batch, ctx) -> (loss, (metrics, state))` is the
   experiment's objective on one (micro)batch; `schedules` ({"lr": fn of
-  the step, ...}) are logged; `post_update(params, extra, step) -> extra`
+  the step, ...}) are logged; `post_update(params, extra, step) -> (params, extra)`
   runs after the optimizer update.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -147,7 +149,8 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     if post_update is not None:
-      aux = dict(aux, extra=post_update(new_params, aux["extra"], state["step"]))
+      new_params, extra = post_update(new_params, aux["extra"], state["step"])
+      aux = dict(aux, extra=extra)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # NaN guard: a non-finite step changes nothing, and remembers where.
     keep = lambda new, old: jax.tree.map(

@@ -260,7 +260,7 @@ class Experiment(classify.ImageFeatures):
 
   def post_update(self, params, extra, step):
     """The teacher follows the student as updated by this step."""
-    return dict(extra, teacher=ema(extra["teacher"], params, self.momentum(step)))
+    return params, dict(extra, teacher=ema(extra["teacher"], params, self.momentum(step)))
 
   # --- evaluation: the teacher's class-token features --------------------
   def feature_variables(self, state):

@@ -67,7 +67,7 @@ class Experiment:
 
   def post_update(self, params, extra, step):
     m = self.config.ema_momentum
-    return {"ema": jax.tree.map(lambda e, p: m * e + (1 - m) * p, extra["ema"], params)}
+    return params, {"ema": jax.tree.map(lambda e, p: m * e + (1 - m) * p, extra["ema"], params)}
 
   def pretrained(self, params, model_state):
     if not self.config.init_from:

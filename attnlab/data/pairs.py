@@ -1,0 +1,128 @@
+"""Image-text pairs for contrastive training (CLIP): random-access sources
+of {"image": encoded bytes, "captions": [str, ...], "label": int}.
+
+  emoji   the emoji builder (attnlab/data/emoji.py), both art styles: an
+          image's captions are its name ("grinning face with big eyes")
+          and, where emojibase has keywords for it, "name: keywords";
+          label = its category (9 zero-shot classes). Split by emoji: the
+          test images are emoji never seen in training, in either style.
+  folder  your own pairs: ROOT/<split>/captions.tsv for split = train,
+          validation, test; one line per caption, `FILE<TAB>caption`, FILE
+          relative to that split's folder; several lines may name the same
+          image (several captions). label = -1 (no classes: retrieval only).
+"""
+import csv
+import os
+
+from attnlab import config as config_lib
+from attnlab.data import catalog
+
+CAPTIONS = "captions.tsv"
+SPLITS = ("train", "validation", "test")
+
+
+def _text(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def emoji_captions(row):
+  name, keywords = _text(row["name"]), _text(row["keywords"])
+  return [name] + ([f"{name}: {keywords}"] if keywords else [])
+
+
+class _EmojiPairs:
+
+  def __init__(self, ds):
+    self.ds = ds
+
+  def __len__(self):
+    return len(self.ds)
+
+  def __getitem__(self, i):
+    row = self.ds[i]
+    return {"image": row["image"], "captions": emoji_captions(row), "label": int(row["label"])}
+
+
+class FolderPairs:
+  """One split of a captions folder: images read from disk on access."""
+
+  def __init__(self, folder, files, captions):
+    self.folder, self.files, self.captions = folder, files, captions
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    with open(os.path.join(self.folder, self.files[i]), "rb") as f:
+      return {"image": f.read(), "captions": self.captions[i], "label": -1}
+
+
+def read_captions(folder):
+  """(files, captions per file) of folder/captions.tsv, in the order of
+  each file's first line; a one-line ConfigError for a missing file, a
+  line without a tab, an empty caption or an image that does not exist."""
+  path = os.path.join(folder, CAPTIONS)
+  key = "data.folder"
+  config_lib.check(os.path.isfile(path), key, f"{path} does not exist",
+                   "write one line per caption: FILE<TAB>caption (README)")
+  files, captions = [], {}
+  with open(path, encoding="utf-8", newline="") as f:
+    for n, line in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+      if not line:
+        continue
+      config_lib.check(len(line) == 2, key, f"{path}:{n} has {len(line)} tab-separated "
+                       "fields", "write FILE<TAB>caption, with no tab inside the caption")
+      name, caption = line[0].strip(), line[1].strip()
+      config_lib.check(bool(caption), key, f"{path}:{n} has an empty caption for {name}",
+                       "give every line a caption, or delete the line")
+      if name not in captions:
+        config_lib.check(os.path.isfile(os.path.join(folder, name)), key,
+                         f"{path}:{n} names {name}, which is not in {folder}",
+                         "fix the file name or add the image")
+        files.append(name)
+        captions[name] = []
+      captions[name].append(caption)
+  config_lib.check(bool(files), key, f"{path} has no captions", "add FILE<TAB>caption lines")
+  return files, [captions[name] for name in files]
+
+
+def check_folder(data):
+  """Every split's captions file, before anything compiles."""
+  config_lib.check(bool(data.folder) and os.path.isdir(data.folder), "data.folder",
+                   f"{data.folder!r} is not a directory",
+                   "give ROOT with ROOT/train, ROOT/validation, ROOT/test, each with captions.tsv")
+  for split in SPLITS:
+    read_captions(os.path.join(data.folder, split))
+
+
+def source(data, split):
+  """The split as a random-access source of pairs."""
+  if data.source == "folder":
+    folder = os.path.join(data.folder, split)
+    return FolderPairs(folder, *read_captions(folder))
+  config_lib.check(data.source == "emoji", "data.source",
+                   f"{data.source!r} has no captions", "use emoji or folder")
+  import tensorflow_datasets as tfds
+  return _EmojiPairs(catalog.data_source(data, split,
+                                         decoders={"image": tfds.decode.SkipDecoding()}))
+
+
+def class_names(data):
+  """The zero-shot classes of the source ([] for a folder: no labels)."""
+  if data.source == "folder":
+    return []
+  return list(catalog.builder(data).info.features["label"].names)
+
+
+class ImagesOf:
+  """A pairs source's images and labels alone (for images.Preprocessed)."""
+
+  def __init__(self, src):
+    self.src = src
+
+  def __len__(self):
+    return len(self.src)
+
+  def __getitem__(self, i):
+    row = self.src[i]
+    return {"image": row["image"], "label": row["label"]}

@@ -1,0 +1,350 @@
+"""CLIP: contrastive image-text pretraining (Radford et al. 2021).
+
+An image tower (a ViT) and a text tower (a causal Transformer, features at
+the end-of-text token) map a batch of N pairs to normalised embeddings
+x_i, y_j (attnlab/models/clip.py). With the learned temperature s =
+exp(log_scale), the logits are s x_i . y_j over the WHOLE global batch, and
+the loss is symmetric InfoNCE: the mean of the image->text and
+text->image cross-entropies, the matching pair the target of each row:
+
+  loss = (CE_rows(s X Y^T, diag) + CE_rows(s Y X^T, diag)) / 2
+
+Every pair of the global batch is a negative of every other, so the loss
+is computed over all devices and hosts, three ways that agree in value and
+gradient (tested):
+
+  loss_form "global"  the logits of the whole batch in one expression under
+                      jit: XLA gathers the rows it needs across devices
+  loss_form "local"   under `jax.shard_map` each device gathers the other
+                      devices' embeddings and computes its own rows against
+                      all columns, image->text and text->image (open_clip's
+                      --local-loss --gather-with-grad): [n, N] logits per
+                      device instead of [N, N]
+  loss "sigmoid"      SigLIP (Zhai et al. 2023): -mean over all pairs of
+                      log sigmoid(z_ij (s x_i . y_j + b)), z = +1 on the
+                      diagonal, -1 off it; with loss_form "local" each device
+                      passes its text chunk round the ring of devices
+                      (ppermute), one [n, n] block at a time
+
+The temperature is clamped after each update to s <= 100 (log_scale in
+[0, log 100], as CLIP's code). Evaluation: zero-shot classification (each
+class a mean of prompt embeddings, attnlab/evals/zero_shot.py) and
+image<->text recall@1/5/10 on held-out pairs (attnlab/evals/retrieval.py).
+"""
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from attnlab import config as config_lib
+from attnlab.data import catalog, image_ops, images, pairs
+from attnlab.data import tokenizer as tok_lib
+from attnlab.evals import retrieval, sharded, zero_shot
+from attnlab.models import clip as clip_lib
+from experiments import classify
+
+MAX_LOG_SCALE = math.log(100.0)
+TEMPLATES = ("{}", "an emoji of {}.", "a picture of {}.", "a drawing of {}.", "an icon of {}.")
+
+# --- the losses ----------------------------------------------------------------
+
+
+def contrastive_loss(x, y, log_scale):
+  """Symmetric InfoNCE of image and text embeddings [N, E] (row i of each
+  is a pair). Returns (loss, image->text accuracy of the batch)."""
+  logits = jnp.exp(log_scale) * x @ y.T
+  labels = jnp.arange(x.shape[0])
+  i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+  accuracy = jnp.mean(jnp.argmax(logits, 1) == labels)
+  return (i2t.mean() + t2i.mean()) / 2, accuracy
+
+
+def sigmoid_loss(x, y, log_scale, bias):
+  """SigLIP: -sum over all N^2 pairs of log sigmoid(z (s x.y + b)) / N."""
+  logits = jnp.exp(log_scale) * x @ y.T + bias
+  z = 2 * jnp.eye(x.shape[0]) - 1
+  return -jnp.sum(jax.nn.log_sigmoid(z * logits)) / x.shape[0]
+
+
+def local_contrastive_loss(x, y, log_scale, mesh, axis):
+  """contrastive_loss over the global batch, each device computing the
+  rows of its own pairs against every device's columns; gradients flow
+  back through the gathers (their transpose is a reduce-scatter)."""
+  def per_device(x, y, log_scale):
+    all_x = jax.lax.all_gather(x, axis, tiled=True)
+    all_y = jax.lax.all_gather(y, axis, tiled=True)
+    n, total = x.shape[0], all_x.shape[0]
+    labels = jax.lax.axis_index(axis) * n + jnp.arange(n)
+    s = jnp.exp(log_scale)
+    rows = s * x @ all_y.T  # this device's images against every text
+    i2t = optax.softmax_cross_entropy_with_integer_labels(rows, labels)
+    t2i = optax.softmax_cross_entropy_with_integer_labels(s * y @ all_x.T, labels)
+    correct = jnp.sum(jnp.argmax(rows, 1) == labels)
+    return (jax.lax.psum(jnp.sum(i2t) + jnp.sum(t2i), axis) / (2 * total),
+            jax.lax.psum(correct, axis) / total)
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis), P()),
+                       out_specs=(P(), P()))(x, y, log_scale)
+
+
+def local_sigmoid_loss(x, y, log_scale, bias, mesh, axis):
+  """sigmoid_loss over the global batch, chunked: each device holds one
+  text chunk at a time and passes it to the next device round the ring, so
+  no device holds more than [n, n] logits or more than its own texts."""
+  devices = mesh.shape[axis]
+
+  def per_device(x, y, log_scale, bias):
+    me, s, n = jax.lax.axis_index(axis), jnp.exp(log_scale), x.shape[0]
+    ring = [(i, (i + 1) % devices) for i in range(devices)]
+
+    def block(k, carry):
+      total, chunk = carry
+      owner = (me - k) % devices  # whose texts this device holds at turn k
+      z = jnp.where(owner == me, 2 * jnp.eye(n) - 1, -jnp.ones((n, n)))
+      total = total - jnp.sum(jax.nn.log_sigmoid(z * (s * x @ chunk.T + bias)))
+      return total, jax.lax.ppermute(chunk, axis, ring)
+    total, _ = jax.lax.fori_loop(0, devices, block, (jnp.zeros(()), y))
+    return jax.lax.psum(total, axis) / (n * devices)
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis), P(), P()),
+                       out_specs=P())(x, y, log_scale, bias)
+
+
+def recall_chance(captions_per_image, ks=(1, 5, 10)):
+  """Expected recall@K of a random ranking: text->image K / images;
+  image->text the mean over images with c of T captions of the chance
+  that one of them is among K drawn without replacement."""
+  c = np.asarray(captions_per_image)
+  total = c.sum()
+  out = {}
+  for k in ks:
+    miss = np.ones(len(c))
+    for j in range(k):
+      miss *= np.clip(total - c - j, 0, None) / (total - j)
+    out[f"image_to_text/chance@{k}"] = float(np.mean(1 - miss))
+    out[f"text_to_image/chance@{k}"] = min(k / len(c), 1.0)
+  return out
+
+
+def clamp_temperature(params):
+  """log_scale into [0, log 100] (CLIP's code clamps it after each step)."""
+  return {**params, "log_scale": jnp.clip(params["log_scale"], 0.0, MAX_LOG_SCALE)}
+
+
+# --- configuration --------------------------------------------------------------
+
+
+def text_fields(m):
+  """The text tower's width, depth, heads and MLP from model.text_variant,
+  then explicit overrides (0 keeps the variant's)."""
+  if m.text_variant not in clip_lib.TEXT_VARIANTS:
+    raise config_lib.ConfigError("model.text_variant", f"{m.text_variant!r} is unknown",
+                                 f"use one of {sorted(clip_lib.TEXT_VARIANTS)}")
+  width, depth, heads = clip_lib.TEXT_VARIANTS[m.text_variant]
+  fields = dict(width=m.text_width or width, depth=m.text_depth or depth,
+                num_heads=m.text_heads or heads)
+  fields["mlp_dim"] = m.text_mlp_dim or 4 * fields["width"]
+  return fields
+
+
+def make_model(config, vocab_size):
+  m = config.model
+  image = classify.make_model(m, 0)
+  text = clip_lib.TextTower(vocab_size, **text_fields(m), context=config.data.context,
+                            dropout=m.dropout, implementation=m.implementation,
+                            scan=m.scan, remat=m.remat, dtype=jnp.dtype(m.dtype))
+  return clip_lib.CLIP(image, text, embed_dim=m.embed_dim, loss=config.clip.loss)
+
+
+def validate(config):
+  """One-line errors before anything compiles."""
+  c, m = config, config.model
+  for key in ("pp_train", "pp_eval"):
+    image_ops.build(c.data[key], f"data.{key}")
+  config_lib.check_choice(c, "model.name", {"vit"})
+  try:
+    fields = classify.model_fields(m)
+  except ValueError as e:
+    raise config_lib.ConfigError("model.variant", str(e), "e.g. B/32") from None
+  config_lib.check(m.image_size % fields["patch"] == 0, "model.image_size",
+                   f"{m.image_size} is not divisible by the patch size {fields['patch']}",
+                   "resize the images to a multiple of the patch")
+  text = text_fields(m)
+  config_lib.check(text["width"] % text["num_heads"] == 0, "model.text_width",
+                   f"{text['width']} is not divisible by {text['num_heads']} heads",
+                   "use a multiple of model.text_heads")
+  config_lib.check_choice(c, "clip.loss", {"softmax", "sigmoid"})
+  config_lib.check_choice(c, "clip.loss_form", {"global", "local"})
+  config_lib.check(m.embed_dim > 0, "model.embed_dim", f"{m.embed_dim} is not positive",
+                   "e.g. 512 (CLIP B/32)")
+  if c.clip.loss_form == "local":
+    devices = jax.device_count()
+    config_lib.check(c.batch_size % devices == 0, "batch_size",
+                     f"{c.batch_size} pairs do not split evenly over {devices} devices for "
+                     "the local loss", f"use a multiple of {devices}")
+  if c.data.source == "folder":
+    pairs.check_folder(c.data)
+
+
+# --- the experiment ---------------------------------------------------------------
+
+
+class Experiment:
+  item_name = "pairs"
+  whole_batch = "the contrastive loss takes every other pair of the batch as a negative"
+
+  def __init__(self, config, workdir=None, vocab_size=None):
+    """`vocab_size` instead of the tokenizer: shapes only (`compile`)."""
+    self.config, self.workdir = config, workdir
+    data = config.data
+    self.context = data.context
+    self.classes = pairs.class_names(data) if vocab_size is None else []
+    if vocab_size is None:
+      self.tokenizer = tok_lib.for_run(
+          workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"),
+          f"clip_{data.source}", self._train_captions, data.vocab_size)
+      vocab_size = len(self.tokenizer)
+      self.check_prompts()
+    self.model = make_model(config, vocab_size)
+    m = config.model
+    self.channels = 3
+    self.image_shape = (m.image_size, m.image_size, self.channels)
+    self._eval = {}
+
+  def _train_captions(self):
+    src = pairs.source(self.config.data, self.config.data.train_split)
+    for i in range(len(src)):
+      yield from src[i]["captions"]
+
+  def tokenize(self, texts):
+    """Texts -> [len(texts), context] ids: each text's pieces, truncated to
+    leave room for the end-of-text token, then EOS, then padding."""
+    ids = [self.tokenizer.encode(t)[:self.context - 1] + [tok_lib.EOS] for t in texts]
+    return tok_lib.pad_batch(ids, self.context)
+
+  def prompts(self):
+    """[classes x templates] prompt strings of the zero-shot classes."""
+    return [[t.format(name.lower()) for t in TEMPLATES] for name in self.classes]
+
+  def check_prompts(self):
+    """Every prompt fits the context with its end-of-text token (a prompt
+    cut short would be classified on part of its words)."""
+    longest = max((p for ps in self.prompts() for p in ps),
+                  key=lambda p: len(self.tokenizer.encode(p)), default=None)
+    if longest is not None:
+      need = len(self.tokenizer.encode(longest)) + 1
+      config_lib.check(need <= self.context, "data.context",
+                       f"{self.context} tokens is shorter than the prompt {longest!r} "
+                       f"({need} with its end-of-text token)",
+                       f"set --config.data.context={need} or more")
+
+  def abstract_batch(self, batch_size):
+    return {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
+            "tokens": jax.ShapeDtypeStruct((batch_size, self.context), jnp.int32)}
+
+  # --- what the trainer needs ----------------------------------------------
+  def items_per_step(self, batch_size):
+    return batch_size
+
+  def train_example(self):
+    """(pair, rng) -> {image, tokens}: the image through data.pp_train and
+    one of its captions, drawn at random."""
+    pp = image_ops.build(self.config.data.pp_train, "data.pp_train")
+
+    def fn(example, rng):
+      caption = example["captions"][int(rng.integers(len(example["captions"])))]
+      return {"image": pp({"image": example["image"]}, rng)["image"],
+              "tokens": self.tokenize([caption])[0]}
+    return fn
+
+  def train_iter(self, local_batch, process_index, process_count):
+    c = self.config
+    src = pairs.source(c.data, c.data.train_split)
+    if jax.process_index() == 0:
+      print(f"data: {len(src):,} training images, vocabulary {len(self.tokenizer)}, "
+            f"context {self.context}", flush=True)
+    return iter(images.train_dataset(src, self.train_example(), local_batch, process_index,
+                                     process_count, c.total_steps, c.batch_size, c.seed,
+                                     workers=c.data.workers))
+
+  def init(self, rng, batch_size):
+    del batch_size
+    x = jnp.zeros((1, *self.image_shape), jnp.float32)
+    return {"params": self.model.init(rng, x, jnp.ones((1, self.context), jnp.int32))["params"]}
+
+  def loss(self, params, state, batch, ctx):
+    c = self.config.clip
+    x, y, temp = self.model.apply({"params": params}, batch["image"], batch["tokens"],
+                                  train=True, rngs={"dropout": ctx.rng})
+    local = c.loss_form == "local"
+    metrics = {"scale": jnp.exp(temp["log_scale"])}
+    if c.loss == "sigmoid":
+      args = (x, y, temp["log_scale"], temp["bias"])
+      loss = (local_sigmoid_loss(*args, ctx.mesh, ctx.batch_axis) if local
+              else sigmoid_loss(*args))
+      metrics["bias"] = temp["bias"]
+    else:
+      loss, metrics["batch_accuracy"] = (
+          local_contrastive_loss(x, y, temp["log_scale"], ctx.mesh, ctx.batch_axis) if local
+          else contrastive_loss(x, y, temp["log_scale"]))
+    return loss, (metrics, state)
+
+  def post_update(self, params, extra, step):
+    del step
+    return clamp_temperature(params), extra
+
+  # --- evaluation ------------------------------------------------------------
+  def _image_rows(self, params, batch):
+    return {"features": self.model.apply({"params": params}, batch["image"],
+                                         method=clip_lib.CLIP.encode_image),
+            "label": batch["label"]}
+
+  def _text_rows(self, params, batch):
+    return {"features": self.model.apply({"params": params}, batch["tokens"],
+                                         method=clip_lib.CLIP.encode_text)}
+
+  def eval_images(self, split):
+    if split not in self._eval:
+      src = pairs.source(self.config.data, split)
+      self._eval[split] = (src, images.Preprocessed(pairs.ImagesOf(src),
+                                                      self.config.data.pp_eval))
+    return self._eval[split]
+
+  def embed_texts(self, params, texts, mesh):
+    rows = sharded.rows(self._text_rows, params, sharded.batches(
+        {"tokens": self.tokenize(texts)},
+        sharded.round_to_devices(self.config.eval_batch_size, mesh), mesh))
+    return rows["features"]
+
+  def split_metrics(self, state, mesh, split, prefix):
+    """Zero-shot accuracy (where the source has classes) and recall@K of
+    the split's pairs: every caption of every image."""
+    params = state["params"]
+    src, preprocessed = self.eval_images(split)
+    batch = sharded.round_to_devices(self.config.eval_batch_size, mesh)
+    rows = sharded.rows(self._image_rows, params, sharded.batches(preprocessed, batch, mesh))
+    captions = [src[i]["captions"] for i in range(len(src))]
+    texts = [t for cs in captions for t in cs]
+    text_image = np.repeat(np.arange(len(captions)), [len(cs) for cs in captions])
+    out = {f"{prefix}/{k}": v for k, v in retrieval.retrieval_recall(
+        rows["features"], self.embed_texts(params, texts, mesh), text_image, mesh).items()}
+    out.update({f"{prefix}/{k}": v for k, v in recall_chance(
+        [len(cs) for cs in captions]).items()})
+    if self.classes:
+      prompts = self.prompts()
+      embedded = self.embed_texts(params, [p for ps in prompts for p in ps], mesh)
+      embedded = embedded.reshape(len(prompts), len(prompts[0]), -1)
+      for k, v in zero_shot.zero_shot_accuracy(rows["features"], rows["label"], embedded,
+                                               mesh).items():
+        out[f"{prefix}/zero_shot_{k}"] = v
+      out[f"{prefix}/zero_shot_chance"] = 1.0 / len(self.classes)
+    return out
+
+  def evaluate(self, state, mesh, step, writer):
+    return self.split_metrics(state, mesh, self.config.data.eval_split, "eval")
+
+  def finish(self, state, mesh, writer):
+    return self.split_metrics(state, mesh, self.config.data.test_split, "test")
