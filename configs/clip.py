@@ -50,7 +50,9 @@ def get_config(arg=None):
   c.eval_batch_size = 500 if embedded else 1024
   c.clip = ml_collections.ConfigDict(dict(
       loss="softmax",       # | "sigmoid" (SigLIP)
-      loss_form="global"))  # | "local" (each device its rows; less memory)
+      # | "local" (each device its rows against all columns; less memory)
+      # | "per_device" (the ablation: negatives from the device's own rows)
+      loss_form="global"))
   c.model = ml_collections.ConfigDict(dict(
       name="vit", variant=arg.variant or "B/32", image_size=224,
       width=0, depth=0, mlp_dim=0, num_heads=0,  # 0: the variant's

@@ -34,6 +34,9 @@
   python -m experiments.bench dinohead              DINO's 65,536-wide last layer
       and centre: flax's nn.WeightNorm(Dense) against ours ([out, in] rows),
       and the XLA reductions behind the difference, in alternating windows
+  python -m experiments.bench clipmem                CLIP's step, global vs local
+      loss, 1 -> 8 devices at 32 pairs each: temporaries per device, pairs/s
+      (JAX_NUM_CPU_DEVICES=8)
   python -m experiments.bench matmul                 XLA:CPU's matmul against
       PyTorch's at those steps' shapes (torch on PYTHONPATH), alternating
   python -m experiments.bench pipeline SPEC...       a config's input pipeline
@@ -1022,6 +1025,60 @@ def matmul_backends(rounds=7, flops_per_window=2e10):
           f"{lo:>7.2f}-{hi:.2f}", flush=True)
 
 
+def clip_memory(spec="configs/clip.py:emoji", per_device=32, devices=(1, 2, 4, 8),
+                rounds=3, window=2):
+  """CLIP's train step as the mesh grows (1 -> 8 devices of this process)
+  at a fixed batch per device, so the global batch (every pair's count of
+  negatives) grows with it: temporaries per device from XLA's memory
+  analysis of the compiled step, and pairs/s timed in alternating windows,
+  for the global-batch loss (XLA gathers) and the local one (shard_map:
+  own rows against all columns). Random images and texts; run with
+  JAX_NUM_CPU_DEVICES=8."""
+  import functools
+  import jax
+  import numpy as np
+  from attnlab import main as main_lib
+  from attnlab import sharding as sharding_lib
+  from attnlab import train as train_lib
+  from attnlab.data import tokenizer
+  from experiments import clip
+  if jax.device_count() < max(devices):
+    sys.exit(f"{jax.device_count()} devices: run with JAX_NUM_CPU_DEVICES={max(devices)}")
+  print(f"{spec}, {per_device} pairs per device; {rounds} rounds of {window} steps, "
+        "alternating between the two forms at each mesh size")
+  print(f"{'devices':>8}{'global batch':>14}{'form':>8}{'temporaries / device':>22}"
+        f"{'pairs/s':>9}{'local / global speed':>22}")
+  for n in devices:
+    contenders, memory = {}, {}
+    for form in ("global", "local"):
+      config, _ = main_lib.parse_config([
+          "--config", spec, f"--config.mesh=((\"data\", {n}),)",
+          f"--config.batch_size={per_device * n}", f"--config.clip.loss_form={form}"])
+      exp = clip.Experiment(config, None, vocab_size=config.data.vocab_size)
+      workdir = tempfile.mkdtemp()
+      trainer = train_lib.Trainer(config, exp, workdir)
+      rng = np.random.default_rng(0)
+      rows = config.batch_size
+      tokens = rng.integers(4, config.data.vocab_size, (rows, config.data.context))
+      tokens[:, -1] = tokenizer.EOS
+      batch = sharding_lib.global_batch(
+          {"image": rng.uniform(-1, 1, (rows, *exp.image_shape)).astype(np.float32),
+           "tokens": tokens.astype(np.int32)}, trainer.mesh)
+      step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
+      state = trainer.create_state()
+      memory[form] = step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+      contenders[form] = Stepper(step, state, batch)
+      trainer.writer.close()
+      shutil.rmtree(workdir)
+    times = interleaved({k: functools.partial(c.window, window)
+                         for k, c in contenders.items()}, rounds)
+    med, lo, hi = ratio_summary(times, "global", "local")
+    for form in contenders:
+      print(f"{n:>8}{per_device * n:>14}{form:>8}{memory[form] / 2**20:>18.1f} MiB"
+            f"{window * per_device * n / float(np.median(times[form])):>9.0f}"
+            + (f"{med:>17.2f}x ({lo:.2f}-{hi:.2f})" if form == "local" else ""), flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -1057,6 +1114,8 @@ def main():
     dino_torch(sys.argv[2], *sys.argv[3:4])
   elif what == "dinohead":
     dino_head_layouts()
+  elif what == "clipmem":
+    clip_memory()
   elif what == "matmul":
     matmul_backends()
   elif what == "flaxwmt":
@@ -1065,7 +1124,7 @@ def main():
     flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt, bigvision, dino, dinohead, matmul, attention or pipeline")
+             "decode, flaxwmt, bigvision, dino, dinohead, matmul, clipmem, attention or pipeline")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ gradient (tested):
                       all columns, image->text and text->image (open_clip's
                       --local-loss --gather-with-grad): [n, N] logits per
                       device instead of [N, N]
+  loss_form "per_device"  the ablation: each device's pairs against its own
+                      only (n - 1 negatives instead of N - 1)
   loss "sigmoid"      SigLIP (Zhai et al. 2023): -mean over all pairs of
                       log sigmoid(z_ij (s x_i . y_j + b)), z = +1 on the
                       diagonal, -1 off it; with loss_form "local" each device
@@ -91,6 +93,17 @@ def local_contrastive_loss(x, y, log_scale, mesh, axis):
                        out_specs=(P(), P()))(x, y, log_scale)
 
 
+def per_device_contrastive_loss(x, y, log_scale, mesh, axis):
+  """The ablation of global negatives: each device's pairs against its own
+  only (no gather; a device of n rows sees n - 1 negatives, not N - 1), the
+  mean over devices. Equal to contrastive_loss on one device."""
+  def per_device(x, y, log_scale):
+    loss, accuracy = contrastive_loss(x, y, log_scale)
+    return jax.lax.pmean(loss, axis), jax.lax.pmean(accuracy, axis)
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis), P()),
+                       out_specs=(P(), P()))(x, y, log_scale)
+
+
 def local_sigmoid_loss(x, y, log_scale, bias, mesh, axis):
   """sigmoid_loss over the global batch, chunked: each device holds one
   text chunk at a time and passes it to the next device round the ring, so
@@ -107,26 +120,45 @@ def local_sigmoid_loss(x, y, log_scale, bias, mesh, axis):
       z = jnp.where(owner == me, 2 * jnp.eye(n) - 1, -jnp.ones((n, n)))
       total = total - jnp.sum(jax.nn.log_sigmoid(z * (s * x @ chunk.T + bias)))
       return total, jax.lax.ppermute(chunk, axis, ring)
-    total, _ = jax.lax.fori_loop(0, devices, block, (jnp.zeros(()), y))
+    start = jax.lax.pcast(jnp.zeros(()), (axis,), to="varying")  # a sum per device
+    total, _ = jax.lax.fori_loop(0, devices, block, (start, y))
     return jax.lax.psum(total, axis) / (n * devices)
   return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis), P(), P()),
                        out_specs=P())(x, y, log_scale, bias)
 
 
-def recall_chance(captions_per_image, ks=(1, 5, 10)):
-  """Expected recall@K of a random ranking: text->image K / images;
-  image->text the mean over images with c of T captions of the chance
-  that one of them is among K drawn without replacement."""
-  c = np.asarray(captions_per_image)
-  total = c.sum()
+def _miss(total, positives, k):
+  """The chance that k of `total` items drawn at random miss all positives."""
+  out = np.ones(np.shape(positives))
+  for j in range(k):
+    out *= np.clip(total - positives - j, 0, None) / (total - j)
+  return out
+
+
+def recall_chance(captions_per_item, images_per_item, ks=(1, 5, 10)):
+  """Expected recall@K of a random ranking, over items of c captions and m
+  images each: image->text averages over images, text->image over
+  captions, each the chance that one of its positives is among K."""
+  c, m = np.asarray(captions_per_item), np.asarray(images_per_item)
   out = {}
   for k in ks:
-    miss = np.ones(len(c))
-    for j in range(k):
-      miss *= np.clip(total - c - j, 0, None) / (total - j)
-    out[f"image_to_text/chance@{k}"] = float(np.mean(1 - miss))
-    out[f"text_to_image/chance@{k}"] = min(k / len(c), 1.0)
+    out[f"image_to_text/chance@{k}"] = float(np.sum(m * (1 - _miss(c.sum(), c, k))) / m.sum())
+    out[f"text_to_image/chance@{k}"] = float(np.sum(c * (1 - _miss(m.sum(), m, k))) / c.sum())
   return out
+
+
+def group_pairs(captions):
+  """Images with the same captions are one retrieval item (an emoji in its
+  two art styles: neither caption can tell them apart). Returns (item id of
+  each image, the items' captions, each caption's first image)."""
+  items, ids = {}, []
+  for i, cs in enumerate(captions):
+    ids.append(items.setdefault(tuple(cs), len(items)))
+  first = {}
+  for i, item in enumerate(ids):
+    first.setdefault(item, i)
+  texts = [(t, first[item]) for cs, item in items.items() for t in cs]
+  return np.asarray(ids), [t for t, _ in texts], np.asarray([i for _, i in texts])
 
 
 def clamp_temperature(params):
@@ -177,14 +209,14 @@ def validate(config):
                    f"{text['width']} is not divisible by {text['num_heads']} heads",
                    "use a multiple of model.text_heads")
   config_lib.check_choice(c, "clip.loss", {"softmax", "sigmoid"})
-  config_lib.check_choice(c, "clip.loss_form", {"global", "local"})
+  config_lib.check_choice(c, "clip.loss_form", {"global", "local", "per_device"})
+  config_lib.check(c.clip.loss == "softmax" or c.clip.loss_form != "per_device",
+                   "clip.loss_form", "per_device negatives are an ablation of the softmax loss",
+                   "use clip.loss=softmax, or loss_form global or local")
   config_lib.check(m.embed_dim > 0, "model.embed_dim", f"{m.embed_dim} is not positive",
                    "e.g. 512 (CLIP B/32)")
-  if c.clip.loss_form == "local":
-    devices = jax.device_count()
-    config_lib.check(c.batch_size % devices == 0, "batch_size",
-                     f"{c.batch_size} pairs do not split evenly over {devices} devices for "
-                     "the local loss", f"use a multiple of {devices}")
+  # A batch that does not split over the devices (the local loss needs equal
+  # rows on each) is refused for every experiment (config.validate_common).
   if c.data.source == "folder":
     pairs.check_folder(c.data)
 
@@ -287,9 +319,11 @@ class Experiment:
               else sigmoid_loss(*args))
       metrics["bias"] = temp["bias"]
     else:
-      loss, metrics["batch_accuracy"] = (
-          local_contrastive_loss(x, y, temp["log_scale"], ctx.mesh, ctx.batch_axis) if local
-          else contrastive_loss(x, y, temp["log_scale"]))
+      form = {"global": lambda *a: contrastive_loss(*a),
+              "local": lambda *a: local_contrastive_loss(*a, ctx.mesh, ctx.batch_axis),
+              "per_device": lambda *a: per_device_contrastive_loss(*a, ctx.mesh,
+                                                                   ctx.batch_axis)}
+      loss, metrics["batch_accuracy"] = form[c.loss_form](x, y, temp["log_scale"])
     return loss, (metrics, state)
 
   def post_update(self, params, extra, step):
@@ -309,8 +343,8 @@ class Experiment:
   def eval_images(self, split):
     if split not in self._eval:
       src = pairs.source(self.config.data, split)
-      self._eval[split] = (src, images.Preprocessed(pairs.ImagesOf(src),
-                                                      self.config.data.pp_eval))
+      self._eval[split] = (src, images.Preprocessed(images.ImagesAndLabels(src),
+                                                    self.config.data.pp_eval))
     return self._eval[split]
 
   def embed_texts(self, params, texts, mesh):
@@ -321,18 +355,17 @@ class Experiment:
 
   def split_metrics(self, state, mesh, split, prefix):
     """Zero-shot accuracy (where the source has classes) and recall@K of
-    the split's pairs: every caption of every image."""
+    the split's pairs: every caption of every item (group_pairs)."""
     params = state["params"]
     src, preprocessed = self.eval_images(split)
     batch = sharded.round_to_devices(self.config.eval_batch_size, mesh)
     rows = sharded.rows(self._image_rows, params, sharded.batches(preprocessed, batch, mesh))
-    captions = [src[i]["captions"] for i in range(len(src))]
-    texts = [t for cs in captions for t in cs]
-    text_image = np.repeat(np.arange(len(captions)), [len(cs) for cs in captions])
+    ids, texts, text_image = group_pairs([src[i]["captions"] for i in range(len(src))])
     out = {f"{prefix}/{k}": v for k, v in retrieval.retrieval_recall(
-        rows["features"], self.embed_texts(params, texts, mesh), text_image, mesh).items()}
+        rows["features"], self.embed_texts(params, texts, mesh), text_image, mesh,
+        image_ids=ids).items()}
     out.update({f"{prefix}/{k}": v for k, v in recall_chance(
-        [len(cs) for cs in captions]).items()})
+        np.bincount(ids[text_image]), np.bincount(ids)).items()})
     if self.classes:
       prompts = self.prompts()
       embedded = self.embed_texts(params, [p for ps in prompts for p in ps], mesh)

@@ -137,3 +137,28 @@ def test_retrieval_recall_equals_naive_ranking():
                                      batch_size=8)
     assert got == pytest.approx(want)
   assert 0 < want["text_to_image/r@1"] < 1
+
+
+def test_retrieval_with_shared_ids_finds_any_image_of_the_item():
+  """Images 0-1 and 2-3 are one item each (an emoji in two styles): a
+  caption of item 0 finds it at either image, and an image finds any
+  caption of its item; naive ranking as above."""
+  rng = np.random.default_rng(5)
+  ids = np.array([0, 0, 1, 1, 2, 3, 4, 5, 6])
+  images = rng.normal(size=(9, 5))
+  text_image = np.array([0, 0, 2, 4, 5, 6, 7, 8])  # each caption names one image of its item
+  texts = images[text_image] + 1.5 * rng.normal(size=(8, 5))
+  unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+  sim = unit(images) @ unit(texts).T
+  text_ids = ids[text_image]
+  want = {}
+  for k in (1, 3):
+    i2t = [bool(set(text_ids[np.argsort(-sim[i])[:k]]) & {ids[i]}) for i in range(9)]
+    t2i = [text_ids[t] in ids[np.argsort(-sim[:, t])[:k]] for t in range(8)]
+    want[f"image_to_text/r@{k}"], want[f"text_to_image/r@{k}"] = np.mean(i2t), np.mean(t2i)
+  for mesh in (EIGHT, ONE):
+    got = retrieval.retrieval_recall(images, texts, text_image, mesh, ks=(1, 3),
+                                     batch_size=8, image_ids=ids)
+    assert got == pytest.approx(want)
+  plain = retrieval.retrieval_recall(images, texts, text_image, ONE, ks=(1, 3), batch_size=8)
+  assert plain != pytest.approx(want)  # the ids change the answer

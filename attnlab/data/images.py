@@ -130,12 +130,13 @@ def source(data, split):
   if data.source == "folder":
     return folder_source(data, split)
   import tensorflow_datasets as tfds
-  return _TfdsImages(catalog.data_source(
+  return ImagesAndLabels(catalog.data_source(
       data, split, decoders={"image": tfds.decode.SkipDecoding()}))
 
 
-class _TfdsImages:
-  """A tfds data source with the image left encoded and only image and label."""
+class ImagesAndLabels:
+  """A source's image (left encoded) and label alone: a tfds data source's,
+  or the images of CLIP's pairs."""
 
   def __init__(self, ds):
     self.ds = ds

@@ -113,16 +113,3 @@ def class_names(data):
     return []
   return list(catalog.builder(data).info.features["label"].names)
 
-
-class ImagesOf:
-  """A pairs source's images and labels alone (for images.Preprocessed)."""
-
-  def __init__(self, src):
-    self.src = src
-
-  def __len__(self):
-    return len(self.src)
-
-  def __getitem__(self, i):
-    row = self.src[i]
-    return {"image": row["image"], "label": row["label"]}

@@ -39,11 +39,14 @@ def _recall(queries, query_ids, gallery, gallery_ids, mesh, ks, batch_size):
 
 
 def retrieval_recall(image_features, text_features, text_image, mesh, ks=(1, 5, 10),
-                     batch_size=256):
+                     batch_size=256, image_ids=None):
   """{"image_to_text/r@K", "text_to_image/r@K"} for images [Ni, D], captions
-  [Nt, D] and the image index of each caption [Nt]."""
-  images = np.arange(len(image_features))
-  i2t = _recall(image_features, images, text_features, text_image, mesh, ks, batch_size)
-  t2i = _recall(text_features, text_image, image_features, images, mesh, ks, batch_size)
+  [Nt, D] and the image index of each caption [Nt]. `image_ids` [Ni]
+  (default: each image its own) makes images that share an id one item: a
+  caption then finds any of them (an emoji drawn in two art styles)."""
+  images = np.arange(len(image_features)) if image_ids is None else np.asarray(image_ids)
+  text_ids = images[np.asarray(text_image)]
+  i2t = _recall(image_features, images, text_features, text_ids, mesh, ks, batch_size)
+  t2i = _recall(text_features, text_ids, image_features, images, mesh, ks, batch_size)
   return ({f"image_to_text/{k}": v for k, v in i2t.items()}
           | {f"text_to_image/{k}": v for k, v in t2i.items()})

@@ -1,0 +1,230 @@
+"""CLIP: the losses against their formulas written out in numpy, on 8
+devices as on one (global, local and ring-chunked forms, values and
+gradients); end-of-text pooling under padding; the temperature clamp; a
+run end to end on a captions folder; bad input as one line, exit 2."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from PIL import Image
+
+from attnlab import sharding as sharding_lib
+from experiments import clip
+
+EIGHT = sharding_lib.make_mesh((("data", -1),))
+ONE = sharding_lib.make_mesh((("data", 1),), jax.devices()[:1])
+
+
+def embeddings(n=16, e=8, seed=0):
+  """Normalised image and text embeddings, each text near its image."""
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n, e))
+  y = x + 0.7 * rng.standard_normal((n, e))
+  unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+  return unit(x), unit(y)
+
+
+def numpy_infonce(x, y, scale):
+  logits = scale * x.astype(np.float64) @ y.T.astype(np.float64)
+
+  def ce(z):  # each row's cross-entropy with its diagonal entry as the target
+    top = z.max(1, keepdims=True)
+    return np.mean(np.log(np.exp(z - top).sum(1)) + top[:, 0] - np.diag(z))
+  return (ce(logits) + ce(logits.T)) / 2
+
+
+def numpy_siglip(x, y, scale, bias):
+  logits = scale * x.astype(np.float64) @ y.T.astype(np.float64) + bias
+  z = 2 * np.eye(len(x)) - 1
+  return -np.sum(np.log(1 / (1 + np.exp(-z * logits)))) / len(x)
+
+
+def test_contrastive_loss_is_symmetric_infonce():
+  x, y = embeddings()
+  loss, accuracy = clip.contrastive_loss(x, y, np.log(1 / 0.07))
+  np.testing.assert_allclose(loss, numpy_infonce(x, y, 1 / 0.07), rtol=1e-5)
+  assert accuracy == np.mean(np.argmax(x @ y.T, 1) == np.arange(len(x)))
+  assert 0 < accuracy < 1  # the check above could not pass by accident
+
+
+def test_sigmoid_loss_is_siglip():
+  x, y = embeddings()
+  got = clip.sigmoid_loss(x, y, np.log(10.0), -10.0)
+  np.testing.assert_allclose(got, numpy_siglip(x, y, 10.0, -10.0), rtol=1e-5)
+
+
+def _sharded(mesh, *arrays):
+  return [jax.device_put(a, NamedSharding(mesh, P("data"))) for a in arrays]
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_every_form_on_eight_devices_gives_the_one_device_loss_and_gradients(loss):
+  """The global-batch loss on 8 devices (XLA gathers), the local loss
+  (shard_map: own rows against all columns) and, for SigLIP, the ring of
+  text chunks, all equal the loss of the whole batch on one device, in
+  value and in gradient for the embeddings and the temperature (and
+  bias): the gathers' gradients reach every device's rows."""
+  x, y = embeddings(n=32)
+  scale, bias = jnp.float32(np.log(1 / 0.07)), jnp.float32(-5.0)
+  if loss == "softmax":
+    whole = lambda x, y, s, b: clip.contrastive_loss(x, y, s)[0]
+    local = lambda x, y, s, b: clip.local_contrastive_loss(x, y, s, EIGHT, "data")[0]
+  else:
+    whole = lambda x, y, s, b: clip.sigmoid_loss(x, y, s, b)
+    local = lambda x, y, s, b: clip.local_sigmoid_loss(x, y, s, b, EIGHT, "data")
+  grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))
+  ref_value, ref_grads = grad(whole)(*_sharded(ONE, x, y), scale, bias)
+  expected = numpy_infonce(x, y, np.exp(scale)) if loss == "softmax" else numpy_siglip(
+      x, y, np.exp(scale), bias)
+  np.testing.assert_allclose(ref_value, expected, rtol=1e-5)
+  for f in (whole, local):
+    value, grads = grad(f)(*_sharded(EIGHT, x, y), scale, bias)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+      np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+  assert np.abs(ref_grads[0]).max() > 0 and np.abs(ref_grads[2]) > 0
+
+
+def test_per_device_negatives_are_the_mean_of_each_devices_own_loss():
+  x, y = embeddings(n=32)
+  got, _ = jax.jit(lambda x, y: clip.per_device_contrastive_loss(x, y, 2.0, EIGHT, "data"))(
+      *_sharded(EIGHT, x, y))
+  expected = np.mean([numpy_infonce(x[i:i + 4], y[i:i + 4], np.exp(2.0))
+                      for i in range(0, 32, 4)])
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  assert abs(expected - numpy_infonce(x, y, np.exp(2.0))) > 0.1  # not the global loss
+
+
+def test_local_accuracy_is_the_batch_accuracy():
+  x, y = embeddings(n=32)
+  _, whole = clip.contrastive_loss(x, y, 1.0)
+  _, local = jax.jit(lambda x, y: clip.local_contrastive_loss(x, y, 1.0, EIGHT, "data"))(
+      *_sharded(EIGHT, x, y))
+  np.testing.assert_allclose(local, whole)
+
+
+def test_temperature_is_clamped_into_zero_to_log_100():
+  for start, end in ((7.0, np.log(100.0)), (-1.0, 0.0), (2.0, 2.0)):
+    params = {"log_scale": jnp.float32(start), "w": jnp.ones(3)}
+    out = clip.clamp_temperature(params)
+    np.testing.assert_allclose(out["log_scale"], end, rtol=1e-6)
+    np.testing.assert_array_equal(out["w"], params["w"])
+
+
+def test_text_features_are_the_end_of_text_tokens_whatever_the_padding():
+  from attnlab.data import tokenizer
+  from attnlab.models import clip as clip_lib
+  tower = clip_lib.TextTower(50, width=16, depth=2, num_heads=2, mlp_dim=32, context=10)
+  eos = tokenizer.EOS
+  short = jnp.array([[5, 6, 7, eos], [8, eos, 0, 0]])
+  padded = jnp.pad(short, ((0, 0), (0, 6)))
+  params = tower.init(jax.random.PRNGKey(0), padded)
+  f_short, aux = tower.apply(params, short)
+  f_padded, _ = tower.apply(params, padded)
+  np.testing.assert_allclose(f_padded, f_short, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(f_short[0], aux["tokens"][0, 3], rtol=1e-6)
+  np.testing.assert_allclose(f_short[1], aux["tokens"][1, 1], rtol=1e-6)
+  assert not np.allclose(f_short[0], aux["tokens"][0, 2])  # not any token will do
+
+
+def test_emoji_captions_are_the_name_and_name_with_keywords():
+  from attnlab.data import pairs
+  assert pairs.emoji_captions({"name": b"red heart", "keywords": b"love, heart"}) == [
+      "red heart", "red heart: love, heart"]
+  assert pairs.emoji_captions({"name": b"ukraine flag", "keywords": b""}) == ["ukraine flag"]
+
+
+def test_recall_chance_is_that_of_a_random_ranking():
+  """Items of 1-3 captions and 1-2 images (an emoji's two styles): the
+  formula against random orders of the captions and of the images."""
+  rng = np.random.default_rng(0)
+  captions, images_ = np.array([1, 2, 1, 3] * 5), np.array([2, 1, 1, 2] * 5)
+  chance = clip.recall_chance(captions, images_, ks=(1, 5))
+  text_item = np.repeat(np.arange(len(captions)), captions)
+  image_item = np.repeat(np.arange(len(images_)), images_)
+  hits = {f"{d}/chance@{k}": [] for d in ("image_to_text", "text_to_image") for k in (1, 5)}
+  for _ in range(3000):
+    texts, pictures = rng.permutation(text_item), rng.permutation(image_item)
+    for k in (1, 5):
+      hits[f"image_to_text/chance@{k}"].append(np.mean(np.isin(image_item, texts[:k])))
+      hits[f"text_to_image/chance@{k}"].append(np.mean(np.isin(text_item, pictures[:k])))
+  for key, values in hits.items():
+    np.testing.assert_allclose(chance[key], np.mean(values), atol=0.01, err_msg=key)
+
+
+def test_images_with_the_same_captions_are_one_retrieval_item():
+  ids, texts, text_image = clip.group_pairs(
+      [["red heart"], ["cat", "cat: pet"], ["red heart"], ["dog"], ["cat", "cat: pet"]])
+  np.testing.assert_array_equal(ids, [0, 1, 0, 2, 1])
+  assert texts == ["red heart", "cat", "cat: pet", "dog"]
+  np.testing.assert_array_equal(text_image, [0, 1, 1, 3])
+
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30),
+           "yellow": (230, 220, 30)}
+
+
+def make_pairs_folder(root, per_split=(("train", 4), ("validation", 1), ("test", 1))):
+  """ROOT/<split>/captions.tsv over small coloured squares and circles."""
+  rng = np.random.default_rng(0)
+  for split, n in per_split:
+    folder = os.path.join(root, split)
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for colour, rgb in COLOURS.items():
+      for i in range(n):
+        img = np.full((16, 16, 3), 255, np.uint8)
+        img[4:12, 4:12] = np.clip(np.array(rgb) + rng.integers(-20, 20, 3), 0, 255)
+        name = f"{colour}_{i}.png"
+        Image.fromarray(img).save(os.path.join(folder, name))
+        lines += [f"{name}\ta {colour} square", f"{name}\t{colour}"]
+    with open(os.path.join(folder, "captions.tsv"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+  return str(root)
+
+
+def test_a_run_on_a_captions_folder_trains_and_reports_recall(tmp_path):
+  from helpers import run_cli
+  root = make_pairs_folder(tmp_path / "pairs")
+  rc, out = run_cli("train", "--config", "configs/clip.py:folder,runlocal=True",
+                    "--workdir", str(tmp_path / "run"), f"--config.data.folder={root}")
+  assert rc == 0, out
+  assert "eval at step 4: eval/image_to_text/r@1" in out, out
+  assert "test/text_to_image/r@10" in out and "test/image_to_text/chance@1" in out, out
+  assert os.path.exists(tmp_path / "run" / "tokenizer.model")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda root: open(os.path.join(root, "train", "captions.tsv"), "a").write("gone.png\tx\n"),
+     "names gone.png, which is not in"),
+    (lambda root: open(os.path.join(root, "test", "captions.tsv"), "a").write("red_0.png\t \n"),
+     "has an empty caption for red_0.png"),
+    (lambda root: None, "batch_size: global batch 12 is not divisible by 8 devices"),
+])
+def test_bad_clip_input_is_one_line_exit_2(tmp_path, edit, message):
+  from helpers import run_cli
+  root = make_pairs_folder(tmp_path / "pairs")
+  edit(root)
+  extra = (["--config.clip.loss_form=local", "--config.batch_size=12"]
+           if "devices" in message else [])
+  rc, out = run_cli("train", "--config", "configs/clip.py:folder,runlocal=True",
+                    "--workdir", str(tmp_path / "run"), f"--config.data.folder={root}",
+                    *extra, devices=8 if extra else 1)
+  assert rc == 2 and message in out and "Traceback" not in out, out
+  assert len([l for l in out.splitlines() if l.startswith("error")]) == 1, out
+
+
+def test_a_context_shorter_than_a_prompt_is_refused():
+  from attnlab import config as config_lib
+  exp = object.__new__(clip.Experiment)
+  exp.classes, exp.context = ["smileys & emotion", "flags"], 6
+  exp.tokenizer = type("Words", (), {"encode": lambda self, t: t.split()})()
+  with pytest.raises(config_lib.ConfigError, match="data.context: 6 tokens is shorter than the "
+                     "prompt 'an emoji of smileys & emotion.' \\(7 with its end-of-text"):
+    exp.check_prompts()
+  exp.context = 7
+  exp.check_prompts()
