@@ -11,6 +11,8 @@
   average WORKDIR [--last N] [--out DIR]   mean of the last N checkpoints'
           parameters as a new run (Vaswani et al.: 5 for base, 20 for big)
   attend  WORKDIR IMAGE...   a ViT run's attention maps of your images (plots/)
+  retrieve WORKDIR --text T | --image FILE [--split S] [--top K]   a CLIP run's
+          nearest images of a text (a PNG grid in plots/) or captions of an image
   tpu     NAME --zone Z [--project P] [--dry_run] train ARGS...
 
 Every config problem is one line on stderr and exit code 2, before any
@@ -424,6 +426,49 @@ def cmd_attend(argv):
     print(path)
 
 
+def cmd_retrieve(argv):
+  """retrieve WORKDIR --text T | --image FILE [--split S] [--top K]: a CLIP
+  run's nearest images of a text (a PNG grid) or nearest captions of an image."""
+  values = flags.FlagValues()
+  flags.DEFINE_string("text", None, "a text: the split's images nearest it", flag_values=values)
+  flags.DEFINE_string("image", None, "an image file: the split's captions nearest it",
+                      flag_values=values)
+  flags.DEFINE_string("split", "validation", "the images and captions searched",
+                      flag_values=values)
+  flags.DEFINE_integer("top", 10, "how many to show", flag_values=values)
+  workdir = _workdir_arg(argv, values)
+  if (values.text is None) == (values.image is None):
+    fail("give one of --text 'a red heart' or --image FILE: "
+         "./launch.sh retrieve WORKDIR --text 'a red heart'")
+  if values.top < 1:
+    fail(f"--top={values.top}: give a positive count")
+  config = load_run(workdir)
+  if not hasattr(experiment_module(config).Experiment, "retrieve"):
+    fail(f"{workdir} is a {config.experiment} run: retrieval needs a CLIP run")
+  image = None
+  if values.image is not None:
+    from PIL import Image, UnidentifiedImageError
+    try:
+      with Image.open(values.image) as img:
+        img.verify()
+      with open(values.image, "rb") as f:
+        image = f.read()
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+      fail(f"{values.image} is not a readable image ({type(e).__name__}): give a PNG or JPEG")
+  if not values.text and image is None:
+    fail("--text is empty: give the words to search for")
+  config, exp, trainer, state = _restore(workdir)
+  split = {"validation": config.data.eval_split, "test": config.data.test_split}.get(
+      values.split, values.split)
+  found, path = exp.retrieve(state, trainer.mesh, split, text=values.text, image=image,
+                             top=values.top, folder=os.path.join(workdir, "plots"))
+  trainer.writer.close()
+  for similarity, caption in found:
+    print(f"{similarity:+.3f}  {caption}")
+  if path:
+    print(path)
+
+
 def _workdir_arg(argv, values):
   try:
     rest = values(["attnlab"] + argv)[1:]
@@ -567,7 +612,7 @@ def cmd_average(argv):
 
 
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
-            "attend": cmd_attend, "eval": cmd_eval, "average": cmd_average, "compile": cmd_compile,
+            "attend": cmd_attend, "retrieve": cmd_retrieve, "eval": cmd_eval, "average": cmd_average, "compile": cmd_compile,
             "tpu": cmd_tpu}
 
 

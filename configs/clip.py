@@ -65,10 +65,14 @@ def get_config(arg=None):
       source="folder", folder="", data_dir="", train_split="train",
       eval_split="validation", test_split="test", holdout=0.1, workers=8,
       vocab_size=49408, context=77,
+      # Labelled tfds image sets also classified zero-shot by their class
+      # names (their validation split during training, test at the end).
+      zero_shot_sets=(), zero_shot_rows=2000,
       pp_train="decode|inception_crop(224, 0.9, 1.0)|value_range(-1, 1)",
       pp_eval="decode|resize_small(224)|central_crop(224)|value_range(-1, 1)"))
   if embedded:
     c.data.update(source=task, workers=2, vocab_size=2000, context=24,
+                  zero_shot_sets=("fmnist",) if task == "emoji" else (),
                   pp_train="decode|resize(32)|inception_crop(32, 0.7, 1.0)|value_range(-1, 1)",
                   pp_eval="decode|resize(32)|value_range(-1, 1)")
     c.model.update(variant=arg.variant or "Ti/4", image_size=32, width=128, depth=4,

@@ -34,6 +34,9 @@
   python -m experiments.bench dinohead              DINO's 65,536-wide last layer
       and centre: flax's nn.WeightNorm(Dense) against ours ([out, in] rows),
       and the XLA reductions behind the difference, in alternating windows
+  python -m experiments.bench openclip [VARIANT]     CLIP training pairs/s
+      (default B/32) at batch 8, context 77, f32, against open_clip's
+      (open-clip-torch and torch on PYTHONPATH) in alternating windows
   python -m experiments.bench clipmem                CLIP's step, global vs local
       loss, 1 -> 8 devices at 32 pairs each: temporaries per device, pairs/s
       (JAX_NUM_CPU_DEVICES=8)
@@ -185,8 +188,12 @@ def synthetic_step(spec, overrides, batch):
   import jax
   from attnlab import main as main_lib
   from attnlab import train as train_lib
+  import inspect
   config, _ = main_lib.parse_config(["--config", spec, *overrides])
-  exp = main_lib.experiment_module(config).Experiment(config, None, read_data=False)
+  kind = main_lib.experiment_module(config).Experiment
+  exp = (kind(config, None, vocab_size=config.data.vocab_size)  # text: ids only
+         if "vocab_size" in inspect.signature(kind).parameters
+         else kind(config, None, read_data=False))
   workdir = tempfile.mkdtemp()
   trainer = train_lib.Trainer(config, exp, workdir)
   step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
@@ -1079,6 +1086,83 @@ def clip_memory(spec="configs/clip.py:emoji", per_device=32, devices=(1, 2, 4, 8
             + (f"{med:>17.2f}x ({lo:.2f}-{hi:.2f})" if form == "local" else ""), flush=True)
 
 
+def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
+  """Training pairs/s of our CLIP step against open_clip's (open-clip-torch
+  from PyPI, with torch and its dependencies on PYTHONPATH, installed for
+  this benchmark only, imported here at run time): ViT-B/32 image tower at
+  224 and the 12-layer, 512-wide text tower, context 77, vocabulary 49,408,
+  random weights, batch 8, float32, one process. Theirs: create_model
+  ("ViT-B-32"), ClipLoss, AdamW (b2 0.98, eps 1e-6, lr 5e-4, weight decay
+  0.2 off gains and biases, as its train script) and the temperature
+  clamp after the step. Ours: the trainer's step on configs/clip.py:laion.
+  The same random images and token ids (each text ending in its
+  end-of-text token), alternating windows; the figure is the median ratio.
+  MFU from XLA's FLOPs of our step against a matmul peak measured here."""
+  import functools
+  import math
+  import jax
+  import numpy as np
+  import open_clip
+  import torch
+  from open_clip.loss import ClipLoss
+  from attnlab import train as train_lib
+  from attnlab.data import tokenizer
+  torch.set_num_threads(os.cpu_count())
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (batch, 224, 224, 3)).astype(np.float32)
+  lengths = rng.integers(5, 77, batch)
+  tokens = rng.integers(4, 49406, (batch, 77)).astype(np.int32)
+  ours_tokens = np.where(np.arange(77) < lengths[:, None], tokens, 0)
+  ours_tokens[np.arange(batch), lengths] = tokenizer.EOS  # EOS then padding
+  theirs_tokens = np.where(np.arange(77) < lengths[:, None], tokens, 0)
+  theirs_tokens[np.arange(batch), lengths] = 49407  # open_clip's end-of-text: the top id
+  peak = train_lib.measured_peak_flops()
+
+  ours, flops, count, _ = synthetic_step(
+      "configs/clip.py:laion", [f"--config.model.variant={variant}",
+                                f"--config.batch_size={batch}"],
+      {"image": jax.numpy.asarray(images), "tokens": jax.numpy.asarray(ours_tokens)})
+
+  model = open_clip.create_model(f"ViT-{variant.replace('/', '-')}", pretrained=None)
+  model.train()
+  decay = [p for n, p in model.named_parameters()
+           if p.ndim >= 2 and "bn" not in n and "ln" not in n and "logit_scale" not in n]
+  rest = [p for n, p in model.named_parameters() if all(p is not q for q in decay)]
+  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2},
+                                 {"params": rest, "weight_decay": 0.0}],
+                                lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
+  loss_fn = ClipLoss()
+  pictures = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  texts = torch.from_numpy(theirs_tokens.astype(np.int64))
+
+  def their_window(n):
+    for _ in range(n):
+      out = model(pictures, texts)
+      if isinstance(out, dict):
+        out = out["image_features"], out["text_features"], out["logit_scale"]
+      loss = loss_fn(*out[:3])
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+      with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+  their_window(1)  # warm-up, as ours compiled
+  their_count = sum(p.numel() for p in model.parameters())
+  print(f"CLIP ViT-{variant} + 12 x 512 text tower, context 77, batch {batch}, float32; "
+        f"{rounds} rounds of {window} step(s) each, alternating; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), open_clip {open_clip.__version__}; measured "
+        f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
+  times = interleaved({"attnlab": functools.partial(ours.window, window),
+                       "open_clip": their_window}, rounds)
+  print(f"{'':>12}{'params':>13}{'pairs/s':>9}{'s/step':>8}{'MFU':>7}"
+        f"{'x open_clip (median)':>22}{'rounds':>13}")
+  for name, n in (("attnlab", count), ("open_clip", their_count)):
+    secs = float(np.median(times[name])) / window
+    med, lo, hi = ratio_summary(times, "open_clip", name)
+    print(f"{name:>12}{n:>13,}{batch / secs:>9.2f}{secs:>8.2f}"
+          f"{100 * flops / secs / peak:>6.1f}%{med:>21.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
+
+
 def main():
   sys.path.insert(0, ROOT)
   what = sys.argv[1] if len(sys.argv) > 1 else "charlm"
@@ -1114,6 +1198,8 @@ def main():
     dino_torch(sys.argv[2], *sys.argv[3:4])
   elif what == "dinohead":
     dino_head_layouts()
+  elif what == "openclip":
+    clip_open_clip(*sys.argv[2:3])
   elif what == "clipmem":
     clip_memory()
   elif what == "matmul":
@@ -1124,7 +1210,7 @@ def main():
     flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt, bigvision, dino, dinohead, matmul, clipmem, attention or pipeline")
+             "decode, flaxwmt, bigvision, dino, dinohead, matmul, clipmem, openclip, attention or pipeline")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
 from attnlab import config as config_lib
+from attnlab import viz
 from attnlab.data import catalog, image_ops, images, pairs
 from attnlab.data import tokenizer as tok_lib
 from attnlab.evals import retrieval, sharded, zero_shot
@@ -217,8 +219,6 @@ def validate(config):
                    "e.g. 512 (CLIP B/32)")
   # A batch that does not split over the devices (the local loss needs equal
   # rows on each) is refused for every experiment (config.validate_common).
-  if c.data.source == "folder":
-    pairs.check_folder(c.data)
 
 
 # --- the experiment ---------------------------------------------------------------
@@ -234,7 +234,15 @@ class Experiment:
     data = config.data
     self.context = data.context
     self.classes = pairs.class_names(data) if vocab_size is None else []
+    # Other labelled image sets classified zero-shot by their class names
+    # (fetched and prepared like the training data, once).
+    self.zero_shot_sets = {}
+    for name in data.get("zero_shot_sets", ()) if vocab_size is None else ():
+      catalog.prepare(self.zero_shot_data(name))
+      self.zero_shot_sets[name] = images.class_names(self.zero_shot_data(name))
     if vocab_size is None:
+      if data.source == "folder":  # here, not in validate: `compile` reads no data
+        pairs.check_folder(data)
       self.tokenizer = tok_lib.for_run(
           workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"),
           f"clip_{data.source}", self._train_captions, data.vocab_size)
@@ -257,14 +265,18 @@ class Experiment:
     ids = [self.tokenizer.encode(t)[:self.context - 1] + [tok_lib.EOS] for t in texts]
     return tok_lib.pad_batch(ids, self.context)
 
-  def prompts(self):
-    """[classes x templates] prompt strings of the zero-shot classes."""
-    return [[t.format(name.lower()) for t in TEMPLATES] for name in self.classes]
+  def prompts(self, classes=None):
+    """[classes x templates] prompt strings of the zero-shot classes (by
+    default the source's own)."""
+    return [[t.format(name.lower()) for t in TEMPLATES]
+            for name in (self.classes if classes is None else classes)]
 
   def check_prompts(self):
     """Every prompt fits the context with its end-of-text token (a prompt
     cut short would be classified on part of its words)."""
-    longest = max((p for ps in self.prompts() for p in ps),
+    every = self.prompts() + [p for names in self.zero_shot_sets.values()
+                              for p in self.prompts(names)]
+    longest = max((p for ps in every for p in ps),
                   key=lambda p: len(self.tokenizer.encode(p)), default=None)
     if longest is not None:
       need = len(self.tokenizer.encode(longest)) + 1
@@ -347,6 +359,28 @@ class Experiment:
                                                     self.config.data.pp_eval))
     return self._eval[split]
 
+  def zero_shot_data(self, name):
+    """The data config of a zero-shot set: a tfds name in this data dir."""
+    return ml_collections.ConfigDict(dict(source=name, data_dir=self.config.data.data_dir,
+                                          folder=""))
+
+  def zero_shot_images(self, name, split):
+    """An evenly spaced data.zero_shot_rows of the set's split, through
+    data.pp_eval (grey images become RGB there)."""
+    key = (name, split)
+    if key not in self._eval:
+      src = images.source(self.zero_shot_data(name), split)
+      rows = min(self.config.data.zero_shot_rows, len(src))
+      src = classify._Subset(src, np.linspace(0, len(src) - 1, rows).astype(int))
+      self._eval[key] = images.Preprocessed(src, self.config.data.pp_eval)
+    return self._eval[key]
+
+  def zero_shot(self, params, mesh, features, labels, classes):
+    prompts = self.prompts(classes)
+    embedded = self.embed_texts(params, [p for ps in prompts for p in ps], mesh)
+    embedded = embedded.reshape(len(prompts), len(prompts[0]), -1)
+    return zero_shot.zero_shot_accuracy(features, labels, embedded, mesh)
+
   def embed_texts(self, params, texts, mesh):
     rows = sharded.rows(self._text_rows, params, sharded.batches(
         {"tokens": self.tokenize(texts)},
@@ -367,14 +401,50 @@ class Experiment:
     out.update({f"{prefix}/{k}": v for k, v in recall_chance(
         np.bincount(ids[text_image]), np.bincount(ids)).items()})
     if self.classes:
-      prompts = self.prompts()
-      embedded = self.embed_texts(params, [p for ps in prompts for p in ps], mesh)
-      embedded = embedded.reshape(len(prompts), len(prompts[0]), -1)
-      for k, v in zero_shot.zero_shot_accuracy(rows["features"], rows["label"], embedded,
-                                               mesh).items():
+      for k, v in self.zero_shot(params, mesh, rows["features"], rows["label"],
+                                 self.classes).items():
         out[f"{prefix}/zero_shot_{k}"] = v
       out[f"{prefix}/zero_shot_chance"] = 1.0 / len(self.classes)
+    test = split == self.config.data.test_split
+    for name, classes in self.zero_shot_sets.items():
+      got = sharded.rows(self._image_rows, params, sharded.batches(
+          self.zero_shot_images(name, "test" if test else "validation"), batch, mesh))
+      for k, v in self.zero_shot(params, mesh, got["features"], got["label"],
+                                 classes).items():
+        out[f"{prefix}/{name}_zero_shot_{k}"] = v
+      out[f"{prefix}/{name}_zero_shot_chance"] = 1.0 / len(classes)
     return out
+
+  # --- retrieval from the command line (`./launch.sh retrieve`) -------------
+  def retrieve(self, state, mesh, split, text=None, image=None, top=10, folder=None):
+    """The split's images nearest a text (their grid as a PNG in `folder`),
+    or the split's captions nearest an image (encoded bytes). Returns
+    ([(similarity, caption), ...] best first, the PNG's path or None)."""
+    params = state["params"]
+    src, preprocessed = self.eval_images(split)
+    if text is not None:
+      unknown = self.tokenizer.unknown_chars(text)
+      if unknown:
+        print(f"warning: the vocabulary has no piece for {unknown}: read as unknown")
+      batch = sharded.round_to_devices(self.config.eval_batch_size, mesh)
+      gallery = sharded.rows(self._image_rows, params,
+                             sharded.batches(preprocessed, batch, mesh))["features"]
+      sims = gallery @ self.embed_texts(params, [text], mesh)[0]
+      best = np.argsort(-sims)[:top]
+      found = [(float(sims[i]), src[int(i)]["captions"][0]) for i in best]
+      slug = "".join(ch if ch.isalnum() else "_" for ch in text.lower())[:40]
+      path = os.path.join(folder, f"retrieve_{slug}.png")
+      viz.image_grid([images.display(src[int(i)]["image"]) for i in best],
+                     [f"{c} ({s:.2f})" for s, c in found], path,
+                     title=f"{split} images nearest \"{text}\"")
+      return found, path
+    pp = image_ops.build(self.config.data.pp_eval, "data.pp_eval")
+    query = pp({"image": image}, np.random.default_rng(0))["image"][None]
+    x = np.asarray(self.model.apply({"params": params}, jnp.asarray(query),
+                                    method=clip_lib.CLIP.encode_image))[0]
+    _, texts, _ = group_pairs([src[i]["captions"] for i in range(len(src))])
+    sims = self.embed_texts(params, texts, mesh) @ x
+    return [(float(sims[i]), texts[i]) for i in np.argsort(-sims)[:top]], None
 
   def evaluate(self, state, mesh, step, writer):
     return self.split_metrics(state, mesh, self.config.data.eval_split, "eval")

@@ -196,6 +196,23 @@ def test_a_run_on_a_captions_folder_trains_and_reports_recall(tmp_path):
   assert "eval at step 4: eval/image_to_text/r@1" in out, out
   assert "test/text_to_image/r@10" in out and "test/image_to_text/chance@1" in out, out
   assert os.path.exists(tmp_path / "run" / "tokenizer.model")
+  # Retrieval from the command line: a text's nearest images as a grid, an
+  # image's nearest captions (the validation split's), best first.
+  rc, out = run_cli("retrieve", str(tmp_path / "run"), "--text", "a red square", "--top", "3")
+  assert rc == 0, out
+  similar = lambda out: [line.split(None, 1) for line in out.splitlines()
+                         if line[:1] in "+-" and line[1:2].isdigit()]
+  found = similar(out)
+  assert len(found) == 3 and [float(s) for s, _ in found] == sorted(
+      (float(s) for s, _ in found), reverse=True), out
+  assert os.path.exists(tmp_path / "run" / "plots" / "retrieve_a_red_square.png"), out
+  rc, out = run_cli("retrieve", str(tmp_path / "run"), "--image",
+                    os.path.join(root, "test", "blue_0.png"), "--top", "2")
+  captions = {f"a {c} square" for c in COLOURS} | set(COLOURS)  # validation's
+  lines = similar(out)
+  assert rc == 0 and len(lines) == 2 and {c for _, c in lines} <= captions, out
+  rc, out = run_cli("retrieve", str(tmp_path / "run"))
+  assert rc == 2 and "give one of --text" in out, out
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -221,7 +238,7 @@ def test_bad_clip_input_is_one_line_exit_2(tmp_path, edit, message):
 def test_a_context_shorter_than_a_prompt_is_refused():
   from attnlab import config as config_lib
   exp = object.__new__(clip.Experiment)
-  exp.classes, exp.context = ["smileys & emotion", "flags"], 6
+  exp.classes, exp.context, exp.zero_shot_sets = ["smileys & emotion", "flags"], 6, {}
   exp.tokenizer = type("Words", (), {"encode": lambda self, t: t.split()})()
   with pytest.raises(config_lib.ConfigError, match="data.context: 6 tokens is shorter than the "
                      "prompt 'an emoji of smileys & emotion.' \\(7 with its end-of-text"):
