@@ -1153,7 +1153,7 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
         f"({torch.get_num_threads()} threads), open_clip {open_clip.__version__}; measured "
         f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
   times = interleaved({"attnlab": functools.partial(ours.window, window),
-                       "open_clip": their_window}, rounds)
+                       "open_clip": functools.partial(their_window, window)}, rounds)
   print(f"{'':>12}{'params':>13}{'pairs/s':>9}{'s/step':>8}{'MFU':>7}"
         f"{'x open_clip (median)':>22}{'rounds':>13}")
   for name, n in (("attnlab", count), ("open_clip", their_count)):
