@@ -6,6 +6,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -215,24 +216,44 @@ def test_a_run_on_a_captions_folder_trains_and_reports_recall(tmp_path):
   assert rc == 2 and "give one of --text" in out, out
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda root: open(os.path.join(root, "train", "captions.tsv"), "a").write("gone.png\tx\n"),
-     "names gone.png, which is not in"),
-    (lambda root: open(os.path.join(root, "test", "captions.tsv"), "a").write("red_0.png\t \n"),
-     "has an empty caption for red_0.png"),
-    (lambda root: None, "batch_size: global batch 12 is not divisible by 8 devices"),
-])
-def test_bad_clip_input_is_one_line_exit_2(tmp_path, edit, message):
+def test_bad_captions_are_one_line_errors_naming_the_line(tmp_path):
+  """Checked when the data is read, before anything compiles (the CLI
+  test below shows the exit code of one of them)."""
+  from attnlab import config as config_lib
+  from attnlab.data import pairs
+  root = make_pairs_folder(tmp_path / "pairs")
+  data = ml_collections.ConfigDict(dict(folder=root))
+  pairs.check_folder(data)  # the folder as made is fine
+  train, test = (os.path.join(root, split, "captions.tsv") for split in ("train", "test"))
+  for path, line, message in (
+      (train, "gone.png\tx\n", "captions.tsv:33 names gone.png, which is not in"),
+      (test, "red_0.png\t \n", "captions.tsv:9 has an empty caption for red_0.png"),
+      (train, "red_0.png\ta\tb\n", "captions.tsv:33 has 3 tab-separated fields")):
+    original = open(path).read()
+    with open(path, "a") as f:
+      f.write(line)
+    with pytest.raises(config_lib.ConfigError, match=message):
+      pairs.check_folder(data)
+    with open(path, "w") as f:
+      f.write(original)
+
+
+@pytest.mark.parametrize("case", ["missing image", "batch over devices"])
+def test_bad_clip_input_is_one_line_exit_2(tmp_path, case):
   from helpers import run_cli
   root = make_pairs_folder(tmp_path / "pairs")
-  edit(root)
-  extra = (["--config.clip.loss_form=local", "--config.batch_size=12"]
-           if "devices" in message else [])
+  if case == "missing image":
+    with open(os.path.join(root, "train", "captions.tsv"), "a") as f:
+      f.write("gone.png\tx\n")
+    extra, devices, message = [], 1, "names gone.png, which is not in"
+  else:
+    extra, devices = ["--config.clip.loss_form=local", "--config.batch_size=12"], 8
+    message = "batch_size: global batch 12 is not divisible by 8 devices"
   rc, out = run_cli("train", "--config", "configs/clip.py:folder,runlocal=True",
                     "--workdir", str(tmp_path / "run"), f"--config.data.folder={root}",
-                    *extra, devices=8 if extra else 1)
+                    *extra, devices=devices)
   assert rc == 2 and message in out and "Traceback" not in out, out
-  assert len([l for l in out.splitlines() if l.startswith("error")]) == 1, out
+  assert len([line for line in out.splitlines() if line.startswith("error")]) == 1, out
 
 
 def test_a_context_shorter_than_a_prompt_is_refused():
