@@ -353,10 +353,13 @@ class Experiment:
                                          method=clip_lib.CLIP.encode_text)}
 
   def eval_images(self, split):
+    """(source, its images preprocessed, group_pairs of its captions), read
+    once per split: every evaluation and retrieval reuses them."""
     if split not in self._eval:
       src = pairs.source(self.config.data, split)
       self._eval[split] = (src, images.Preprocessed(images.ImagesAndLabels(src),
-                                                    self.config.data.pp_eval))
+                                                    self.config.data.pp_eval),
+                           group_pairs([src[i]["captions"] for i in range(len(src))]))
     return self._eval[split]
 
   def zero_shot_data(self, name):
@@ -391,10 +394,9 @@ class Experiment:
     """Zero-shot accuracy (where the source has classes) and recall@K of
     the split's pairs: every caption of every item (group_pairs)."""
     params = state["params"]
-    src, preprocessed = self.eval_images(split)
+    _, preprocessed, (ids, texts, text_image) = self.eval_images(split)
     batch = sharded.round_to_devices(self.config.eval_batch_size, mesh)
     rows = sharded.rows(self._image_rows, params, sharded.batches(preprocessed, batch, mesh))
-    ids, texts, text_image = group_pairs([src[i]["captions"] for i in range(len(src))])
     out = {f"{prefix}/{k}": v for k, v in retrieval.retrieval_recall(
         rows["features"], self.embed_texts(params, texts, mesh), text_image, mesh,
         image_ids=ids).items()}
@@ -421,7 +423,7 @@ class Experiment:
     or the split's captions nearest an image (encoded bytes). Returns
     ([(similarity, caption), ...] best first, the PNG's path or None)."""
     params = state["params"]
-    src, preprocessed = self.eval_images(split)
+    src, preprocessed, (_, texts, _) = self.eval_images(split)
     if text is not None:
       unknown = self.tokenizer.unknown_chars(text)
       if unknown:
@@ -442,7 +444,6 @@ class Experiment:
     query = pp({"image": image}, np.random.default_rng(0))["image"][None]
     x = np.asarray(self.model.apply({"params": params}, jnp.asarray(query),
                                     method=clip_lib.CLIP.encode_image))[0]
-    _, texts, _ = group_pairs([src[i]["captions"] for i in range(len(src))])
     sims = self.embed_texts(params, texts, mesh) @ x
     return [(float(sims[i]), texts[i]) for i in np.argsort(-sims)[:top]], None
 
