@@ -1094,7 +1094,8 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
   random weights, batch 8, float32, one process. Theirs: create_model
   ("ViT-B-32"), ClipLoss, AdamW (b2 0.98, eps 1e-6, lr 5e-4, weight decay
   0.2 off gains and biases, as its train script) and the temperature
-  clamp after the step. Ours: the trainer's step on configs/clip.py:laion.
+  clamp after the step. Ours: the trainer's step on configs/clip.py:laion
+  with its layers unrolled and not rematerialised, as open_clip's.
   The same random images and token ids (each text ending in its
   end-of-text token), alternating windows; the figure is the median ratio.
   MFU from XLA's FLOPs of our step against a matmul peak measured here."""
@@ -1120,7 +1121,9 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
 
   ours, flops, count, _ = synthetic_step(
       "configs/clip.py:laion", [f"--config.model.variant={variant}",
-                                f"--config.batch_size={batch}"],
+                                f"--config.batch_size={batch}",
+                                # as open_clip's step: layers unrolled, no remat
+                                "--config.model.scan=False", "--config.model.remat=none"],
       {"image": jax.numpy.asarray(images), "tokens": jax.numpy.asarray(ours_tokens)})
 
   model = open_clip.create_model(f"ViT-{variant.replace('/', '-')}", pretrained=None)
@@ -1161,6 +1164,31 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
     med, lo, hi = ratio_summary(times, "open_clip", name)
     print(f"{name:>12}{n:>13,}{batch / secs:>9.2f}{secs:>8.2f}"
           f"{100 * flops / secs / peak:>6.1f}%{med:>21.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
+  print("\nour step, profiled:")
+  op_profile(ours)
+  print("\nopen_clip's step, profiled:")
+  torch_op_profile(functools.partial(their_window, 1))
+
+
+def torch_op_profile(window, top=8):
+  """Where one PyTorch step's time goes (torch.profiler, each op's own
+  time on the calling thread, its intra-op threads inside it): matmuls and
+  convolutions against the rest, the share to set beside op_profile's."""
+  import collections
+  import torch
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    window()
+  own = collections.Counter({e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()})
+  matmul = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+            "aten::convolution_backward", "aten::_convolution", "aten::linear_backward"}
+  total = sum(own.values())
+  mm = sum(ms for k, ms in own.items() if k in matmul)
+  print(f"one step: {total:,.0f} ms of op time (wall, on the calling thread)")
+  print(f"{mm:>9,.0f} ms {100 * mm / total:5.1f}%  matmuls and convolutions")
+  print(f"{total - mm:>9,.0f} ms {100 * (total - mm) / total:5.1f}%  the rest")
+  print(f"top {top} ops:")
+  for k, ms in own.most_common(top):
+    print(f"{ms:>9,.0f} ms {100 * ms / total:5.1f}%  {k}")
 
 
 def main():

@@ -132,11 +132,11 @@ def test_text_features_are_the_end_of_text_tokens_whatever_the_padding():
   assert not np.allclose(f_short[0], aux["tokens"][0, 2])  # not any token will do
 
 
-def test_emoji_captions_are_the_name_and_name_with_keywords():
+def test_captions_are_the_name_and_name_with_keywords():
   from attnlab.data import pairs
-  assert pairs.emoji_captions({"name": b"red heart", "keywords": b"love, heart"}) == [
+  assert pairs.captions_of({"name": b"red heart", "keywords": b"love, heart"}) == [
       "red heart", "red heart: love, heart"]
-  assert pairs.emoji_captions({"name": b"ukraine flag", "keywords": b""}) == ["ukraine flag"]
+  assert pairs.captions_of({"name": b"ukraine flag", "keywords": b""}) == ["ukraine flag"]
 
 
 def test_recall_chance_is_that_of_a_random_ranking():
@@ -266,3 +266,109 @@ def test_a_context_shorter_than_a_prompt_is_refused():
     exp.check_prompts()
   exp.context = 7
   exp.check_prompts()
+
+
+def png(array):
+  import io
+  out = io.BytesIO()
+  Image.fromarray(array).save(out, format="PNG")
+  return out.getvalue()
+
+
+def deb(path, files):
+  """A .deb (ar archive: debian-binary, control, data.tar.xz) holding files
+  ({path: bytes, or a str: the target of a symlink})."""
+  import io
+  import tarfile
+  data = io.BytesIO()
+  with tarfile.open(fileobj=data, mode="w:xz") as tar:
+    for name, body in files.items():
+      info = tarfile.TarInfo("./" + name)
+      if isinstance(body, str):  # a symlink, as Debian makes of duplicates
+        info.type, info.linkname = tarfile.SYMTYPE, body
+        tar.addfile(info)
+        continue
+      info.size = len(body)
+      tar.addfile(info, io.BytesIO(body))
+  out = b"!<arch>\n"
+  for name, body in (("debian-binary", b"2.0\n"), ("control.tar.xz", b""),
+                     ("data.tar.xz", data.getvalue())):
+    out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode()
+    out += body + b"\n" * (len(body) % 2)
+  path.write_bytes(out)
+  return str(path)
+
+
+def svg(title, tags, creator):
+  items = "".join(f"<rdf:li>{t}</rdf:li>" for t in tags)
+  return (
+      '<svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/" '
+      'xmlns:dc="http://purl.org/dc/elements/1.1/" '
+      'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><metadata><rdf:RDF>'
+      f'<cc:Work rdf:about=""><dc:title>{title}</dc:title><dc:subject><rdf:Bag>{items}'
+      f'</rdf:Bag></dc:subject><dc:creator><cc:Agent><dc:title>{creator}</dc:title>'
+      '</cc:Agent></dc:creator></cc:Work></rdf:RDF></metadata></svg>').encode()
+
+
+def test_openclipart_builder_names_filters_and_splits_drawings(tmp_path, monkeypatch):
+  """The openclipart builder on fixture .debs (the real ones come from
+  apt): left-out folders are dropped, a collection title is replaced by the
+  file name's words without the author, tags lose the author and
+  bookkeeping, a drawing filed twice is kept once, numbered variants share
+  a split, images become 64 x 64 RGBA
+  padded with transparency."""
+  import tensorflow_datasets as tfds
+  from attnlab.data import openclipart as oc
+  drawings = {  # path: (title, tags, creator, (width, height))
+      "animals/cat_jane_do_01": ("Sleepy Cat", ["animal", "", "Jane Doe", "hash"], "Jane Doe",
+                                 (40, 20)),
+      "animals/cat_jane_do_02": ("Sleepy Cat", ["animal"], "Jane Doe", (20, 40)),
+      "food/pear_jo": ("Clipart by Jo Bloggs - pear12", ["fruit", "0x8f45c80"], "Jo Bloggs",
+                       (30, 30)),
+      "shapes/star_22pt": ("gramastar", ["stars"], "x", (30, 30)),
+      **{f"recreation/cards/simple_{c}": ("card", ["card", "simple"], "Nicu", (30, 40))
+         for c in "abcdefg"},
+      **{f"signs_and_symbols/{a}{b}_sign": (f"road sign {a}{b}", ["sign"], "Al", (30, 30))
+         for a in "abcdefgh" for b in "xyz"},
+  }
+  root = oc.ROOT
+
+  def drawing(i, w, h):  # each image distinct
+    a = np.full((h, w, 4), 255, np.uint8)
+    a[0, 0, 0] = i
+    return png(a)
+  svgs = {f"{root}/svg/{p}.svg": svg(t, tags, c) for p, (t, tags, c, _) in drawings.items()}
+  pngs = {f"{root}/png/{p}.png": drawing(i, *size)
+          for i, (p, (_, _, _, size)) in enumerate(drawings.items())}
+  # the same drawing filed twice: a symlink, and a copy under another name
+  svgs[f"{root}/svg/plants/pear_jo.svg"] = "../food/pear_jo.svg"
+  pngs[f"{root}/png/plants/pear_jo.png"] = "../food/pear_jo.png"
+  svgs[f"{root}/svg/tools/cat.svg"] = svgs[f"{root}/svg/animals/cat_jane_do_01.svg"]
+  pngs[f"{root}/png/tools/cat.png"] = pngs[f"{root}/png/animals/cat_jane_do_01.png"]
+  debs = {oc.PACKAGES["svg"][0]: deb(tmp_path / "svg.deb", svgs),
+          oc.PACKAGES["png"][0]: deb(tmp_path / "png.deb", pngs)}
+  linked = oc.fetch.deb_members(debs[oc.PACKAGES["png"][0]], f"{root}/png/plants")
+  assert linked == {f"{root}/png/plants/pear_jo.png": pngs[f"{root}/png/food/pear_jo.png"]}
+  monkeypatch.setattr(oc.fetch, "apt_deb", lambda name, version, sha, dest: debs[name])
+  builder = oc.Openclipart(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+  builder.download_and_prepare()
+  rows = {}
+  for split in ("train", "validation", "test"):
+    ds = tfds.data_source("openclipart", split=split, data_dir=str(tmp_path / "tfds"))
+    for i in range(len(ds)):
+      rows[ds[i]["path"].decode()] = (split, ds[i])
+  assert set(rows) == set(drawings) - {"shapes/star_22pt"}  # each drawing once
+  assert {s for s, _ in rows.values()} == {"train", "validation", "test"}
+  assert rows["animals/cat_jane_do_01"][0] == rows["animals/cat_jane_do_02"][0]
+  _, cat = rows["animals/cat_jane_do_01"]
+  assert (cat["name"], cat["keywords"]) == (b"sleepy cat", b"animal")
+  assert builder.info.features["label"].names[cat["label"]] == "animals"
+  _, pear = rows["food/pear_jo"]
+  assert (pear["name"], pear["keywords"]) == (b"pear", b"fruit")
+  _, card = rows["recreation/cards/simple_c"]  # "card" is shared by 7 > MAX_SHARED
+  assert (card["name"], card["keywords"]) == (b"simple c", b"card, simple")
+  assert rows["signs_and_symbols/ax_sign"][1]["name"] == b"road sign ax"
+  image = cat["image"]  # (decoded by the data source)
+  assert image.shape == (64, 64, 4)
+  # a 40 x 20 drawing fills the middle half of the rows; the rest is transparent
+  assert image[0, :, 3].max() == 0 and image[32, :, 3].min() == 255

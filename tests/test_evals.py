@@ -114,6 +114,9 @@ def test_zero_shot_equals_numpy():
   for mesh in (EIGHT, ONE):
     got = zero_shot.zero_shot_accuracy(images, labels, prompts, mesh, batch_size=8)
     assert got["top1"] == pytest.approx(want1) and got["top5"] == pytest.approx(want5)
+    assert got["majority"] == pytest.approx(np.bincount(labels).max() / 19)
+    per_class = [np.mean(order[labels == c, 0] == c) for c in np.unique(labels)]
+    assert got["mean_per_class"] == pytest.approx(np.mean(per_class))
   assert want1 < want5
 
 

@@ -19,7 +19,8 @@ LOCAL_BUILDERS = {"shakespeare": "attnlab.data.shakespeare",
                   "ding": "attnlab.data.translation",
                   "bible": "attnlab.data.translation",
                   "fmnist": "attnlab.data.fashion_mnist",
-                  "emoji": "attnlab.data.emoji"}
+                  "emoji": "attnlab.data.emoji",
+                  "openclipart": "attnlab.data.openclipart"}
 
 
 def data_dir(data):

@@ -86,7 +86,8 @@ def apt_deb(name, version, expected_sha256, dest):
   version is taken with a warning (its sha256 cannot be checked).
   """
   os.makedirs(dest, exist_ok=True)
-  pinned = os.path.join(dest, f"{name}_{version.split(':')[-1]}_all.deb")
+  # apt writes a version's epoch ("1:") as "1%3a" in the file name
+  pinned = os.path.join(dest, f"{name}_{version.replace(':', '%3a')}_all.deb")
   if os.path.exists(pinned):
     return _checked(pinned, expected_sha256)
 
@@ -119,9 +120,11 @@ def apt_deb(name, version, expected_sha256, dest):
   return found[-1]
 
 
-def deb_member(deb_path, member):
-  """Bytes of one file of a .deb's data archive (ar + tar, no dpkg needed)."""
+def deb_members(deb_path, folder):
+  """{path: bytes} of every file under `folder` in a .deb's data archive
+  (ar + tar, no dpkg needed); paths as in the package, without "./"."""
   import io
+  import posixpath
   import tarfile
   with open(deb_path, "rb") as f:
     if f.read(8) != b"!<arch>\n":
@@ -136,9 +139,30 @@ def deb_member(deb_path, member):
       f.read(size % 2)  # ar pads members to even offsets
       if name.startswith("data.tar"):
         break
-  want = "./" + member.lstrip("/")
+  want = folder.strip("/")
+  files, links = {}, {}
   with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-    for info in tar:
-      if info.name in (want, want[2:]):
-        return tar.extractfile(info).read()
-  raise FetchError(f"{deb_path} holds no {member}")
+    for info in tar:  # one pass: the archive is compressed, seeking back is slow
+      path = posixpath.normpath(info.name)
+      if info.isfile():
+        files[path] = tar.extractfile(info).read()
+      elif info.issym():  # Debian replaces duplicate files by symlinks
+        links[path] = posixpath.normpath(posixpath.join(posixpath.dirname(path),
+                                                        info.linkname))
+  out = {}
+  for path in list(files) + list(links):
+    if path == want or path.startswith(want + "/"):
+      target, hops = path, 0
+      while target in links and hops < 40:
+        target, hops = links[target], hops + 1
+      if target in files:
+        out[path] = files[target]
+  return out
+
+
+def deb_member(deb_path, member):
+  """Bytes of one file of a .deb's data archive."""
+  found = deb_members(deb_path, member)
+  if member.strip("/") not in found:
+    raise FetchError(f"{deb_path} holds no {member}")
+  return found[member.strip("/")]

@@ -6,6 +6,9 @@ of {"image": encoded bytes, "captions": [str, ...], "label": int}.
           and, where emojibase has keywords for it, "name: keywords";
           label = its category (9 zero-shot classes). Split by emoji: the
           test images are emoji never seen in training, in either style.
+  openclipart  the Open Clip Art drawings (attnlab/data/openclipart.py):
+          captions as for emoji, from each drawing's name and keywords;
+          label = its category (16 zero-shot classes); split by drawing.
   folder  your own pairs: ROOT/<split>/captions.tsv for split = train,
           validation, test; one line per caption, `FILE<TAB>caption`, FILE
           relative to that split's folder; several lines may name the same
@@ -25,12 +28,16 @@ def _text(value):
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def emoji_captions(row):
+TFDS_PAIRS = ("emoji", "openclipart")  # tfds builders with name and keywords
+
+
+def captions_of(row):
+  """[name] and, where it has keywords, "name: keywords"."""
   name, keywords = _text(row["name"]), _text(row["keywords"])
   return [name] + ([f"{name}: {keywords}"] if keywords else [])
 
 
-class _EmojiPairs:
+class _TfdsPairs:
 
   def __init__(self, ds):
     self.ds = ds
@@ -40,7 +47,7 @@ class _EmojiPairs:
 
   def __getitem__(self, i):
     row = self.ds[i]
-    return {"image": row["image"], "captions": emoji_captions(row), "label": int(row["label"])}
+    return {"image": row["image"], "captions": captions_of(row), "label": int(row["label"])}
 
 
 class FolderPairs:
@@ -100,11 +107,12 @@ def source(data, split):
   if data.source == "folder":
     folder = os.path.join(data.folder, split)
     return FolderPairs(folder, *read_captions(folder))
-  config_lib.check(data.source == "emoji", "data.source",
-                   f"{data.source!r} has no captions", "use emoji or folder")
+  config_lib.check(data.source in TFDS_PAIRS, "data.source",
+                   f"{data.source!r} has no captions",
+                   f"use one of {', '.join(TFDS_PAIRS)} or folder")
   import tensorflow_datasets as tfds
-  return _EmojiPairs(catalog.data_source(data, split,
-                                         decoders={"image": tfds.decode.SkipDecoding()}))
+  return _TfdsPairs(catalog.data_source(data, split,
+                                        decoders={"image": tfds.decode.SkipDecoding()}))
 
 
 def class_names(data):
