@@ -5,10 +5,11 @@ parameters are replicated unless a regex rule in `config.param_sharding`
 gives them a PartitionSpec (e.g. FSDP: `(".*", ("data",))`).
 """
 import os
+import re
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from attnlab import rules as rules_lib
 
@@ -44,7 +45,13 @@ def make_mesh(mesh_config, devices=None):
   # Keep every process's devices in the mesh: take the first `used` devices in
   # process order, so a mesh smaller than the machine is still well defined.
   devices = sorted(devices, key=lambda d: (d.process_index, d.id))[:used]
-  return Mesh(np.asarray(devices).reshape(sizes), names)
+  if used < len(jax.devices()):  # a sub-mesh (tests): in that order
+    return Mesh(np.asarray(devices).reshape(sizes), names)
+  # All devices: jax.make_mesh orders a TPU slice's chips by their links, so
+  # that each mesh axis runs along the torus (elsewhere, the order above).
+  # Auto axes: shardings are chosen by XLA, not typed into every array.
+  return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names),
+                       devices=devices)
 
 
 def batch_sharding(mesh):
@@ -74,6 +81,56 @@ def param_shardings(params_shape, mesh, rules):
         else None for d, axis in enumerate(spec))
     return NamedSharding(mesh, P(*spec))
   return jax.tree_util.tree_map_with_path(one, params_shape)
+
+
+def check_rules(rules, variables, mesh):
+  """One-line errors, before anything compiles, for `config.param_sharding`
+  rules that cannot be what the user meant: a regex that matches no
+  parameter name, a PartitionSpec naming an axis the mesh lacks."""
+  from attnlab.config import ConfigError
+  for rule in rules:
+    if not (isinstance(rule, (tuple, list)) and len(rule) == 2
+            and isinstance(rule[1], (tuple, list))):
+      raise ConfigError("param_sharding", f"{rule!r} is not a (regex, PartitionSpec tuple) "
+                        "pair", "e.g. --config.param_sharding=\"(('.*kernel', ('data',)),)\"")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise ConfigError("param_sharding", f"bad regex {rule[0]!r}: {e}",
+                        "fix the regular expression") from None
+    for axis in rule[1]:
+      for name in axis if isinstance(axis, (tuple, list)) else (axis,):
+        if name is not None and name not in mesh.axis_names:
+          raise ConfigError("param_sharding", f"rule {rule[0]!r} names mesh axis {name!r}, "
+                            f"but the mesh has {mesh.axis_names}",
+                            "use one of those axes, or add it to --config.mesh")
+  # each of params, model_state and extra is matched by its own names
+  missing = [p for p in (rule[0] for rule in rules)
+             if all(p in rules_lib.unmatched([p], tree) for tree in variables.values())]
+  if missing:
+    some = ", ".join(rules_lib.names(variables["params"])[:3])
+    raise ConfigError("param_sharding", f"regex {missing[0]!r} matches no parameter",
+                      f"names look like {some} (re.fullmatch on the whole name)")
+
+
+def optimizer_shardings(tx, opt_state_shape, params_shape, params_shardings, replicated_):
+  """The optimizer state's shardings, each copy of the parameters in it (Adam's
+  mu and nu, ...) sharded exactly like the parameters; the rest (counts,
+  scalars) replicated. Rules are written once, for the parameters' names:
+  matched against the state's own paths (`1/0/mu/encoder/...`) they would
+  miss its moments or hit its counters."""
+  import optax
+
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+
+  def like_param(leaf, param, sharding):
+    if masked(leaf):  # a parameter this transform leaves out (weight decay's mask)
+      return leaf
+    # a factored statistic (Adafactor's row and column) is no copy of its param
+    return sharding if getattr(leaf, "shape", None) == param.shape else replicated_
+  return optax.tree_map_params(tx, like_param, opt_state_shape, params_shape,
+                               params_shardings, is_leaf=masked,
+                               transform_non_params=lambda _: replicated_)
 
 
 def _axis_size(mesh, axis):

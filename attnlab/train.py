@@ -182,8 +182,9 @@ class Trainer:
           "grad_accum", f"{config.grad_accum} would split a loss over the whole batch "
           f"({experiment.whole_batch})", "set --config.grad_accum=1 (lower "
           "batch_size, or use more devices, to fit memory)")
-    params = jax.eval_shape(lambda rng: self._init_vars(rng)["params"],
-                            jax.random.PRNGKey(0))
+    variables = jax.eval_shape(self._init_vars, jax.random.PRNGKey(0))
+    params = variables["params"]
+    sharding_lib.check_rules(config.param_sharding, variables, self.mesh)
     self.tx, self.schedules = optim_lib.make_optimizer(
         config.optim, config.total_steps, params)
     self.writer = metrics_lib.MetricsWriter(workdir, jax.process_index() == 0)
@@ -206,8 +207,10 @@ class Trainer:
     rules = [tuple(r) for r in self.config.param_sharding]
     shard = lambda tree: sharding_lib.param_shardings(tree, self.mesh, rules)
     rep = sharding_lib.replicated(self.mesh)
-    return dict(step=rep, params=shard(abstract["params"]),
-                opt_state=shard(abstract["opt_state"]),
+    params = shard(abstract["params"])
+    return dict(step=rep, params=params,
+                opt_state=sharding_lib.optimizer_shardings(
+                    self.tx, abstract["opt_state"], abstract["params"], params, rep),
                 model_state=shard(abstract["model_state"]),
                 carry=jax.tree.map(lambda _: sharding_lib.batch_sharding(self.mesh),
                                    abstract["carry"]),
@@ -306,8 +309,11 @@ class Trainer:
       state, metrics = compiled(state, batch)
       step += 1
       window_steps += 1
-      if (step == first_step or step == config.total_steps
-          or step % config.log_every == 0):
+      logs = (step == first_step or step == config.total_steps
+              or step % config.log_every == 0)
+      saves = step == config.total_steps or (config.ckpt_every
+                                             and step % config.ckpt_every == 0)
+      if logs:
         metrics = jax.device_get(metrics)
         self._check_finite(state, step)
         dt = time.time() - window_t0
@@ -338,9 +344,10 @@ class Trainer:
                                 or step == config.total_steps):
         self.evaluate(state, step)
         window_t0, window_steps = time.time(), 0  # rates exclude evals
-      stop = self._stop_requested_everywhere()
-      if stop or step == config.total_steps or (
-          config.ckpt_every and step % config.ckpt_every == 0):
+      # Across hosts the stop flag is an all-gather, a sync of every host:
+      # made only at steps that log or save, which sync anyway.
+      stop = self._stop_requested_everywhere(agree=logs or saves)
+      if stop or saves:
         self._check_finite(state, step)
         self.ckpt.save(step, state, data, force=True)
       if stop:
@@ -402,9 +409,15 @@ class Trainer:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
-  def _stop_requested_everywhere(self):
+  def _stop_requested_everywhere(self, agree=True):
+    """A signal on any host stops every host at the same step. One host
+    reads its own flag each step; many agree on theirs only where `agree`
+    (the steps that log or save), so a preempted pod stops within
+    log_every steps."""
     if jax.process_count() == 1:
       return self._stop_requested
+    if not agree:
+      return False
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self._stop_requested))
     return bool(np.any(flags))

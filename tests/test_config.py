@@ -181,8 +181,13 @@ def test_workdir_of_another_config_is_refused(tmp_path, text_folder, capsys):
 @pytest.mark.parametrize("rule, words", [
     ("--config.optim.lr_mults=(('haed/.*', 10.0),)", ["optim.lr_mults", "'haed/.*' matches no parameter"]),
     ("--config.optim.frozen=('.*',)", ["optim.frozen", "freezes every parameter"]),
+    ("--config.param_sharding=(('.*kernal', ('data',)),)",
+     ["param_sharding", "'.*kernal' matches no parameter", "names look like"]),
+    ("--config.param_sharding=(('.*kernel', ('model',)),)",
+     ["param_sharding", "names mesh axis 'model'", "('data',)"]),
+    ("--config.param_sharding=(('.*[', ('data',)),)", ["param_sharding", "bad regex"]),
 ])
-def test_optimizer_rules_that_fit_no_parameter(tmp_path, text_folder, capsys, rule, words):
+def test_optimizer_and_sharding_rules_that_fit_no_parameter(tmp_path, text_folder, capsys, rule, words):
   """Found from the model's parameter names, before anything compiles."""
   with pytest.raises(SystemExit) as e:
     main_lib.main(["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"),

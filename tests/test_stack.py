@@ -2,6 +2,8 @@
 unscanned layers are the same function, rematerialisation changes memory and
 not values, cached decoding works in both layouts, every layer's attention
 is returned on request, and unscanned parameters keep their old names."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +42,8 @@ def translation_inputs():
 def test_scanned_transformer_equals_unscanned_outputs_and_gradients(remat):
   src, tgt = translation_inputs()
   plain = transformer.Transformer(V, **TINY, enc_layers=3, dec_layers=2, pre_norm=True)
-  params = plain.init(jax.random.PRNGKey(2), src, src > 0, tgt)
+  # jitted throughout: op by op, each of hundreds of ops is compiled alone
+  params = jax.jit(plain.init)(jax.random.PRNGKey(2), src, src > 0, tgt)
   scanned = transformer.Transformer(V, **TINY, enc_layers=3, dec_layers=2, pre_norm=True,
                                     scan=True, remat=remat)
   sparams = to_scanned(params, ["encoder", "decoder"])
@@ -51,10 +54,11 @@ def test_scanned_transformer_equals_unscanned_outputs_and_gradients(remat):
 
   def loss(model):
     return lambda p: jnp.sum(model.apply(p, src, src > 0, tgt)[0] ** 2)
-  np.testing.assert_allclose(scanned.apply(sparams, src, src > 0, tgt)[0],
-                             plain.apply(params, src, src > 0, tgt)[0], rtol=1e-5, atol=1e-5)
-  grads = jax.grad(loss(plain))(params)
-  sgrads = jax.grad(loss(scanned))(sparams)
+  np.testing.assert_allclose(jax.jit(scanned.apply)(sparams, src, src > 0, tgt)[0],
+                             jax.jit(plain.apply)(params, src, src > 0, tgt)[0],
+                             rtol=1e-5, atol=1e-5)
+  grads = jax.jit(jax.grad(loss(plain)))(params)
+  sgrads = jax.jit(jax.grad(loss(scanned)))(sparams)
   assert_trees_close(to_scanned(grads, ["encoder", "decoder"]), sgrads, rtol=1e-4, atol=1e-5)
 
 
@@ -62,11 +66,11 @@ def test_scanned_transformer_equals_unscanned_outputs_and_gradients(remat):
 def test_remat_changes_no_value_of_an_unscanned_gpt(remat):
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, V)
   plain = gpt.GPT(V, **TINY, num_layers=2, max_len=16)
-  params = plain.init(jax.random.PRNGKey(1), tokens)
+  params = jax.jit(plain.init)(jax.random.PRNGKey(1), tokens)
   remade = gpt.GPT(V, **TINY, num_layers=2, max_len=16, remat=remat)
   loss = lambda model: lambda p: jnp.sum(model.apply(p, tokens)[0] ** 2)
-  assert_trees_close(jax.grad(loss(remade))(params), jax.grad(loss(plain))(params),
-                     rtol=1e-5, atol=1e-6)
+  assert_trees_close(jax.jit(jax.grad(loss(remade)))(params),
+                     jax.jit(jax.grad(loss(plain)))(params), rtol=1e-5, atol=1e-6)
 
 
 def test_remat_policy_saves_what_it_says():
@@ -97,15 +101,16 @@ def test_remat_policy_saves_what_it_says():
 def test_scanned_cached_decoding_equals_full_recomputation():
   src, tgt = translation_inputs()
   model = transformer.Transformer(V, **TINY, enc_layers=2, dec_layers=2, scan=True)
-  params = model.init(jax.random.PRNGKey(2), src, src > 0, tgt)
-  full, aux = model.apply(params, src, src > 0, tgt, return_weights=True)
+  params = jax.jit(model.init)(jax.random.PRNGKey(2), src, src > 0, tgt)
+  full, aux = jax.jit(functools.partial(model.apply, return_weights=True))(
+      params, src, src > 0, tgt)
   memory = model.apply(params, src, src > 0, method=model.encode)
   state = model.apply(params, memory, 10, method=model.initial_state)
   # layers on axis 1 of every cache leaf: beam search reorders axis 0
   assert state["cache"]["kv"]["k"].shape == (2, 2, 10, 2, 8)
+  decode = jax.jit(functools.partial(model.apply, method=model.decode_step))
   for t in range(tgt.shape[1]):
-    state, logits, w = model.apply(params, memory, state, tgt[:, t],
-                                   method=model.decode_step)
+    state, logits, w = decode(params, memory, state, tgt[:, t])
     np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(w, aux["attention_per_head"][:, :, :, t], rtol=1e-4,
                                atol=1e-6)
