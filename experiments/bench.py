@@ -105,6 +105,28 @@ class Stepper:
     jax.block_until_ready(m)
 
 
+def against_peer(steps, item, batch, flops, peak, window, rounds):
+  """Ours against a peer's training step in ONE process, alternating
+  windows: `steps` = {"attnlab": (window_fn, params), peer: (window_fn,
+  params)}, window_fn(n) runs n steps. Prints items/s, s/step, MFU (our
+  step's XLA FLOPs against the measured peak) and each one's median ratio
+  to the peer's speed with its range over the rounds."""
+  import functools
+  import numpy as np
+  peer = list(steps)[-1]
+  times = interleaved({name: functools.partial(fn, window) for name, (fn, _) in steps.items()},
+                      rounds)
+  width = max(len(name) for name in steps) + 2
+  print(f"{'':>{width}}{'params':>13}{item + '/s':>10}{'s/step':>8}{'MFU':>7}"
+        f"{'x ' + peer + ' (median)':>{len(peer) + 13}}{'rounds':>13}")
+  for name, (_, n) in steps.items():
+    secs = float(np.median(times[name])) / window
+    med, lo, hi = ratio_summary(times, peer, name)
+    print(f"{name:>{width}}{n:>13,}{batch / secs:>10.2f}{secs:>8.2f}"
+          f"{100 * flops / secs / peak:>6.1f}%{med:>{len(peer) + 12}.2f}x{lo:>7.2f}-{hi:.2f}",
+          flush=True)
+
+
 def op_profile(stepper, top=12):
   """Where one step's time goes: a jax.profiler trace of one step, each
   traced XLA op mapped to the model code that made it (the optimised HLO's
@@ -827,7 +849,6 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   configs/dino.py:i1k. Same random images, alternating windows; the figure
   is the median ratio. MFU from XLA's FLOPs of our step (both do the same
   arithmetic) against a matmul peak measured in this run."""
-  import functools
   import types
   import numpy as np
   import torch
@@ -915,15 +936,8 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
         f"{m.out_dim:,} outputs; {rounds} rounds of {window} step(s) each, alternating; "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); measured f32 matmul "
         f"peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
-  times = interleaved({"attnlab": functools.partial(ours.window, window),
-                       "PyTorch DINO": functools.partial(their_window, window)}, rounds)
-  print(f"{'':>14}{'params':>13}{'images/s':>10}{'s/step':>8}{'MFU':>7}"
-        f"{'x PyTorch DINO (median)':>25}{'rounds':>13}")
-  for name, n in (("attnlab", count), ("PyTorch DINO", their_count)):
-    secs = float(np.median(times[name])) / window
-    med, lo, hi = ratio_summary(times, "PyTorch DINO", name)
-    print(f"{name:>14}{n:>13,}{batch / secs:>10.2f}{secs:>8.2f}"
-          f"{100 * flops / secs / peak:>6.1f}%{med:>24.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
+  against_peer({"attnlab": (ours.window, count), "PyTorch DINO": (their_window, their_count)},
+               "images", batch, flops, peak, window, rounds)
   print("\nour step, profiled:")
   op_profile(ours)
 
@@ -1155,15 +1169,8 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
         f"{rounds} rounds of {window} step(s) each, alternating; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), open_clip {open_clip.__version__}; measured "
         f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
-  times = interleaved({"attnlab": functools.partial(ours.window, window),
-                       "open_clip": functools.partial(their_window, window)}, rounds)
-  print(f"{'':>12}{'params':>13}{'pairs/s':>9}{'s/step':>8}{'MFU':>7}"
-        f"{'x open_clip (median)':>22}{'rounds':>13}")
-  for name, n in (("attnlab", count), ("open_clip", their_count)):
-    secs = float(np.median(times[name])) / window
-    med, lo, hi = ratio_summary(times, "open_clip", name)
-    print(f"{name:>12}{n:>13,}{batch / secs:>9.2f}{secs:>8.2f}"
-          f"{100 * flops / secs / peak:>6.1f}%{med:>21.2f}x{lo:>7.2f}-{hi:.2f}", flush=True)
+  against_peer({"attnlab": (ours.window, count), "open_clip": (their_window, their_count)},
+               "pairs", batch, flops, peak, window, rounds)
   print("\nour step, profiled:")
   op_profile(ours)
   print("\nopen_clip's step, profiled:")
