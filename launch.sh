@@ -27,6 +27,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -r requirements.txt
   if [ "${ATTNLAB_ACCELERATOR:-}" = tpu ]; then
     .venv/bin/python -m pip install -q "jax[tpu]==$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
+    # gs:// workdirs: epath reads them through gcsfs; orbax asks the bucket
+    # for its layout through google-cloud-storage.
+    .venv/bin/python -m pip install -q gcsfs==2026.10.1 google-cloud-storage==3.17.1
   fi
   echo "$want" > "$stamp"
 fi

@@ -9,14 +9,13 @@ checkpoint is sealed with the size of every file it holds, checked before
 restoring.
 """
 import json
-import os
-import shutil
 
 from absl import logging
-from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from attnlab import storage
 
 
 MANIFEST = "attnlab_manifest.json"
@@ -29,8 +28,8 @@ class MismatchError(ValueError):
 class Checkpointer:
 
   def __init__(self, workdir, keep, async_save=True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.corrupt_dir = os.path.abspath(os.path.join(workdir, "corrupt_checkpoints"))
+    self.directory = storage.absolute(workdir) / "checkpoints"
+    self.corrupt_dir = storage.absolute(workdir) / "corrupt_checkpoints"
     self._keep, self._async = keep, async_save
     self._manager = self._make_manager()
 
@@ -59,26 +58,22 @@ class Checkpointer:
     if jax.process_index() != 0:
       return
     for step in self.steps():
-      folder = os.path.join(self.directory, str(step))
-      path = os.path.join(folder, MANIFEST)
-      if (below is not None and step >= below) or os.path.exists(path):
+      folder = self.directory / str(step)
+      path = folder / MANIFEST
+      if (below is not None and step >= below) or path.exists():
         continue
-      sizes = {os.path.relpath(os.path.join(d, f), folder):
-               os.path.getsize(os.path.join(d, f))
-               for d, _, files in os.walk(folder) for f in files}
-      with open(path + ".tmp", "w") as f:
-        json.dump(sizes, f, indent=0, sort_keys=True)
-      os.replace(path + ".tmp", path)
+      sizes = {str((d / f).relative_to(folder)): (d / f).stat().length
+               for d, _, files in storage.walk(folder) for f in files}
+      storage.write_atomic(path, json.dumps(sizes, indent=0, sort_keys=True))
 
   def _verify(self, step):
-    path = os.path.join(self.directory, str(step), MANIFEST)
-    if not os.path.exists(path):
+    path = self.directory / str(step) / MANIFEST
+    if not path.exists():
       return  # killed before sealing: orbax's own commit marker must do
-    with open(path) as f:
-      sizes = json.load(f)
+    sizes = json.loads(path.read_text())
     for name, size in sizes.items():
-      full = os.path.join(self.directory, str(step), name)
-      actual = os.path.getsize(full) if os.path.exists(full) else None
+      full = self.directory / str(step) / name
+      actual = full.stat().length if full.exists() else None
       if actual != size:
         raise IOError(f"{name} has {actual} bytes, {size} were written")
 
@@ -102,7 +97,7 @@ class Checkpointer:
     # Parts of the state added since a checkpoint was written (model_state)
     # are not on disk: restored as the empty trees they are in such runs.
     on_disk = set(ocp.PyTreeCheckpointHandler().metadata(
-        epath.Path(self.directory) / str(step) / "state").tree)
+        self.directory / str(step) / "state").tree)
     added = {k: v for k, v in abstract_state.items()
              if k not in on_disk and not jax.tree.leaves(v)}
     target = {k: v for k, v in abstract_state.items() if k not in added}
@@ -129,11 +124,11 @@ class Checkpointer:
           "previous one", flush=True)
     self._manager.close()
     if jax.process_index() == 0:
-      os.makedirs(self.corrupt_dir, exist_ok=True)
-      target = os.path.join(self.corrupt_dir, str(step))
-      if os.path.exists(target):
-        shutil.rmtree(target)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      self.corrupt_dir.mkdir(parents=True, exist_ok=True)
+      target = self.corrupt_dir / str(step)
+      if target.exists():
+        target.rmtree()
+      (self.directory / str(step)).rename(target)
     sync("attnlab_ckpt_aside")
     self._manager = self._make_manager()
 
@@ -157,12 +152,10 @@ def load_variables(workdir):
   fine-tune from it), on this process's first device, whatever mesh saved
   them; model_state is {} for runs without one (or made before it existed).
   Read-only: that run's folder is not touched."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) \
-      if os.path.isdir(directory) else []
+  steps = checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"{workdir} has no checkpoint: train it first")
-  path = epath.Path(directory) / str(steps[-1]) / "state"
+  path = storage.absolute(workdir) / "checkpoints" / str(steps[-1]) / "state"
   meta = ocp.PyTreeCheckpointHandler().metadata(path).tree
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
@@ -170,3 +163,10 @@ def load_variables(workdir):
   with ocp.StandardCheckpointer() as ckptr:
     state = ckptr.restore(path, target)
   return state["params"], state.get("model_state", {})
+
+
+def checkpoint_steps(workdir):
+  """The steps of workdir/checkpoints/ (without opening a manager)."""
+  folder = storage.path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+      if folder.is_dir() else []

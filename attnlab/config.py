@@ -11,6 +11,8 @@ import re
 
 import ml_collections
 
+from attnlab import storage
+
 
 # The default `optim.wd_mults`: as in the BERT and ViT recipes, no weight
 # decay on biases and normalisation scales.
@@ -88,11 +90,19 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   c.ckpt_every = ckpt_every
   c.keep_ckpts = 3
   c.mesh = (("data", -1),)
+  # A mesh smaller than the machine (its first devices) only when asked:
+  # comparisons of 1 and 8 devices in one process. Otherwise the sizes must
+  # multiply to the device count (a typo would silently idle chips).
+  c.mesh_subset = False
   c.param_sharding = ()  # (regex, PartitionSpec tuple) rules; replicated
   c.peak_flops = 0.0  # per device; 0 measures a matmul at start-up
   # Read data.test_split once when training ends. A tuning try sets it False
   # (choose on validation; read test later with `eval --split test`).
   c.final_test = True
+  # Global batches put on the devices ahead of the step that uses them,
+  # fetched as soon as a step is dispatched (before the host waits for its
+  # metrics); 0 fetches each batch only when its step is due.
+  c.device_put_ahead = 1
   c.optim = ml_collections.ConfigDict(dict(
       name="adam", schedule="cosine", b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0, wd_schedule="constant", weight_decay_end=0.0,
@@ -167,10 +177,11 @@ def validate_common(config, device_count):
   check_choice(config, "optim.schedule",
                {"constant", "cosine", "linear", "rsqrt"})
   mesh_devices = mesh_size(config, device_count)
-  per_step = mesh_devices * config.grad_accum
+  ways = batch_ways(config, mesh_devices)
+  per_step = ways * config.grad_accum
   check(config.batch_size % per_step == 0, "batch_size",
         f"global batch {config.batch_size} is not divisible by "
-        f"{mesh_devices} devices x {config.grad_accum} accumulation steps",
+        f"{ways} devices x {config.grad_accum} accumulation steps",
         f"use a multiple of {per_step}")
   check(config.peak_flops >= 0, "peak_flops", "must be >= 0",
         "set it to the device's peak FLOP/s, or 0 to measure a matmul")
@@ -189,9 +200,40 @@ def mesh_size(config, device_count):
   check(device_count % fixed == 0, "mesh",
         f"{config.mesh!r} needs a multiple of {fixed} devices, "
         f"{device_count} are available", "change the mesh sizes")
+  check(-1 in sizes or fixed == device_count or config.get("mesh_subset", False), "mesh",
+        f"{config.mesh!r} multiplies to {fixed} devices, {device_count} are available",
+        f"make the sizes multiply to {device_count}, give one axis -1 (the rest), or set "
+        f"--config.mesh_subset=True to use only the first {fixed}")
   return device_count if -1 in sizes else fixed
 
 
+def batch_ways(config, mesh_devices):
+  """How many ways the mesh splits the batch: its data and fsdp axes
+  (attnlab/sharding.py); a model axis' devices share their rows."""
+  names = [name for name, _ in config.mesh]
+  check("data" in names, "mesh", f"{config.mesh!r} has no data axis",
+        "name the axis that splits the batch data, e.g. (('data', -1), ('model', 2))")
+  check(len(set(names)) == len(names), "mesh", f"{config.mesh!r} names an axis twice",
+        "give each axis once")
+  fixed = 1
+  for _, size in config.mesh:
+    fixed *= max(size, 1)
+  ways = 1
+  for name, size in config.mesh:
+    if name in ("data", "fsdp"):
+      ways *= mesh_devices // fixed if size == -1 else size
+  return ways
+
+
+def check_served(path, key="workdir"):
+  """A one-line error for a path (workdir, data folder) whose storage scheme
+  nothing installed serves, before anything compiles."""
+  problem = storage.unserved(path, "--workdir" if key == "workdir" else f"--config.{key}")
+  if problem:
+    raise ConfigError(key, *problem)
+
+
 def check_folder(key, folder, pattern_desc):
-  check(os.path.isdir(folder), key, f"folder {folder!r} does not exist",
+  check_served(folder, key)
+  check(storage.path(folder).is_dir(), key, f"folder {folder!r} does not exist",
         f"point --config.{key} at a folder of {pattern_desc}")

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from absl import logging
 import ml_collections
 
 from attnlab import config as config_lib
+from attnlab import storage
 
 USAGE = __doc__
 
@@ -105,6 +105,8 @@ def parse_config(argv):
   try:
     for key, value in overrides:
       _override(config, key, value)
+    if workdir:
+      config_lib.check_served(workdir)
   except config_lib.ConfigError as e:
     fail(str(e))
   return config, workdir
@@ -179,17 +181,18 @@ def validate(config, jax):
 
 
 def load_run(workdir):
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = storage.path(workdir) / "config.json"
+  if not path.exists():
     fail(f"{workdir} has no config.json: give the --workdir of a training run")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
   if "data" in config and "test_split" not in config.data:  # runs made before it existed
     config.data.test_split = "test"
   if "optim" in config and "wd_mults" not in config.optim:
     # Runs made before per-parameter rules: weight decay on every parameter.
     config.optim.update(dict(lr_mults=(), wd_mults=(), frozen=(),
                              wd_schedule="constant", weight_decay_end=0.0))
+  if "mesh_subset" not in config:  # runs made before sub-meshes were opt-in
+    config.mesh_subset = False
   if "prng_impl" not in config:  # runs made before it was a choice
     config.prng_impl = "threefry2x32"
   if "model" in config and "d_model" in config.model and "scan" not in config.model:
@@ -213,8 +216,8 @@ def _flat(tree, prefix=""):
 
 
 def has_checkpoint(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(folder) and any(d.isdigit() for d in os.listdir(folder))
+  from attnlab import checkpoint
+  return bool(checkpoint.checkpoint_steps(workdir))
 
 
 def claim_workdir(config, workdir):
@@ -236,11 +239,12 @@ def claim_workdir(config, workdir):
     return
   if jax.process_index() == 0:
     for name in RUN_FILES:
-      path = os.path.join(workdir, name)
-      if os.path.exists(path):
-        if os.path.isdir(path + ".prev"):
-          shutil.rmtree(path + ".prev")
-        os.replace(path, path + ".prev")
+      path = storage.path(workdir) / name
+      if path.exists():
+        prev = path.parent / f"{name}.prev"
+        if prev.is_dir():
+          prev.rmtree()
+        path.replace(prev)
         print(f"{workdir} has no checkpoint yet: its earlier {name} is now {name}.prev",
               flush=True)
   from attnlab import checkpoint
@@ -406,10 +410,7 @@ def cmd_attend(argv):
   pictures = []
   for path in paths:
     try:
-      with Image.open(path) as img:
-        img.verify()
-      with open(path, "rb") as f:
-        pictures.append((path, f.read()))
+      pictures.append((path, _image_bytes(path)))
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
       fail(f"{path} is not a readable image ({type(e).__name__}): give PNG or JPEG files")
   config = load_run(workdir)
@@ -417,7 +418,7 @@ def cmd_attend(argv):
     fail(f"{workdir} is a {config.experiment} run, which has no attention maps of images")
   _, exp, trainer, state = _restore(workdir)
   try:
-    written = exp.attend(state, pictures, os.path.join(workdir, "plots"), trainer.writer,
+    written = exp.attend(state, pictures, storage.path(workdir) / "plots", trainer.writer,
                          int(state["step"]))
   except ValueError as e:
     fail(str(e))
@@ -447,12 +448,9 @@ def cmd_retrieve(argv):
     fail(f"{workdir} is a {config.experiment} run: retrieval needs a CLIP run")
   image = None
   if values.image is not None:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     try:
-      with Image.open(values.image) as img:
-        img.verify()
-      with open(values.image, "rb") as f:
-        image = f.read()
+      image = _image_bytes(values.image)
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
       fail(f"{values.image} is not a readable image ({type(e).__name__}): give a PNG or JPEG")
   if not values.text and image is None:
@@ -461,7 +459,7 @@ def cmd_retrieve(argv):
   split = {"validation": config.data.eval_split, "test": config.data.test_split}.get(
       values.split, values.split)
   found, path = exp.retrieve(state, trainer.mesh, split, text=values.text, image=image,
-                             top=values.top, folder=os.path.join(workdir, "plots"))
+                             top=values.top, folder=storage.path(workdir) / "plots")
   trainer.writer.close()
   for similarity, caption in found:
     print(f"{similarity:+.3f}  {caption}")
@@ -476,7 +474,21 @@ def _workdir_arg(argv, values):
     fail(_one_line(e, ""))
   if len(rest) != 1:
     fail("give exactly one WORKDIR (the --workdir of a training run)")
+  try:
+    config_lib.check_served(rest[0])
+  except config_lib.ConfigError as e:
+    fail(str(e))
   return rest[0]
+
+
+def _image_bytes(path):
+  """The bytes of an image file (local or cloud), checked to be an image."""
+  import io
+  from PIL import Image
+  data = storage.path(path).read_bytes()
+  with Image.open(io.BytesIO(data)) as img:
+    img.verify()
+  return data
 
 
 def tpu_commands(name, zone, project, train_args):

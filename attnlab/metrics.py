@@ -1,16 +1,52 @@
 """Metrics out of a run: TensorBoard events, `metrics.jsonl`, a progress line.
 
 clu's metric writers import TensorFlow, which attnlab does not depend on
-(DESIGN.md), so TensorBoard events are written with tensorboard's own
-TF-free event writer (the one PyTorch uses too).
+(DESIGN.md), so TensorBoard event records are framed by tensorboard's own
+TF-free record writer. Both files go through `Appender`, which also works
+where files cannot be appended to (gs://, s3://: objects are immutable).
 """
-import io
 import json
 import os
+import socket
 import time
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from attnlab import storage
+
+
+class Appender:
+  """A file that only grows. Local: appended to in place. On cloud storage
+  the whole object is rewritten at each flush from what it held when
+  opened plus what was written since (metrics files are small)."""
+
+  def __init__(self, path):
+    self.path = storage.path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    if storage.is_remote(path):
+      self._file, self._data = None, bytearray(
+          self.path.read_bytes() if self.path.exists() else b"")
+    else:
+      self._file = self.path.open("ab")
+
+  def write(self, data):
+    data = data.encode() if isinstance(data, str) else data
+    if self._file is None:
+      self._data += data
+    else:
+      self._file.write(data)
+
+  def flush(self):
+    if self._file is None:
+      self.path.write_bytes(bytes(self._data))
+    else:
+      self._file.flush()
+
+  def close(self):
+    self.flush()
+    if self._file is not None:
+      self._file.close()
 
 
 class MetricsWriter:
@@ -23,20 +59,26 @@ class MetricsWriter:
 
   def __init__(self, workdir, enabled=True):
     self.enabled = enabled
-    self.workdir = workdir
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb_writer = self._jsonl_file = None
+    self.workdir = storage.path(workdir)
+    self.path = self.workdir / "metrics.jsonl"
+    self._events = self._jsonl_file = None
 
   @property
   def _tb(self):
-    if self._tb_writer is None:
-      self._tb_writer = EventFileWriter(os.path.join(self.workdir, "tb"))
-    return self._tb_writer
+    if self._events is None:
+      # TensorBoard reads every file whose name holds "tfevents"; one per
+      # process start, as TensorFlow's writer names them.
+      name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
+      self._events = Appender(self.workdir / "tb" / name)
+      self._records = RecordWriter(self._events)
+      self._records.write(event_pb2.Event(
+          wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+    return self._records
 
   @property
   def _jsonl(self):
     if self._jsonl_file is None:
-      self._jsonl_file = open(self.path, "a")
+      self._jsonl_file = Appender(self.path)
     return self._jsonl_file
 
   def write_scalars(self, step, scalars):
@@ -48,6 +90,7 @@ class MetricsWriter:
     values = [summary_pb2.Summary.Value(tag=k, simple_value=v)
               for k, v in scalars.items()]
     self._add(step, summary_pb2.Summary(value=values))
+    self._events.flush()
 
   def write_png(self, step, tag, png_bytes, height, width):
     if not self.enabled:
@@ -59,13 +102,8 @@ class MetricsWriter:
 
   def write_figure(self, step, tag, figure, path=None):
     """Saves a matplotlib figure as PNG (to `path` if given) and to TB."""
-    buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=100)
-    png = buf.getvalue()
-    if self.enabled and path:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path, "wb") as f:
-        f.write(png)
+    png = (storage.save_figure(figure, path) if self.enabled and path
+           else storage.png_of(figure))
     width, height = (figure.get_size_inches() * 100).astype(int)
     self.write_png(step, tag, png, int(height), int(width))
 
@@ -84,30 +122,29 @@ class MetricsWriter:
         tag=tag, metadata=meta, tensor=tensor)]))
 
   def _add(self, step, summary):
-    self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                       summary=summary))
+    self._tb.write(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                   summary=summary).SerializeToString())
 
   def flush(self):
-    for f in (self._tb_writer, self._jsonl_file):
+    for f in (self._events, self._jsonl_file):
       if f is not None:
         f.flush()
 
   def close(self):
-    for f in (self._tb_writer, self._jsonl_file):
+    for f in (self._events, self._jsonl_file):
       if f is not None:
         f.close()
-    self._tb_writer = self._jsonl_file = None
+    self._events = self._jsonl_file = None
 
 
 def read_jsonl(path):
   """Rows of a metrics.jsonl; on resume the latest row of a step wins."""
-  rows = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        if line.strip():
-          row = json.loads(line)
-          rows.setdefault(row["step"], {}).update(row)
+  rows, path = {}, storage.path(path)
+  if path.exists():
+    for line in path.read_text().splitlines():
+      if line.strip():
+        row = json.loads(line)
+        rows.setdefault(row["step"], {}).update(row)
   return [rows[s] for s in sorted(rows)]
 
 

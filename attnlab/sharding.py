@@ -1,8 +1,16 @@
 """Device mesh, shardings and multi-host start-up.
 
-Data parallelism is `jit` over a `Mesh` whose `data` axis splits the batch;
+Data parallelism is `jit` over a `Mesh` whose batch axes split the batch;
 parameters are replicated unless a regex rule in `config.param_sharding`
-gives them a PartitionSpec (e.g. FSDP: `(".*", ("data",))`).
+gives them a PartitionSpec (e.g. FSDP: `(".*", ("data",))`). The mesh's
+axes are named in `config.mesh`, MaxText's way:
+  data   splits the batch; parameters sharded over it are FSDP (ZeRO-3)
+  fsdp   also splits the batch: a second batch axis for rules to shard
+         parameters over apart from `data` (e.g. FSDP inside a host,
+         data parallel across hosts)
+  model  splits no batch: rules shard parameters over it (tensor
+         parallelism), each of its devices sees the same rows
+Any other name is an axis for rules only, like `model`.
 """
 import os
 import re
@@ -54,9 +62,24 @@ def make_mesh(mesh_config, devices=None):
                        devices=devices)
 
 
+BATCH_AXES = ("data", "fsdp")
+
+
+def batch_axes(mesh):
+  """The mesh's axes that split the batch, as one PartitionSpec entry (and
+  an axis name for collectives under shard_map)."""
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return axes[0] if len(axes) == 1 else axes
+
+
+def batch_devices(mesh):
+  """How many ways the batch is split (the product of the batch axes)."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+
+
 def batch_sharding(mesh):
-  """Leading (batch) axis split over `data`, the rest replicated."""
-  return NamedSharding(mesh, P("data"))
+  """Leading (batch) axis split over the batch axes, the rest replicated."""
+  return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicated(mesh):
@@ -147,8 +170,12 @@ def global_batch(local_batch, mesh):
 
 
 def local_batch_size(global_batch_size, mesh):
-  """Rows this process feeds: its share of the mesh's `data` devices."""
-  local = sum(1 for d in mesh.devices.flat
-              if d.process_index == jax.process_index())
-  return global_batch_size * local // mesh.devices.size
+  """Rows this process feeds: the distinct rows its devices hold (a model
+  axis' devices hold the same rows)."""
+  rows = set()
+  for device, index in batch_sharding(mesh).devices_indices_map(
+      (global_batch_size,)).items():
+    if device.process_index == jax.process_index():
+      rows.add((index[0].start, index[0].stop))
+  return sum((stop or global_batch_size) - (start or 0) for start, stop in rows)
 

@@ -47,11 +47,12 @@ An experiment object provides:
   flops_per_step(batch_size), optional: when XLA's count is wrong (scans)
 """
 import dataclasses
-import os
+import json
 import signal
 import time
 
 from absl import logging
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +63,7 @@ from attnlab import config as config_lib
 from attnlab import metrics as metrics_lib
 from attnlab import optim as optim_lib
 from attnlab import sharding as sharding_lib
+from attnlab import storage
 from attnlab import viz
 
 
@@ -98,7 +100,7 @@ class StepContext:
   rng: jax.Array
   step: jax.Array
   mesh: jax.sharding.Mesh
-  batch_axis: str = "data"
+  batch_axis: object = "data"  # sharding.batch_axes(mesh): a name or names
 
 
 STATE_KEYS = ("model_state", "carry", "extra")  # what a loss reads and returns
@@ -116,7 +118,7 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    ctx = lambda key: StepContext(key, state["step"], mesh)
+    ctx = lambda key: StepContext(key, state["step"], mesh, sharding_lib.batch_axes(mesh))
     params = state["params"]
     aux = {k: state[k] for k in STATE_KEYS}
     if grad_accum == 1:
@@ -168,6 +170,50 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
                **{k: f(state["step"]) for k, f in schedules.items()}}
     return new_state, metrics
   return step_fn
+
+
+class DevicePutAhead:
+  """The training iterator's global batches, `ahead` of them fetched and put
+  on the devices while the current step runs (`fill` after dispatching it).
+
+  Saved and restored in checkpoints in place of the iterator it wraps, as
+  that iterator's state when the step's batch was taken: the prefetched
+  batches are fetched again after a resume, never skipped.
+  """
+
+  def __init__(self, iterator, mesh, ahead):
+    import collections
+    self.iterator, self.mesh, self.ahead = iterator, mesh, ahead
+    self.queue = collections.deque()  # (iterator state before it, batch)
+    self._dict_state = isinstance(iterator, grain.DatasetIterator)
+
+  def _fetch(self):
+    before = self.iterator.get_state()
+    self.queue.append((before, sharding_lib.global_batch(next(self.iterator), self.mesh)))
+
+  def fill(self, left):
+    """Tops the queue up to `ahead` batches, no more than `left` steps need."""
+    while len(self.queue) < min(self.ahead, left):
+      self._fetch()
+
+  def next(self):
+    if not self.queue:
+      self._fetch()
+    return self.queue.popleft()[1]
+
+  # grain's checkpoint handler: bytes for an iterator that is not a
+  # grain.DatasetIterator; json text of the state dict for one that is.
+  def get_state(self):
+    state = self.queue[0][0] if self.queue else self.iterator.get_state()
+    return json.dumps(state, indent=4).encode() if self._dict_state else state
+
+  def set_state(self, state):
+    self.queue.clear()
+    self.iterator.set_state(json.loads(state) if self._dict_state else state)
+
+  def start_prefetch(self):
+    if hasattr(self.iterator, "start_prefetch"):
+      self.iterator.start_prefetch()
 
 
 class Trainer:
@@ -248,12 +294,13 @@ class Trainer:
     devices = self.mesh.devices.size
     log(f"devices: {jax.device_count()} total, {devices} in mesh "
         f"{dict(self.mesh.shape)}, {jax.process_count()} process(es)")
-    log(f"batch: global {config.batch_size}, per host {self.local_batch}, "
-        f"per device {config.batch_size // devices}, accumulation "
+    log(f"batch: global {config.batch_size}, per host {self.local_batch}, per device "
+        f"{config.batch_size // sharding_lib.batch_devices(self.mesh)}, accumulation "
         f"{config.grad_accum} x {config.batch_size // config.grad_accum}")
     t_start = time.time()
-    data = exp.train_iter(self.local_batch, jax.process_index(),
-                          jax.process_count())
+    data = DevicePutAhead(exp.train_iter(self.local_batch, jax.process_index(),
+                                         jax.process_count()),
+                          self.mesh, config.get("device_put_ahead", 1))
     peak, peak_source = peak_flops(config)
     if not peak:
       # The peak matmul rate is measured twice, here and after compiling (a
@@ -286,7 +333,7 @@ class Trainer:
                          out_shardings=(shardings, sharding_lib.replicated(self.mesh)))
     step = int(state["step"])
     self._install_signal_handlers()
-    first_batch = sharding_lib.global_batch(next(data), self.mesh)
+    first_batch = data.next()
     compiled = train_step.lower(state, first_batch).compile()
     # XLA's count is of one device's partitioned program: the step's is that
     # times the devices (an experiment's analytic count is the whole step's).
@@ -308,6 +355,7 @@ class Trainer:
     while step < config.total_steps:
       state, metrics = compiled(state, batch)
       step += 1
+      data.fill(left=config.total_steps - step)  # while the step runs
       window_steps += 1
       logs = (step == first_step or step == config.total_steps
               or step % config.log_every == 0)
@@ -355,7 +403,7 @@ class Trainer:
             "same command to resume.")
         break
       if step < config.total_steps:
-        batch = sharding_lib.global_batch(next(data), self.mesh)
+        batch = data.next()
     self.ckpt.close()
     if jax.process_index() == 0:
       viz.plot_curves(self.writer, step)
@@ -382,10 +430,8 @@ class Trainer:
       self.writer.write_scalars(step, results)
     self.writer.close()
     if jax.process_index() == 0 and results:
-      import json
-      with open(os.path.join(self.workdir, "test.json"), "w") as f:
-        json.dump({"step": step, "split": self.config.data.test_split, **results}, f,
-                  indent=1)
+      storage.write_atomic(storage.path(self.workdir) / "test.json", json.dumps(
+          {"step": step, "split": self.config.data.test_split, **results}, indent=1))
     log(f"test ({self.config.data.test_split} split) at step {step}: " + ", ".join(
         f"{k} {v:.4f}" for k, v in results.items()) + f" ({time.time() - t0:.1f}s)")
     return results
@@ -491,9 +537,6 @@ def measured_peak_flops(n=1024, dtype=jnp.float32):
 
 
 def write_config(config, workdir):
-  os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    os.replace(path + ".tmp", path)
+    storage.write_atomic(storage.path(workdir) / "config.json",
+                         config.to_json_best_effort(indent=2, sort_keys=True) + "\n")

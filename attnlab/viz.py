@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attnlab import metrics as metrics_lib  # noqa: E402
+from attnlab import storage  # noqa: E402
 
 
 def plot_curves(writer, step):
@@ -30,9 +31,7 @@ def plot_curves(writer, step):
     ax.legend()
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  writer.write_figure(step, "curves", fig,
-                      os.path.join(os.path.dirname(writer.path), "plots",
-                                   "curves.png"))
+  writer.write_figure(step, "curves", fig, writer.workdir / "plots" / "curves.png")
   plt.close(fig)
 
 
@@ -62,16 +61,16 @@ def text_heatmap(text, values, title, path_base, width=100):
       ax.add_patch(plt.Rectangle((x, y - 0.8), 1, 1, color=cmap((v + 1) / 2)))
       ax.text(x + 0.5, y - 0.3, c, fontsize=7, family="monospace",
               ha="center", va="center")
-  fig.savefig(path_base + ".png", dpi=110)
+  storage.save_figure(fig, f"{path_base}.png", dpi=110)
   plt.close(fig)
   spans = "".join(
       "<br>" if c == "\n" else
       '<span style="background:rgb({},{},{})">{}</span>'.format(
           *[int(255 * x) for x in cmap((v + 1) / 2)[:3]], html.escape(c))
       for c, v in zip(text, values))
-  with open(path_base + ".html", "w") as f:
-    f.write(f"<html><body><h3>{html.escape(title)}</h3>"
-            f'<div style="font-family:monospace">{spans}</div></body></html>\n')
+  storage.path(f"{path_base}.html").write_text(
+      f"<html><body><h3>{html.escape(title)}</h3>"
+      f'<div style="font-family:monospace">{spans}</div></body></html>\n')
 
 
 def alignment(src_tokens, tgt_tokens, weights, path, writer=None, step=0, tag=None):
@@ -109,11 +108,10 @@ def alignment_grid(src_tokens, tgt_tokens, weights, path, writer=None, step=0,
 def _save(fig, path, writer, step, tag):
   """PNG at `path`, and a TensorBoard image too when a writer is given."""
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   if writer is not None:
     writer.write_figure(step, tag or os.path.basename(path), fig, path)
   else:
-    fig.savefig(path, dpi=100)
+    storage.save_figure(fig, path)
   plt.close(fig)
 
 
@@ -128,10 +126,7 @@ def bleu_by_length(buckets, label, path, other=None):
   ax.set_ylabel("BLEU")
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path, None, 0, None)
 
 
 def confusion(counts, classes, path, writer=None, step=0, title=""):

@@ -42,6 +42,9 @@
       (JAX_NUM_CPU_DEVICES=8)
   python -m experiments.bench matmul                 XLA:CPU's matmul against
       PyTorch's at those steps' shapes (torch on PYTHONPATH), alternating
+  python -m experiments.bench ahead SPEC [--config.K=V...]   whole training
+      runs (the trainer's loop with its input pipeline) with
+      config.device_put_ahead 0, 1 and 2, alternating: steps/s, median ratio
   python -m experiments.bench pipeline SPEC...       a config's input pipeline
       alone (batches/s, items/s) against what its train step consumes
   python -m experiments.bench attention              self-attention forward +
@@ -286,6 +289,41 @@ def bench_pipeline(specs, rounds=3, window=5, batches=200):
           f"(batch {r['config'].batch_size}); the step consumes "
           f"{r['steps_per_sec'] * r['items']:,.0f}/s: the pipeline is "
           f"{r['pipe'] / r['steps_per_sec']:,.1f}x that")
+
+
+def bench_ahead(args, aheads=(0, 1, 2), rounds=3, steps=60):
+  """`bench ahead SPEC [--config.K=V...]`: the trainer's own loop, input
+  pipeline included, with each device_put_ahead, as whole `train` runs
+  (subprocesses: ahead 0, 1, 2, 0, 1, 2, ...). Steps/s of a run is its
+  logged windows after the first step (compilation excluded)."""
+  import numpy as np
+  from attnlab import metrics as metrics_lib
+  spec, overrides = args[0], args[1:]
+  rates = {k: [] for k in aheads}
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(rounds):
+      for k in aheads:
+        wd = os.path.join(tmp, f"ahead{k}_{r}")
+        cmd = [sys.executable, "-m", "attnlab.main", "train", "--config", spec,
+               "--workdir", wd, f"--config.total_steps={steps}", "--config.eval_every=0",
+               "--config.ckpt_every=0", "--config.final_test=False",
+               "--config.eval_at_start=False", f"--config.device_put_ahead={k}", *overrides]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if out.returncode:
+          sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+        timed = [r_ for r_ in rows if "train/steps_per_sec" in r_][1:]
+        # Steps over seconds of the windows after the first logged step.
+        gaps = np.diff([rows[0]["step"]] + [r_["step"] for r_ in timed])
+        seconds = sum(g / r_["train/steps_per_sec"] for g, r_ in zip(gaps, timed))
+        rates[k].append(float(gaps.sum() / seconds))
+        print(f"round {r + 1}: device_put_ahead={k}: {rates[k][-1]:.2f} steps/s", flush=True)
+  base = np.asarray(rates[aheads[0]])
+  for k in aheads:
+    ratio = np.asarray(rates[k]) / base
+    print(f"device_put_ahead={k}: {np.median(rates[k]):.2f} steps/s (median of {rounds}); "
+          f"x{np.median(ratio):.3f} of ahead={aheads[0]} (rounds {ratio.min():.3f}-"
+          f"{ratio.max():.3f})")
 
 
 def bench_charlm(args, cold_start=True, rounds=5, window=5):
@@ -1073,7 +1111,7 @@ def clip_memory(spec="configs/clip.py:emoji", per_device=32, devices=(1, 2, 4, 8
     contenders, memory = {}, {}
     for form in ("global", "local"):
       config, _ = main_lib.parse_config([
-          "--config", spec, f"--config.mesh=((\"data\", {n}),)",
+          "--config", spec, f"--config.mesh=((\"data\", {n}),)", "--config.mesh_subset=True",
           f"--config.batch_size={per_device * n}", f"--config.clip.loss_form={form}"])
       exp = clip.Experiment(config, None, vocab_size=config.data.vocab_size)
       workdir = tempfile.mkdtemp()
@@ -1221,6 +1259,10 @@ def main():
     attention()
   elif what == "pipeline":
     bench_pipeline(sys.argv[2:])
+  elif what == "ahead":
+    if len(sys.argv) < 3:
+      sys.exit("usage: python -m experiments.bench ahead CONFIG[:args] [--config.KEY=VALUE ...]")
+    bench_ahead(sys.argv[2:])
   elif what == "decode":
     decode_speed()
   elif what == "bigvision":
@@ -1245,7 +1287,7 @@ def main():
     flax_wmt(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt, bigvision, dino, dinohead, matmul, clipmem, openclip, attention or pipeline")
+             "decode, flaxwmt, bigvision, dino, dinohead, matmul, clipmem, openclip, attention, ahead or pipeline")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import optax
 
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
+from attnlab import storage
 from attnlab import viz
 from attnlab.data import image_ops
 from attnlab.data import images
@@ -98,7 +99,7 @@ def validate(config):
   config_lib.check(config.data.mixup >= 0, "data.mixup", f"{config.data.mixup} < 0",
                    "use 0 (off) or an alpha such as 0.2")
   if config.init_from:
-    config_lib.check(os.path.isdir(os.path.join(config.init_from, "checkpoints")),
+    config_lib.check(bool(ckpt_lib.checkpoint_steps(config.init_from)),
                      "init_from", f"{config.init_from} has no checkpoints",
                      "give the --workdir of a finished classification run")
 

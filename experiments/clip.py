@@ -110,7 +110,8 @@ def local_sigmoid_loss(x, y, log_scale, bias, mesh, axis):
   """sigmoid_loss over the global batch, chunked: each device holds one
   text chunk at a time and passes it to the next device round the ring, so
   no device holds more than [n, n] logits or more than its own texts."""
-  devices = mesh.shape[axis]
+  names = axis if isinstance(axis, tuple) else (axis,)  # the batch axes
+  devices = int(np.prod([mesh.shape[a] for a in names]))
 
   def per_device(x, y, log_scale, bias):
     me, s, n = jax.lax.axis_index(axis), jnp.exp(log_scale), x.shape[0]
@@ -122,7 +123,7 @@ def local_sigmoid_loss(x, y, log_scale, bias, mesh, axis):
       z = jnp.where(owner == me, 2 * jnp.eye(n) - 1, -jnp.ones((n, n)))
       total = total - jnp.sum(jax.nn.log_sigmoid(z * (s * x @ chunk.T + bias)))
       return total, jax.lax.ppermute(chunk, axis, ring)
-    start = jax.lax.pcast(jnp.zeros(()), (axis,), to="varying")  # a sum per device
+    start = jax.lax.pcast(jnp.zeros(()), names, to="varying")  # a sum per device
     total, _ = jax.lax.fori_loop(0, devices, block, (start, y))
     return jax.lax.psum(total, axis) / (n * devices)
   return jax.shard_map(per_device, mesh=mesh, in_specs=(P(axis), P(axis), P(), P()),

@@ -18,6 +18,7 @@ import optax
 from attnlab import config as config_lib
 from attnlab import decode
 from attnlab import sharding as sharding_lib
+from attnlab import storage
 from attnlab import viz
 from attnlab.data import text as text_lib
 from attnlab.models import gpt
@@ -214,10 +215,7 @@ class Experiment:
     sample = self.sample(state["params"], self.prompt, self.config.sample.length,
                          self.config.sample.temperature, seed=step)
     if jax.process_index() == 0:
-      os.makedirs(os.path.join(self.workdir, "samples"), exist_ok=True)
-      with open(os.path.join(self.workdir, "samples", f"step_{step}.txt"),
-                "w") as f:
-        f.write(sample)
+      storage.write_atomic(os.path.join(self.workdir, "samples", f"step_{step}.txt"), sample)
       writer.write_text(step, "samples", sample)
       print(f"--- sample at step {step} ---\n{sample}\n---", flush=True)
     return {"eval/loss": nats, "eval/bits_per_char": nats / np.log(2)}
@@ -298,7 +296,6 @@ class Experiment:
         stats[name].update(acts, values[pos:pos + len(acts)])
       pos += len(acts)
     out_dir = os.path.join(workdir, "plots")
-    os.makedirs(out_dir, exist_ok=True)
     lines = []
     for name, values in features.items():
       corr = stats[name].result()
@@ -319,8 +316,7 @@ class Experiment:
                        f"cell {best}, r={corr[best]:+.2f} with '{name}'",
                        os.path.join(out_dir, f"cell_{name}"))
     report = "\n".join(lines)
-    with open(os.path.join(out_dir, "cells.txt"), "w") as f:
-      f.write(report + "\n")
+    storage.write_atomic(os.path.join(out_dir, "cells.txt"), report + "\n")
     return report
 
 

@@ -26,6 +26,7 @@ import optax
 
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
+from attnlab import storage
 from attnlab import viz
 from attnlab.data import catalog
 from attnlab.data import shakespeare
@@ -54,7 +55,7 @@ def validate(config):
     config_lib.check(config.task == "classify", "init_from",
                      "only the classify task starts from a pretrained run",
                      "drop --config.init_from, or use configs/bert.py:classify")
-    config_lib.check(os.path.isdir(os.path.join(config.init_from, "checkpoints")),
+    config_lib.check(bool(ckpt_lib.checkpoint_steps(config.init_from)),
                      "init_from", f"{config.init_from} has no checkpoints",
                      "give the --workdir of a finished configs/bert.py:pretrain run")
 

@@ -17,6 +17,7 @@ import numpy as np
 from attnlab import config as config_lib
 from attnlab import decode
 from attnlab import sharding as sharding_lib
+from attnlab import storage
 from attnlab import viz
 from attnlab.data import catalog
 from attnlab.data import tokenizer as tok_lib
@@ -280,8 +281,7 @@ class Experiment:
               "sentences": len(pairs), "sharing_a_side_with_training": shared,
               "by_source_length": [dict(lo=lo, hi=hi, n=n, bleu=b)
                                    for lo, hi, n, b in buckets]}
-    with open(os.path.join(self.workdir, "bleu.json"), "w") as f:
-      json.dump(report, f, indent=1)
+    storage.write_atomic(os.path.join(self.workdir, "bleu.json"), json.dumps(report, indent=1))
     viz.bleu_by_length(buckets, f"{c.model.model} ({c.data.source})",
                        os.path.join(self.workdir, "plots", "bleu_by_length.png"))
     print(f"test BLEU {score:.2f} on {len(pairs)} sentences ({signature}); {shared} "
@@ -292,14 +292,12 @@ class Experiment:
 
   def _write_samples(self, step, pairs, hyps, score, signature, writer):
     folder = os.path.join(self.workdir, "samples")
-    os.makedirs(folder, exist_ok=True)
     lines = [f"BLEU {score:.2f} ({signature}) on {len(pairs)} "
              f"{self.config.data.eval_split} sentences", ""]
     for (s, t), h in list(zip(pairs, hyps))[:20]:
       lines += [f"SRC  {s}", f"REF  {t}", f"HYP  {h}", ""]
     text = "\n".join(lines)
-    with open(os.path.join(folder, f"step_{step}.txt"), "w") as f:
-      f.write(text)
+    storage.write_atomic(os.path.join(folder, f"step_{step}.txt"), text)
     writer.write_text(step, "samples", text)
     print("\n".join(lines[:10]), flush=True)
 

@@ -11,14 +11,17 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args, env=None, devices=1, **kwargs):
-  """Popen of `python -m attnlab.main ARGS` with `devices` fake devices."""
+def cli(*args, env=None, devices=1, gcs_root=None, cwd=ROOT, **kwargs):
+  """Popen of `python -m attnlab.main ARGS` with `devices` fake devices;
+  with `gcs_root`, gs:// is that local folder (tests/fake_gcs.py)."""
   full_env = dict(os.environ)
   full_env.update({"JAX_NUM_CPU_DEVICES": str(devices),
                    "PYTHONUNBUFFERED": "1"})
   full_env.update(env or {})
-  return subprocess.Popen([sys.executable, "-m", "attnlab.main", *args],
-                          cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+  program = (["-m", "attnlab.main"] if gcs_root is None else
+             [os.path.join(ROOT, "tests", "fake_gcs.py"), str(gcs_root)])
+  return subprocess.Popen([sys.executable, *program, *args],
+                          cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, **kwargs)
 
 

@@ -132,11 +132,16 @@ def test_text_features_are_the_end_of_text_tokens_whatever_the_padding():
   assert not np.allclose(f_short[0], aux["tokens"][0, 2])  # not any token will do
 
 
-def test_captions_are_the_name_and_name_with_keywords():
+def test_captions_are_the_name_short_names_and_name_with_keywords():
   from attnlab.data import pairs
   assert pairs.captions_of({"name": b"red heart", "keywords": b"love, heart"}) == [
       "red heart", "red heart: love, heart"]
   assert pairs.captions_of({"name": b"ukraine flag", "keywords": b""}) == ["ukraine flag"]
+  # emoji-data's short names: underscores read as spaces, the name itself and
+  # repeats left out
+  row = {"name": b"grinning face with smiling eyes", "keywords": b"",
+         "short_names": b"smile, Grinning_Face_With_Smiling_Eyes, big_smile, smile"}
+  assert pairs.captions_of(row) == ["grinning face with smiling eyes", "smile", "big smile"]
 
 
 def test_recall_chance_is_that_of_a_random_ranking():

@@ -183,7 +183,8 @@ def test_a_step_on_eight_devices_is_the_step_on_one(tmp_path):
   from attnlab import train as train_lib
   out = []
   for n in (1, 8):
-    config, exp, trainer = dino_trainer(tmp_path / str(n), f'--config.mesh=(("data", {n}),)')
+    config, exp, trainer = dino_trainer(tmp_path / str(n), f'--config.mesh=(("data", {n}),)',
+                                        "--config.mesh_subset=True")
     assert trainer.mesh.size == n
     batch = sharding_lib.global_batch(next(exp.train_iter(config.batch_size, 0, 1)),
                                       trainer.mesh)

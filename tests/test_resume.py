@@ -1,4 +1,5 @@
 """A run killed at any moment resumes bit-identically when rerun."""
+import json
 import os
 import random
 import shutil
@@ -8,13 +9,13 @@ import time
 import pytest
 
 from conftest import tiny_overrides
-from helpers import assert_trees_equal, cli, load_state, run_cli
+from helpers import ROOT, assert_trees_equal, cli, load_state, run_cli
 
 STEPS = 24
 
 
 def args(workdir, folder):
-  return ["train", "--config", "configs/charlm.py:runlocal=True",
+  return ["train", "--config", os.path.join(ROOT, "configs/charlm.py:runlocal=True"),
           "--workdir", str(workdir), *tiny_overrides(
               folder, total_steps=STEPS, ckpt_every=4, log_every=1,
               eval_every=0, keep_ckpts=10)]
@@ -30,22 +31,27 @@ def reference(tmp_path_factory, shared_text_folder):
   return workdir, load_state(workdir)
 
 
-def finished_checkpoints(workdir):
-  """Steps of finished checkpoints: a save in flight is an orbax tmp dir."""
+def finished_checkpoints(workdir, on_gcs=False):
+  """Steps of finished checkpoints: a save in flight is an orbax tmp dir,
+  or on GCS (written in place) a step folder without commit_success.txt."""
   folder = workdir / "checkpoints"
-  return [int(d) for d in os.listdir(folder) if d.isdigit()] if folder.exists() else []
+  return [int(d.name) for d in folder.iterdir() if d.name.isdigit() and
+          (not on_gcs or (d / "commit_success.txt").exists())] if folder.exists() else []
 
 
-def run_until_step(workdir, folder, step, sig, after_a_checkpoint=False):
+def run_until_step(workdir, folder, step, sig, after_a_checkpoint=False, gcs_root=None,
+                   cwd=ROOT):
   """Starts a run and sends `sig` once it has printed `step N/` (and, with
-  `after_a_checkpoint`, once a checkpoint has finished)."""
-  p = cli(*args(workdir, folder))
+  `after_a_checkpoint`, once a checkpoint has finished). With gcs_root,
+  workdir and folder are gs:// paths inside it (tests/fake_gcs.py)."""
+  p = cli(*args(workdir, folder), gcs_root=gcs_root, cwd=cwd)
+  local = workdir if gcs_root is None else gcs_root / str(workdir)[len("gs://"):]
   lines = []
   for line in p.stdout:
     lines.append(line)
     if line.startswith(f"step {step}/"):
       deadline = time.time() + 60
-      while after_a_checkpoint and not finished_checkpoints(workdir):
+      while after_a_checkpoint and not finished_checkpoints(local, gcs_root is not None):
         assert time.time() < deadline, "no checkpoint finished in 60 s"
         time.sleep(0.01)
       p.send_signal(sig)
@@ -104,3 +110,32 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, shared_tex
   assert f"resumed from checkpoint at step {STEPS - 4}" in out, out
   assert os.path.isdir(wd / "corrupt_checkpoints" / str(STEPS))  # kept
   assert_trees_equal(load_state(wd), ref)
+
+
+def test_a_run_on_cloud_storage_is_killed_and_resumes(tmp_path, shared_text_folder, reference):
+  """Workdir and text folder on gs:// (tests/fake_gcs.py: a local folder
+  behind fsspec's gs protocol, objects that cannot be appended to, orbax's
+  TensorStore writing there): killed after a checkpoint, rerun, it ends
+  bit-identical to the local run, with every file in the bucket and none
+  beside the process (where a local-only call would have put "gs:/...")."""
+  root, cwd = tmp_path / "gcs", tmp_path / "cwd"
+  shutil.copytree(shared_text_folder, root / "bucket" / "text")
+  cwd.mkdir()
+  run = root / "bucket" / "run"
+  kill_at = random.Random(3).randint(6, STEPS - 3)
+  rc, out = run_until_step("gs://bucket/run", "gs://bucket/text", kill_at, signal.SIGKILL,
+                           after_a_checkpoint=True, gcs_root=root, cwd=cwd)
+  assert rc == -signal.SIGKILL, out
+  done = finished_checkpoints(run, on_gcs=True)
+  assert done, out
+  p = cli(*args("gs://bucket/run", "gs://bucket/text"), gcs_root=root, cwd=cwd)
+  out = p.communicate(timeout=240)[0]
+  assert p.returncode == 0, out
+  assert f"resumed from checkpoint at step {max(done)}" in out, out
+  assert_trees_equal(load_state(run), reference[1])
+  assert sorted(os.listdir(cwd)) == [], os.listdir(cwd)
+  assert {"config.json", "metrics.jsonl", "vocab.json", "tb", "test.json"} <= set(
+      os.listdir(run)), os.listdir(run)
+  steps = {json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()}
+  assert steps >= set(range(1, STEPS + 1)), sorted(steps)  # both runs' rows kept
+  assert any(f.startswith("events.out.tfevents.") for f in os.listdir(run / "tb"))

@@ -13,14 +13,14 @@ A source is random access: `source[i]` -> {"image": encoded bytes, "label":
 int}. Images stay encoded until the `decode` op of the pipeline, which
 `config.data.pp_train` / `pp_eval` choose (attnlab/data/image_ops.py).
 """
-import glob
-import os
+import io
 import types
 
 import grain
 import numpy as np
 
 from attnlab import config as config_lib
+from attnlab import storage
 from attnlab.data import catalog
 from attnlab.data import image_ops
 
@@ -40,18 +40,15 @@ class FolderSource:
     return len(self.files)
 
   def __getitem__(self, i):
-    with open(self.files[i], "rb") as f:
-      return {"image": f.read(), "label": self.labels[i]}
+    return {"image": storage.path(self.files[i]).read_bytes(), "label": self.labels[i]}
 
 
 def folder_classes(root):
-  train = os.path.join(root, "train")
-  return sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
+  return sorted(d.name for d in (storage.path(root) / "train").iterdir() if d.is_dir())
 
 
 def _label_files(folder):
-  return sorted(p for p in glob.glob(os.path.join(folder, "*"))
-                if p.lower().endswith(EXTENSIONS))
+  return storage.files_in(folder, EXTENSIONS)
 
 
 def folder_source(data, split):
@@ -59,12 +56,13 @@ def folder_source(data, split):
   each label's training files. A tfds slice ("train[:5%]", "test[10:20]")
   slices each label's files alike, so that every label keeps its share."""
   classes = folder_classes(data.folder)
-  has_validation = os.path.isdir(os.path.join(data.folder, "validation"))
+  root = storage.path(data.folder)
+  has_validation = (root / "validation").is_dir()
   base = split.split("[")[0]
   read_from = "train" if base == "validation" and not has_validation else base
   files, labels = [], []
   for label, name in enumerate(classes):
-    found = _label_files(os.path.join(data.folder, read_from, name))
+    found = _label_files(root / read_from / name)
     if read_from != base or (base == "train" and not has_validation):
       cut = len(found) - int(round(len(found) * data.holdout))
       found = found[cut:] if base == "validation" else found[:cut]
@@ -86,30 +84,31 @@ def check_folder(data):
   config_lib.check(bool(data.folder), "data.folder", "empty",
                    "set --config.data.folder=ROOT (ROOT/train/<label>/*.png ...)")
   config_lib.check_folder("data.folder", data.folder, "train/ and test/ subfolders")
+  root = storage.path(data.folder)
   for split in ("train", "test"):
-    config_lib.check(os.path.isdir(os.path.join(data.folder, split)), "data.folder",
+    config_lib.check((root / split).is_dir(), "data.folder",
                      f"{data.folder!r} has no {split}/ subfolder",
                      "lay images out as ROOT/{train,test}[,validation]/<label>/*.png")
   classes = folder_classes(data.folder)
   config_lib.check(len(classes) >= 2, "data.folder",
-                   f"{os.path.join(data.folder, 'train')!r} has {len(classes)} label "
+                   f"{str(root / 'train')!r} has {len(classes)} label "
                    "folder(s)", "give one subfolder per label, at least two")
-  splits = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(data.folder, s))]
+  splits = [s for s in FOLDER_SPLITS if (root / s).is_dir()]
   for split in splits:
-    others = sorted(set(os.listdir(os.path.join(data.folder, split))) - set(classes))
+    others = sorted({p.name for p in (root / split).iterdir()} - set(classes))
     if others:
       raise config_lib.ConfigError(
           "data.folder", f"{split}/ has {others[0]!r}, which is not a label folder of train/",
           "use the same label folders in every split")
     for name in classes:
-      folder = os.path.join(data.folder, split, name)
-      files = _label_files(folder) if os.path.isdir(folder) else []
+      folder = root / split / name
+      files = _label_files(folder) if folder.is_dir() else []
       config_lib.check(bool(files) or split != "train", "data.folder",
-                       f"label folder {folder!r} has no images ({', '.join(EXTENSIONS)})",
+                       f"label folder {str(folder)!r} has no images ({', '.join(EXTENSIONS)})",
                        "put images in it or remove it")
       for path in files:
         try:
-          with Image.open(path) as img:
+          with Image.open(io.BytesIO(storage.path(path).read_bytes())) as img:
             img.verify()
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
           raise config_lib.ConfigError(
@@ -117,7 +116,7 @@ def check_folder(data):
               "delete or replace the file") from None
   if "validation" not in splits:
     small = [n for n in classes if int(round(
-        len(_label_files(os.path.join(data.folder, "train", n))) * data.holdout)) == 0]
+        len(_label_files(root / "train" / n)) * data.holdout)) == 0]
     if small:
       raise config_lib.ConfigError(
           "data.folder", f"train/{small[0]} is too small to hold out "

@@ -2,8 +2,9 @@
 of {"image": encoded bytes, "captions": [str, ...], "label": int}.
 
   emoji   the emoji builder (attnlab/data/emoji.py), both art styles: an
-          image's captions are its name ("grinning face with big eyes")
-          and, where emojibase has keywords for it, "name: keywords";
+          image's captions are its name ("grinning face with big eyes"),
+          each short name that says something else ("smiley"; "_" read
+          as a space) and, where emojibase has keywords, "name: keywords";
           label = its category (9 zero-shot classes). Split by emoji: the
           test images are emoji never seen in training, in either style.
   openclipart  the Open Clip Art drawings (attnlab/data/openclipart.py):
@@ -15,9 +16,10 @@ of {"image": encoded bytes, "captions": [str, ...], "label": int}.
           image (several captions). label = -1 (no classes: retrieval only).
 """
 import csv
-import os
+import io
 
 from attnlab import config as config_lib
+from attnlab import storage
 from attnlab.data import catalog
 
 CAPTIONS = "captions.tsv"
@@ -32,9 +34,12 @@ TFDS_PAIRS = ("emoji", "openclipart")  # tfds builders with name and keywords
 
 
 def captions_of(row):
-  """[name] and, where it has keywords, "name: keywords"."""
+  """[name], the short names (emoji only) that are not the name again, and
+  "name: keywords" where there are keywords."""
   name, keywords = _text(row["name"]), _text(row["keywords"])
-  return [name] + ([f"{name}: {keywords}"] if keywords else [])
+  short = [s.strip().replace("_", " ") for s in _text(row.get("short_names", "")).split(",")]
+  short = list(dict.fromkeys(s for s in short if s and s.lower() != name.lower()))
+  return [name] + short + ([f"{name}: {keywords}"] if keywords else [])
 
 
 class _TfdsPairs:
@@ -60,52 +65,52 @@ class FolderPairs:
     return len(self.files)
 
   def __getitem__(self, i):
-    with open(os.path.join(self.folder, self.files[i]), "rb") as f:
-      return {"image": f.read(), "captions": self.captions[i], "label": -1}
+    return {"image": (storage.path(self.folder) / self.files[i]).read_bytes(),
+            "captions": self.captions[i], "label": -1}
 
 
 def read_captions(folder):
   """(files, captions per file) of folder/captions.tsv, in the order of
   each file's first line; a one-line ConfigError for a missing file, a
   line without a tab, an empty caption or an image that does not exist."""
-  path = os.path.join(folder, CAPTIONS)
+  path = storage.path(folder) / CAPTIONS
   key = "data.folder"
-  config_lib.check(os.path.isfile(path), key, f"{path} does not exist",
+  config_lib.check(path.is_file(), key, f"{path} does not exist",
                    "write one line per caption: FILE<TAB>caption (README)")
   files, captions = [], {}
-  with open(path, encoding="utf-8", newline="") as f:
-    for n, line in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-      if not line:
-        continue
-      config_lib.check(len(line) == 2, key, f"{path}:{n} has {len(line)} tab-separated "
-                       "fields", "write FILE<TAB>caption, with no tab inside the caption")
-      name, caption = line[0].strip(), line[1].strip()
-      config_lib.check(bool(caption), key, f"{path}:{n} has an empty caption for {name}",
-                       "give every line a caption, or delete the line")
-      if name not in captions:
-        config_lib.check(os.path.isfile(os.path.join(folder, name)), key,
-                         f"{path}:{n} names {name}, which is not in {folder}",
-                         "fix the file name or add the image")
-        files.append(name)
-        captions[name] = []
-      captions[name].append(caption)
+  lines = io.StringIO(path.read_bytes().decode("utf-8"), newline="")
+  for n, line in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+    if not line:
+      continue
+    config_lib.check(len(line) == 2, key, f"{path}:{n} has {len(line)} tab-separated "
+                     "fields", "write FILE<TAB>caption, with no tab inside the caption")
+    name, caption = line[0].strip(), line[1].strip()
+    config_lib.check(bool(caption), key, f"{path}:{n} has an empty caption for {name}",
+                     "give every line a caption, or delete the line")
+    if name not in captions:
+      config_lib.check((storage.path(folder) / name).is_file(), key,
+                       f"{path}:{n} names {name}, which is not in {folder}",
+                       "fix the file name or add the image")
+      files.append(name)
+      captions[name] = []
+    captions[name].append(caption)
   config_lib.check(bool(files), key, f"{path} has no captions", "add FILE<TAB>caption lines")
   return files, [captions[name] for name in files]
 
 
 def check_folder(data):
   """Every split's captions file, before anything compiles."""
-  config_lib.check(bool(data.folder) and os.path.isdir(data.folder), "data.folder",
+  config_lib.check(bool(data.folder) and storage.path(data.folder).is_dir(), "data.folder",
                    f"{data.folder!r} is not a directory",
                    "give ROOT with ROOT/train, ROOT/validation, ROOT/test, each with captions.tsv")
   for split in SPLITS:
-    read_captions(os.path.join(data.folder, split))
+    read_captions(storage.path(data.folder) / split)
 
 
 def source(data, split):
   """The split as a random-access source of pairs."""
   if data.source == "folder":
-    folder = os.path.join(data.folder, split)
+    folder = storage.path(data.folder) / split
     return FolderPairs(folder, *read_captions(folder))
   config_lib.check(data.source in TFDS_PAIRS, "data.source",
                    f"{data.source!r} has no captions",

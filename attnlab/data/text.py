@@ -11,18 +11,17 @@ Sources (`config.data`):
                         `holdout` of the rest validation
   source=<tfds name>    any prepared tfds dataset with a `text_key` feature
 """
-import glob
 import json
-import os
 
 import grain
 import numpy as np
 
 from attnlab import config as config_lib
+from attnlab import storage
 from attnlab.data import catalog
 
 def _folder_files(folder):
-  return sorted(glob.glob(os.path.join(folder, "**", "*.txt"), recursive=True))
+  return storage.files_under(folder, (".txt",))
 
 
 def validate(data):
@@ -37,13 +36,14 @@ def validate(data):
                      "put UTF-8 .txt files in it")
     for path in files:
       read_utf8(path)
-    has = [os.path.isdir(os.path.join(data.folder, d)) for d in ("train", "test")]
+    root = storage.path(data.folder)
+    has = [(root / d).is_dir() for d in ("train", "test")]
     config_lib.check(has[0] == has[1], "data.folder",
                      f"{data.folder!r} has a {'train' if has[0] else 'test'}/ subfolder "
                      f"but no {'test' if has[0] else 'train'}/ one",
                      "give both (they are the splits) or neither (the last "
                      "data.holdout of the text is held out)")
-    config_lib.check(has[0] or not os.path.isdir(os.path.join(data.folder, "validation")),
+    config_lib.check(has[0] or not (root / "validation").is_dir(),
                      "data.folder", f"{data.folder!r} has a validation/ subfolder but "
                      "no train/ and test/ ones", "give all three, or train/ and test/")
   else:
@@ -66,8 +66,7 @@ def read_utf8(path, key="data.folder"):
   """The text of a UTF-8 file, "\r\n" read as "\n" and a byte-order mark
   dropped (neither is text a model should learn); one-line errors for a
   binary file or another encoding."""
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = storage.path(path).read_bytes()
   config_lib.check(b"\0" not in raw, key, f"{path} looks binary (NUL bytes)",
                    "keep only UTF-8 text files in the folder")
   try:
@@ -105,9 +104,9 @@ def _folder_text(data, split):
   read = lambda folder: "\n\n".join(read_utf8(p) for p in _folder_files(folder))
   config_lib.check(split in FOLDER_SPLITS, "data", f"a folder has no split {split!r}",
                    f"use one of {FOLDER_SPLITS}")
-  subfolder = {s: os.path.join(data.folder, s) for s in FOLDER_SPLITS}
-  if os.path.isdir(subfolder["train"]):
-    if split == "test" or os.path.isdir(subfolder["validation"]):
+  subfolder = {s: storage.path(data.folder) / s for s in FOLDER_SPLITS}
+  if subfolder["train"].is_dir():
+    if split == "test" or subfolder["validation"].is_dir():
       return read(subfolder[split])
     parts = {"train": read(subfolder["train"]), "test": ""}  # validation from train
   else:
@@ -136,16 +135,11 @@ class CharVocab:
   def load_or_build(cls, path, text_fn):
     """The run's vocabulary: saved once in the workdir, so sampling from a
     checkpoint never depends on the data folder being unchanged."""
-    if path and os.path.exists(path):
-      with open(path) as f:
-        return cls(json.load(f)["chars"][1:])
+    if path and storage.path(path).exists():
+      return cls(json.loads(storage.path(path).read_text())["chars"][1:])
     vocab = cls.from_text(text_fn())
-    if path:
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f"{path}.{os.getpid()}.tmp"  # every process writes the same file
-      with open(tmp, "w") as f:
-        json.dump({"chars": vocab.chars}, f)
-      os.replace(tmp, path)
+    if path:  # every process writes the same file (hosts' own disks)
+      storage.write_atomic(path, json.dumps({"chars": vocab.chars}))
     return vocab
 
   def __len__(self):

@@ -19,6 +19,7 @@ import numpy as np
 import sentencepiece as spm
 
 from attnlab import config as config_lib
+from attnlab import storage
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 RUN_FILE = "tokenizer.model"
@@ -30,8 +31,8 @@ SETTINGS = dict(model_type="unigram", character_coverage=1.0, pad_id=PAD,
 class Tokenizer:
 
   def __init__(self, model_path):
-    self.path = model_path
-    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    self.path = storage.path(model_path)  # local or cloud: read as bytes
+    self.sp = spm.SentencePieceProcessor(model_proto=self.path.read_bytes())
 
   def __len__(self):
     return self.sp.get_piece_size()
@@ -69,21 +70,20 @@ def for_run(workdir, cache_dir, name, texts_fn, vocab_size, copy_from=None,
   import jax
   if not workdir:
     return Tokenizer(cached(cache_dir, name, texts_fn(), vocab_size, max_sentences))
-  own = os.path.join(workdir, RUN_FILE)
-  if os.path.exists(own):
+  own = storage.path(workdir) / RUN_FILE
+  if own.exists():
     return Tokenizer(own)
   blob, error = None, None
   if jax.process_index() == 0:
     try:
       if copy_from:
-        source = os.path.join(copy_from, RUN_FILE)
-        config_lib.check(os.path.exists(source), "init_from",
+        source = storage.path(copy_from) / RUN_FILE
+        config_lib.check(source.exists(), "init_from",
                          f"{copy_from} has no {RUN_FILE}",
                          "give the workdir of a run that trained a tokenizer")
       else:
         source = cached(cache_dir, name, texts_fn(), vocab_size, max_sentences)
-      with open(source, "rb") as f:
-        blob = f.read()
+      blob = storage.path(source).read_bytes()
     except config_lib.ConfigError as e:
       error = e
   if jax.process_count() > 1:
@@ -91,11 +91,9 @@ def for_run(workdir, cache_dir, name, texts_fn, vocab_size, copy_from=None,
   if error or not blob:
     raise error or config_lib.ConfigError(
         "data", "process 0 could not build the tokenizer", "see its error")
-  os.makedirs(workdir, exist_ok=True)
-  tmp = f"{own}.{os.getpid()}.tmp"  # every process may write the same file
-  with open(tmp, "wb") as f:
-    f.write(blob)
-  os.replace(tmp, own)
+  # Every process writes the same bytes: hosts with their own local disks
+  # each need the file when the run resumes.
+  storage.write_atomic(own, blob)
   return Tokenizer(own)
 
 
@@ -109,11 +107,12 @@ def cached(cache_dir, name, texts, vocab_size, max_sentences=300_000):
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
   for line in lines:
     key.update(line.encode("utf-8") + b"\n")
-  path = os.path.join(cache_dir, f"{name}_{vocab_size}_{key.hexdigest()[:16]}.model")
-  if os.path.exists(path):
+  path = storage.path(cache_dir) / f"{name}_{vocab_size}_{key.hexdigest()[:16]}.model"
+  if path.exists():
     return path
-  os.makedirs(cache_dir, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+  # sentencepiece trains from a local file: a local temporary folder, then
+  # the model is copied to the cache (which may be on cloud storage).
+  with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, "corpus.txt")
     with open(corpus, "w", encoding="utf-8") as f:
       f.writelines(line + "\n" for line in lines)
@@ -133,7 +132,8 @@ def cached(cache_dir, name, texts, vocab_size, max_sentences=300_000):
           "training text needs (one per distinct character, plus 4 special ids)",
           f"set --config.data.vocab_size={need[1]} or more") from None
     # Atomic: a killed training never leaves a half-written model.
-    os.replace(os.path.join(tmp, "spm.model"), path)
+    with open(os.path.join(tmp, "spm.model"), "rb") as f:
+      storage.write_atomic(path, f.read())
   return path
 
 

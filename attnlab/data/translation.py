@@ -14,7 +14,6 @@ Test and validation pairs are provably disjoint from training text: a pair
 whose source or target side occurs in any training pair is dropped (the
 counts are in the builder's release notes and `split_report`).
 """
-import glob
 import html
 import os
 import re
@@ -26,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from attnlab import config as config_lib
+from attnlab import storage
 from attnlab.data import catalog
 from attnlab.data import fetch
 from attnlab.data import text as text_lib
@@ -260,7 +260,7 @@ def folder_file(folder, lang, split):
 
 
 def has_validation_files(data):
-  return any(os.path.exists(folder_file(data.folder, lang, "validation"))
+  return any(storage.path(folder_file(data.folder, lang, "validation")).exists()
              for lang in (data.src_lang, data.tgt_lang))
 
 
@@ -274,8 +274,8 @@ def check_folder(data):
   for split in splits:
     for lang, key in ((data.src_lang, "data.src_lang"), (data.tgt_lang, "data.tgt_lang")):
       path = folder_file(data.folder, lang, split)
-      if not os.path.exists(path):
-        found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(data.folder, "*.txt")))
+      if not storage.path(path).exists():
+        found = [os.path.basename(p) for p in storage.files_in(data.folder, (".txt",))]
         raise config_lib.ConfigError(
             "data.folder", f"{path} is missing: files are named {{{key}}}.{{split}}.txt, "
             f"and data.src_lang={data.src_lang!r} data.tgt_lang={data.tgt_lang!r} "

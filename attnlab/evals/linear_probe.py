@@ -48,7 +48,7 @@ def _fit(x, y, weight, l2, *, num_classes, steps):
 def fit(features, labels, num_classes, l2, mesh, steps=300):
   """The probe {"w": [D, C], "b": [C]} minimising `objective`."""
   x, y = np.asarray(features, np.float32), np.asarray(labels, np.int32)
-  data = mesh.shape.get("data", 1)
+  data = sharding_lib.batch_devices(mesh)
   pad = -len(x) % data
   weight = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
   x = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)])

@@ -27,8 +27,8 @@ from attnlab import sharding as sharding_lib
 
 
 def round_to_devices(batch_size, mesh):
-  """The smallest multiple of the mesh's data devices >= batch_size."""
-  data = mesh.shape.get("data", 1)
+  """The smallest multiple of the mesh's batch devices >= batch_size."""
+  data = sharding_lib.batch_devices(mesh)
   return -(-batch_size // data) * data
 
 
@@ -41,10 +41,10 @@ def batches(columns, batch_size, mesh):
   random-access source (len() and [i] -> {name: array}, e.g. images
   decoded and preprocessed on access), of which each process reads only
   its own rows."""
-  data = mesh.shape.get("data", 1)
+  data = sharding_lib.batch_devices(mesh)
   if batch_size % data:
     raise ValueError(f"eval batch {batch_size} is not a multiple of the mesh's {data} "
-                     "data devices")
+                     "batch devices")
   local = sharding_lib.local_batch_size(batch_size, mesh)
   first = jax.process_index() * local  # processes own consecutive blocks
   if isinstance(columns, dict):
@@ -119,5 +119,6 @@ def per_device(fn, mesh):
   shards). For loops whose length depends on the rows, like beam search:
   each device stops when its own rows are done."""
   from jax.sharding import PartitionSpec as P
-  return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data"),
+  axes = sharding_lib.batch_axes(mesh)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(axes)), out_specs=P(axes),
                        check_vma=False)
