@@ -90,15 +90,22 @@ def param_shardings(params_shape, mesh, rules):
   """Shardings for a param tree from `(regex, spec)` rules; first match wins.
 
   A dimension whose size the mesh axis does not divide stays replicated, so
-  one FSDP rule `(".*", ("data",))` works for every parameter.
+  one FSDP rule `(".*", ("data",))` works for every parameter. A rule is
+  written for one layer's parameter: under a scanned stack (`*_scan`, the
+  layers stacked on a leading axis) its spec applies from the second
+  dimension on, so the same rule shards a layer alike scanned or not (the
+  layer axis itself is never split: the scan walks it).
   """
   patterns = [pattern for pattern, _ in rules]
 
   def one(path, leaf):
-    i = rules_lib.first_match(patterns, rules_lib.path_name(path))
+    name = rules_lib.path_name(path)
+    i = rules_lib.first_match(patterns, name)
     if i is None:
       return NamedSharding(mesh, P())
-    spec = tuple(rules[i][1])[:leaf.ndim]
+    scanned = any(part.endswith("_scan") for part in name.split("/"))
+    spec = ((None,) if scanned else ()) + tuple(rules[i][1])
+    spec = spec[:leaf.ndim]
     spec = tuple(
         axis if axis is None or leaf.shape[d] % _axis_size(mesh, axis) == 0
         else None for d, axis in enumerate(spec))

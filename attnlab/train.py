@@ -334,12 +334,15 @@ class Trainer:
     step = int(state["step"])
     self._install_signal_handlers()
     first_batch = data.next()
-    compiled = train_step.lower(state, first_batch).compile()
+    with jax.set_mesh(self.mesh):  # the layers pin activations to its batch axes
+      compiled = train_step.lower(state, first_batch).compile()
     # XLA's count is of one device's partitioned program: the step's is that
     # times the devices (an experiment's analytic count is the whole step's).
     flops, how = step_flops(compiled) * devices, "XLA cost analysis"
     if hasattr(exp, "flops_per_step"):
       flops, how = exp.flops_per_step(config.batch_size), "analytic"
+    elif config.get("model", {}).get("scan"):
+      how += ", which counts a scanned stack's loop body once: MFU is too low"
     peak = peak or measured_peak_flops()
     compile_sec = time.time() - t_start
     log(f"compiled train step in {compile_sec:.1f}s from start; "

@@ -358,9 +358,12 @@ class Experiment:
     once per split: every evaluation and retrieval reuses them."""
     if split not in self._eval:
       src = pairs.source(self.config.data, split)
+      groups = group_pairs([src[i]["captions"] for i in range(len(src))])
       self._eval[split] = (src, images.Preprocessed(images.ImagesAndLabels(src),
-                                                    self.config.data.pp_eval),
-                           group_pairs([src[i]["captions"] for i in range(len(src))]))
+                                                    self.config.data.pp_eval), groups)
+      if jax.process_index() == 0:
+        print(f"data: {split} {len(src):,} images, {groups[0].max() + 1:,} retrieval items "
+              f"(images of identical captions), {len(groups[1]):,} captions", flush=True)
     return self._eval[split]
 
   def zero_shot_data(self, name):

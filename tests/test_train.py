@@ -251,3 +251,21 @@ def test_a_parameter_rule_shards_its_adam_moments_alike(tmp_path, text_folder):
     else:
       assert s.spec == jax.sharding.PartitionSpec(), name  # counts, scalars
   assert moments == {"mu": len(params), "nu": len(params)}
+
+
+def test_a_rule_shards_a_scanned_layer_like_an_unscanned_one():
+  """Under a scanned stack the layers are stacked on a leading axis: the
+  rule's spec applies from the second dimension on, so FSDP over `data`
+  splits each layer's kernel the same way scanned or not (on 24 layers and
+  16 devices the layer axis would not even divide)."""
+  from attnlab import sharding as sharding_lib
+  mesh = sharding_lib.make_mesh((("data", 8),))
+  shape = lambda *s: jax.ShapeDtypeStruct(s, np.float32)
+  params = {"encoder": {"layer_0": {"mlp": {"kernel": shape(16, 64)}},
+                        "layer_scan": {"mlp": {"kernel": shape(3, 16, 64)}},
+                        "norm": {"scale": shape(16)}}}
+  out = sharding_lib.param_shardings(params, mesh, (("encoder/.*kernel", ("data", None)),))
+  P = jax.sharding.PartitionSpec
+  assert out["encoder"]["layer_0"]["mlp"]["kernel"].spec == P("data", None)
+  assert out["encoder"]["layer_scan"]["mlp"]["kernel"].spec == P(None, "data", None)
+  assert out["encoder"]["norm"]["scale"].spec == P()

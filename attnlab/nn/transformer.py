@@ -61,6 +61,21 @@ def drop_path_rates(rate, num_layers):
   return jnp.linspace(0.0, rate, num_layers)
 
 
+def batch_sharded(x):
+  """x with its leading (batch) axis split over the batch axes of the mesh
+  the step is traced under (none, or inside shard_map: x as it is). Each
+  layer's input is pinned so: with FSDP weights XLA then gathers a layer's
+  weights instead of re-laying out its activations the way the weights are
+  split (ViT-L/16, FSDP, scanned + remat, 16 devices: 12.7 GiB of
+  temporaries per device instead of 47.4)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.auto_axes)
+  if not axes:
+    return x
+  spec = jax.sharding.PartitionSpec(axes if len(axes) > 1 else axes[0])
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
 class Layer(nn.Module):
   """Self-attention (+ encoder-decoder attention when `cross`) + FFN, each
   sub-layer wrapped as LayerNorm(x + Dropout(f(x))) (post-norm, the paper)
@@ -103,6 +118,7 @@ class Layer(nn.Module):
     Returns (y, weights, new cache or None); weights (when asked) is
     {"self": [B, H, T, T], "cross": [B, H, T, S]} without a cache and
     {"cross": ...} with one (decoding needs only the alignment)."""
+    x = batch_sharded(x)
     new_cache = None
     weights = {} if return_weights else None
 
