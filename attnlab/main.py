@@ -579,8 +579,8 @@ def cmd_compile(argv):
     trainer.writer.close()
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30
-  flops = exp.flops_per_step(config.batch_size) if hasattr(exp, "flops_per_step") \
-      else train.step_flops(compiled) * devices  # XLA counts one device's program
+  flops = (train.analytic_flops(exp, config.batch_size)
+           or train.step_flops(compiled) * devices)  # XLA counts one device's program
   print(f"{train.param_count(abstract['params']):,} params; mesh "
         f"{dict(trainer.mesh.shape)}; global batch {config.batch_size} "
         f"(accumulation {config.grad_accum})")
@@ -589,7 +589,7 @@ def cmd_compile(argv):
         f"{gib(mem.output_size_in_bytes):.3f} GiB (aliased with the donated state)")
   print(f"{flops / 1e12:.4g} TFLOP per step in all, {flops / devices / 1e12:.4g} per device; "
         f"lowered and compiled in {compile_s:.1f} s")
-  if not hasattr(exp, "flops_per_step") and config.get("model", {}).get("scan"):
+  if not train.analytic_flops(exp, config.batch_size) and config.get("model", {}).get("scan"):
     print("note: XLA's cost analysis counts a scanned stack's loop body once, so this FLOP "
           "count leaves out all layers but one (compile with --config.model.scan=False to count them)")
 

@@ -44,7 +44,8 @@ An experiment object provides:
   pretrained(params, model_state) -> (params, model_state, source),
       optional: a new run's variables with some taken from a pretrained run
       (source None: none taken)
-  flops_per_step(batch_size), optional: when XLA's count is wrong (scans)
+  flops_per_step(batch_size), optional: when XLA's count is wrong (scans);
+      None for a model it does not count
 """
 import dataclasses
 import json
@@ -339,8 +340,8 @@ class Trainer:
     # XLA's count is of one device's partitioned program: the step's is that
     # times the devices (an experiment's analytic count is the whole step's).
     flops, how = step_flops(compiled) * devices, "XLA cost analysis"
-    if hasattr(exp, "flops_per_step"):
-      flops, how = exp.flops_per_step(config.batch_size), "analytic"
+    if analytic_flops(exp, config.batch_size):
+      flops, how = analytic_flops(exp, config.batch_size), "analytic"
     elif config.get("model", {}).get("scan"):
       how += ", which counts a scanned stack's loop body once: MFU is too low"
     peak = peak or measured_peak_flops()
@@ -474,6 +475,12 @@ class Trainer:
 
 def param_count(params):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def analytic_flops(exp, batch_size):
+  """The experiment's own count of a step's FLOPs, or None where it has
+  none (for this model) and XLA's count stands."""
+  return exp.flops_per_step(batch_size) if hasattr(exp, "flops_per_step") else None
 
 
 def step_flops(compiled):

@@ -283,6 +283,14 @@ class Experiment(ImageFeatures):
   def items_per_step(self, batch_size):
     return batch_size
 
+  def flops_per_step(self, batch_size):
+    """ViT's matmul FLOPs of a train step, 3x the forward (the backward
+    costs 2x): XLA's count of a scanned encoder counts one layer. None for
+    ResNet (never scanned: XLA's count stands)."""
+    if self.config.model.name != "vit":
+      return None
+    return 3 * batch_size * vit.matmul_flops(self.model, self.channels)
+
   def train_iter(self, local_batch, process_index, process_count):
     c = self.config
     src = images.source(c.data, c.data.train_split)

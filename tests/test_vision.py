@@ -31,6 +31,25 @@ def test_vit_parameter_counts_are_the_published_sizes(variant, published):
   assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)) == published
 
 
+def test_vit_matmul_flops_match_xlas_count_of_the_unscanned_forward():
+  """The analytic count (what MFU uses, since XLA counts a scanned
+  encoder's loop body once) against XLA's cost analysis of the unscanned
+  forward, which also counts the element-wise work (LayerNorm, softmax,
+  GELU: a few %, never fewer FLOPs); and a scanned encoder's XLA count is
+  about one layer's, as the log says."""
+  def xla(model):
+    x = jnp.zeros((2, 64, 64, 3))
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    cost = jax.jit(model.apply).lower(params, x).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+  fields = dict(num_classes=10, width=256, depth=4, mlp_dim=1024, num_heads=4, patch=8,
+                image_size=64)
+  analytic = 2 * vit.matmul_flops(vit.ViT(**fields), 3)
+  counted = xla(vit.ViT(**fields))
+  assert 0.9 * counted < analytic <= counted, (analytic, counted)
+  assert xla(vit.ViT(**fields, scan=True)) < 0.5 * counted
+
+
 def test_unknown_variant_says_what_exists():
   with pytest.raises(ValueError, match="'B/16'"):
     vit.parse_variant("X/16")

@@ -44,6 +44,21 @@ def parse_variant(variant):
               patch=int(m.group(2)))
 
 
+def matmul_flops(model, channels):
+  """Forward matmul FLOPs of one image (2 per multiply-add): the patch
+  embedding, every layer over all tokens (blocks.layer_matmul_flops) and
+  the head. XLA's count of a scanned encoder counts one layer."""
+  patches = (model.image_size // model.patch) ** 2
+  tokens = patches + (1 if model.pool == "tok" else 0)
+  flops = 2 * model.patch ** 2 * channels * model.width * patches
+  flops += model.depth * tokens * blocks.layer_matmul_flops(model.width, model.mlp_dim, tokens)
+  features = model.width
+  if model.representation_size:
+    flops += 2 * model.width * model.representation_size
+    features = model.representation_size
+  return flops + 2 * features * model.num_classes
+
+
 def sincos_2d(grid_h, grid_w, d):
   """Fixed 2-D positions [grid_h * grid_w, d]: the sinusoids of section 3.5
   of Vaswani et al. for the row in the first d/2 features and for the
