@@ -294,6 +294,13 @@ class Experiment:
   def items_per_step(self, batch_size):
     return batch_size
 
+  def flops_per_step(self, batch_size):
+    """Matmul FLOPs of a step, 3x the forward (the backward costs 2x): both
+    towers per pair and the [B, B] logits (XLA's count of a scanned tower
+    counts one layer)."""
+    per_pair = clip_lib.matmul_flops(self.model, self.channels)
+    return 3 * (batch_size * per_pair + 2 * batch_size ** 2 * self.model.embed_dim)
+
   def train_example(self):
     """(pair, rng) -> {image, tokens}: the image through data.pp_train and
     one of its captions, drawn at random."""

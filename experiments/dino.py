@@ -198,6 +198,16 @@ class Experiment(classify.ImageFeatures):
   def items_per_step(self, batch_size):
     return batch_size
 
+  def flops_per_step(self, batch_size):
+    """Matmul FLOPs of a step (XLA's count of a scanned encoder counts one
+    layer): the student's forward and backward (3x) over the 2 global and
+    the local crops, the teacher's forward over the global ones."""
+    vit_, head = self.network.backbone, self.network.head
+    view = lambda size: (vit.matmul_flops(vit_, self.channels, size)
+                         + dino_head.matmul_flops(head, vit_.width))
+    student = 2 * view(vit_.image_size) + self.num_local * view(self.config.dino.local_size)
+    return batch_size * (3 * student + 2 * view(vit_.image_size))
+
   def train_iter(self, local_batch, process_index, process_count):
     c = self.config
     src = images.source(c.data, c.data.train_split)

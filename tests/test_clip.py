@@ -377,3 +377,26 @@ def test_openclipart_builder_names_filters_and_splits_drawings(tmp_path, monkeyp
   assert image.shape == (64, 64, 4)
   # a 40 x 20 drawing fills the middle half of the rows; the rest is transparent
   assert image[0, :, 3].max() == 0 and image[32, :, 3].min() == 255
+
+
+def xla_flops(fn, *args):
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def test_clip_matmul_flops_match_xlas_count_of_the_unscanned_towers():
+  """The analytic count behind CLIP's MFU (XLA counts a scanned tower's
+  loop body once) against XLA's count of both towers' forward, which also
+  counts element-wise work: never more, at most 10% less."""
+  from attnlab.models import clip as clip_lib
+  from attnlab.models import vit
+  model = clip_lib.CLIP(
+      vit.ViT(num_classes=0, width=256, depth=3, mlp_dim=1024, num_heads=4, patch=8,
+              image_size=64),
+      clip_lib.TextTower(500, width=256, depth=3, num_heads=4, mlp_dim=1024, context=32),
+      embed_dim=128)
+  images, tokens = jnp.zeros((2, 64, 64, 3)), jnp.ones((2, 32), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), images, tokens)
+  counted = xla_flops(model.apply, params, images, tokens)
+  analytic = 2 * clip_lib.matmul_flops(model, 3)
+  assert 0.9 * counted < analytic <= counted, (analytic, counted)

@@ -268,3 +268,21 @@ def test_bad_dino_input_is_one_line_exit_2(tmp_path, override, message):
   rc, out = run_cli(*dino_args(tmp_path / "run", root, override))
   assert rc == 2 and message in out and "Traceback" not in out, out
   assert len([l for l in out.splitlines() if l.startswith("error")]) == 1, out
+
+
+def test_dino_matmul_flops_match_xlas_count_of_the_unscanned_network():
+  """ViT + DINO head on one view: the analytic count behind DINO's MFU
+  against XLA's count of the forward (never more, at most 10% less)."""
+  from attnlab.models import vit
+  from experiments import dino
+  network = dino.Network(vit.ViT(num_classes=0, width=256, depth=3, mlp_dim=1024,
+                                 num_heads=4, patch=8, image_size=64),
+                         dino_head.DINOHead(out_dim=4096, hidden=512, bottleneck=128))
+  for size in (64, 32):  # a global and a local crop
+    x = jnp.zeros((2, size, size, 3))
+    params = jax.eval_shape(network.init, jax.random.PRNGKey(0), x)
+    cost = jax.jit(network.apply).lower(params, x).compile().cost_analysis()
+    counted = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    analytic = 2 * (vit.matmul_flops(network.backbone, 3, size)
+                    + dino_head.matmul_flops(network.head, 256))
+    assert 0.9 * counted < analytic <= counted, (size, analytic, counted)

@@ -74,6 +74,18 @@ class TextTower(nn.Module):
     return features, aux
 
 
+def matmul_flops(model, channels):
+  """Forward matmul FLOPs of one pair: the image tower and its projection,
+  the text tower over its whole context (blocks.layer_matmul_flops; the
+  token embedding is a lookup) and its projection. The logits of a batch
+  of B add 2 B^2 embed_dim."""
+  text = model.text
+  return (vit.matmul_flops(model.image, channels) + 2 * model.image.width * model.embed_dim
+          + text.depth * text.context * blocks.layer_matmul_flops(text.width, text.mlp_dim,
+                                                                  text.context)
+          + 2 * text.width * model.embed_dim)
+
+
 class CLIP(nn.Module):
   image: vit.ViT          # num_classes 0: features only
   text: TextTower

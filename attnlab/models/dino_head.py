@@ -34,6 +34,12 @@ class WeightNormLinear(nn.Module):
     return jnp.einsum("...d,kd->...k", x.astype(self.dtype), w)
 
 
+def matmul_flops(head, in_dim):
+  """Forward matmul FLOPs of the head on one feature vector of in_dim."""
+  dims = [in_dim] + [head.hidden] * (head.layers - 1) + [head.bottleneck, head.out_dim]
+  return sum(2 * a * b for a, b in zip(dims, dims[1:]))
+
+
 class DINOHead(nn.Module):
   out_dim: int = 65536
   hidden: int = 2048

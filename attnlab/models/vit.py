@@ -44,11 +44,12 @@ def parse_variant(variant):
               patch=int(m.group(2)))
 
 
-def matmul_flops(model, channels):
-  """Forward matmul FLOPs of one image (2 per multiply-add): the patch
-  embedding, every layer over all tokens (blocks.layer_matmul_flops) and
-  the head. XLA's count of a scanned encoder counts one layer."""
-  patches = (model.image_size // model.patch) ** 2
+def matmul_flops(model, channels, image_size=None):
+  """Forward matmul FLOPs of one image (2 per multiply-add) of image_size
+  (default model.image_size): the patch embedding, every layer over all
+  tokens (blocks.layer_matmul_flops) and the head. XLA's count of a
+  scanned encoder counts one layer."""
+  patches = ((image_size or model.image_size) // model.patch) ** 2
   tokens = patches + (1 if model.pool == "tok" else 0)
   flops = 2 * model.patch ** 2 * channels * model.width * patches
   flops += model.depth * tokens * blocks.layer_matmul_flops(model.width, model.mlp_dim, tokens)
