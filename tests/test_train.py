@@ -9,7 +9,7 @@ import pytest
 from attnlab import main as main_lib
 from attnlab import metrics as metrics_lib
 from conftest import tiny_overrides
-from helpers import load_state
+from helpers import assert_trees_equal, load_state
 
 CONFIG = "configs/charlm.py:runlocal=True"
 
@@ -269,3 +269,17 @@ def test_a_rule_shards_a_scanned_layer_like_an_unscanned_one():
   assert out["encoder"]["layer_0"]["mlp"]["kernel"].spec == P("data", None)
   assert out["encoder"]["layer_scan"]["mlp"]["kernel"].spec == P(None, "data", None)
   assert out["encoder"]["norm"]["scale"].spec == P()
+
+
+def test_putting_batches_ahead_changes_nothing_but_timing(tmp_path, text_folder):
+  """device_put_ahead 0 (each batch fetched when its step is due) and 2
+  (two batches on the devices ahead of the step): the same batches in the
+  same order, so the same parameters; the checkpointed input iterator is
+  the one of the step's own batch (the kill -9 tests resume with 1)."""
+  runs = [train(tmp_path / str(k), text_folder, f"--config.device_put_ahead={k}",
+                total_steps=6, ckpt_every=3, eval_every=0) for k in (0, 2)]
+  assert_trees_equal(runs[0]["params"], runs[1]["params"])
+  import json as json_lib
+  states = [json_lib.loads((tmp_path / str(k) / "checkpoints" / "3" / "data" /
+                            "process_0-of-1.json").read_text()) for k in (0, 2)]
+  assert states[0] == states[1]
