@@ -220,15 +220,17 @@ def batch_ways(config, mesh_devices):
     fixed *= max(size, 1)
   ways = 1
   for name, size in config.mesh:
-    if name in ("data", "fsdp"):
+    if name in ("data", "fsdp"):  # sharding.BATCH_AXES (config imports no jax)
       ways *= mesh_devices // fixed if size == -1 else size
   return ways
 
 
-def check_served(path, key="workdir"):
+def check_served(path, key="workdir", here=True):
   """A one-line error for a path (workdir, data folder) whose storage scheme
-  nothing installed serves, before anything compiles."""
-  problem = storage.unserved(path, "--workdir" if key == "workdir" else f"--config.{key}")
+  nothing installed serves, before anything compiles; here=False: read on
+  other machines (a pod's workers), only the scheme's name is checked."""
+  problem = storage.unserved(path, "--workdir" if key == "workdir" else f"--config.{key}",
+                             here)
   if problem:
     raise ConfigError(key, *problem)
 

@@ -59,8 +59,10 @@ def _setup_jax():
   return jax
 
 
-def parse_config(argv):
-  """`--config FILE[:arg] --workdir DIR --config.K=V ...` -> (config, workdir).
+def parse_config(argv, workdir_here=True):
+  """`--config FILE[:arg] --workdir DIR --config.K=V ...` -> (config, workdir);
+  workdir_here=False: the workdir is for other machines (`tpu`), so only the
+  name of its scheme is checked here, not that this one can read it.
 
   `FILE` defines `get_config(arg)` (big_vision / ml_collections style);
   overrides keep the type the config declared.
@@ -106,7 +108,7 @@ def parse_config(argv):
     for key, value in overrides:
       _override(config, key, value)
     if workdir:
-      config_lib.check_served(workdir)
+      config_lib.check_served(workdir, here=workdir_here)
   except config_lib.ConfigError as e:
     fail(str(e))
   return config, workdir
@@ -523,7 +525,7 @@ def cmd_tpu(argv):
          "train CONFIG --workdir DIR [...]")
   # A bad config fails here, not on the pod (`train CONFIG` as in launch.sh).
   parse_config(train_args if train_args[0].startswith("-")
-               else ["--config"] + train_args)
+               else ["--config"] + train_args, workdir_here=False)
   for cmd in tpu_commands(rest[0], values.zone, values.project, train_args):
     print(shlex.join(cmd), flush=True)
     if not values.dry_run:
@@ -579,8 +581,8 @@ def cmd_compile(argv):
     trainer.writer.close()
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30
-  flops = (train.analytic_flops(exp, config.batch_size)
-           or train.step_flops(compiled) * devices)  # XLA counts one device's program
+  analytic = train.analytic_flops(exp, config.batch_size)
+  flops = analytic or train.step_flops(compiled) * devices  # XLA counts one device's program
   print(f"{train.param_count(abstract['params']):,} params; mesh "
         f"{dict(trainer.mesh.shape)}; global batch {config.batch_size} "
         f"(accumulation {config.grad_accum})")
@@ -589,7 +591,7 @@ def cmd_compile(argv):
         f"{gib(mem.output_size_in_bytes):.3f} GiB (aliased with the donated state)")
   print(f"{flops / 1e12:.4g} TFLOP per step in all, {flops / devices / 1e12:.4g} per device; "
         f"lowered and compiled in {compile_s:.1f} s")
-  if not train.analytic_flops(exp, config.batch_size) and config.get("model", {}).get("scan"):
+  if not analytic and config.get("model", {}).get("scan"):
     print("note: XLA's cost analysis counts a scanned stack's loop body once, so this FLOP "
           "count leaves out all layers but one (compile with --config.model.scan=False to count them)")
 

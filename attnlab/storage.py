@@ -59,11 +59,11 @@ def is_remote(p):
   return "://" in os.fspath(p)
 
 
-def unserved(p, flag="--workdir"):
+def unserved(p, flag="--workdir", here=True):
   """(problem, fix) for a path whose scheme no installed backend serves (a
-  typo such as gcs://, or gs:// with neither gcsfs nor TensorFlow
-  installed); None for one that can be read. config.check_served makes it
-  the one-line error."""
+  typo such as gcs://, or, when it is to be read `here`, gs:// with neither
+  gcsfs nor TensorFlow installed); None for one that can be read.
+  config.check_served makes it the one-line error."""
   text = os.fspath(p)
   if "://" not in text:
     return None
@@ -71,6 +71,8 @@ def unserved(p, flag="--workdir"):
   if scheme not in SCHEMES:
     return (f"{text!r} has the scheme {scheme}://, which no storage backend serves",
             f"give {flag} a local folder or one of {', '.join(s + '://' for s in SCHEMES)}")
+  if not here:
+    return None
   try:
     epath.Path(text).exists()
   except (ImportError, NotImplementedError) as e:

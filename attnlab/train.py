@@ -47,6 +47,7 @@ An experiment object provides:
   flops_per_step(batch_size), optional: when XLA's count is wrong (scans);
       None for a model it does not count
 """
+import collections
 import dataclasses
 import json
 import signal
@@ -183,7 +184,6 @@ class DevicePutAhead:
   """
 
   def __init__(self, iterator, mesh, ahead):
-    import collections
     self.iterator, self.mesh, self.ahead = iterator, mesh, ahead
     self.queue = collections.deque()  # (iterator state before it, batch)
     self._dict_state = isinstance(iterator, grain.DatasetIterator)
@@ -340,8 +340,9 @@ class Trainer:
     # XLA's count is of one device's partitioned program: the step's is that
     # times the devices (an experiment's analytic count is the whole step's).
     flops, how = step_flops(compiled) * devices, "XLA cost analysis"
-    if analytic_flops(exp, config.batch_size):
-      flops, how = analytic_flops(exp, config.batch_size), "analytic"
+    analytic = analytic_flops(exp, config.batch_size)
+    if analytic:
+      flops, how = analytic, "analytic"
     elif config.get("model", {}).get("scan"):
       how += ", which counts a scanned stack's loop body once: MFU is too low"
     peak = peak or measured_peak_flops()

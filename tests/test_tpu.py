@@ -33,6 +33,19 @@ def test_bad_pod_config_fails_here_not_on_the_pod():
   assert p.returncode == 2 and "optim.lrr" in p.stderr and not p.stdout
 
 
+def test_a_bucket_workdir_is_for_the_workers_but_a_typo_fails_here():
+  """The machine that books the pod need not read gs:// (no gcsfs on a
+  laptop, as here): only the workers, which `launch.sh` gives gcsfs, must.
+  An unknown scheme is a typo wherever it would be read."""
+  run = lambda workdir: subprocess.run(
+      ["./launch.sh", "tpu", "my-pod", "--zone", "z", "--dry_run", "train",
+       "configs/charlm.py", "--workdir", workdir], cwd=ROOT, capture_output=True, text=True)
+  ok = run("gs://bucket/run")
+  assert ok.returncode == 0 and "--workdir gs://bucket/run" in ok.stdout, ok.stderr
+  typo = run("gcs://bucket/run")
+  assert typo.returncode == 2 and "gcs://" in typo.stderr and not typo.stdout
+
+
 def test_ahead_of_time_compile_reports_memory_per_device():
   """`compile` needs no data: the Ding Transformer for 2 fake devices. Its
   arguments per device are the replicated state (params + Adam's two

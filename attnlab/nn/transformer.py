@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab import config as config_lib
+from attnlab import sharding as sharding_lib
 from attnlab.nn import attention as att
 
 
@@ -69,7 +70,7 @@ def batch_sharded(x):
   split (ViT-L/16, FSDP, scanned + remat, 16 devices: 12.7 GiB of
   temporaries per device instead of 47.4)."""
   mesh = jax.sharding.get_abstract_mesh()
-  axes = tuple(a for a in ("data", "fsdp") if a in mesh.auto_axes)
+  axes = tuple(a for a in sharding_lib.BATCH_AXES if a in mesh.auto_axes)
   if not axes:
     return x
   spec = jax.sharding.PartitionSpec(axes if len(axes) > 1 else axes[0])
