@@ -202,6 +202,12 @@ def load_run(workdir):
     config.model.update(dict(scan=False, remat="none"))
   if config.get("model", {}).get("name") == "vit" and "drop_path" not in config.model:
     config.model.update(drop_path=0.0, head_bias=0.0)  # ViT runs made before they existed
+  decode = config.get("decode", {})
+  if "batch" in decode and "batch_tokens" not in decode:
+    # Translation runs made before batches were sized by tokens: the same
+    # 64 sentences at the shortest padded length (32 source tokens).
+    config.decode.batch_tokens = 32 * config.decode.batch
+    del config.decode["batch"]
   return config
 
 
@@ -371,7 +377,9 @@ def cmd_sample(argv):
   if temperature < 0:
     fail("--temperature must be >= 0 (0 is greedy)")
   prompt = exp.prompt if values.prompt is None else values.prompt.replace("\\n", "\n")
-  length = values.length or s.length
+  length = s.length if values.length is None else values.length
+  if length < 1:
+    fail(f"--length {length}: sample at least 1 character")
   positions = config.model.get("max_len", 0)  # a GPT's learned positions
   if positions and len(prompt) + length > positions:
     fail(f"--prompt of {len(prompt)} + --length {length} characters exceed the "

@@ -60,7 +60,7 @@ def get_config(arg=None):
       model=arg.model, cell=arg.cell, score=arg.score, embed=embed,
       hidden=hidden, dropout=0.1, num_layers=1))
   c.decode = ml_collections.ConfigDict(dict(
-      beam=4, alpha=0.6, extra_len=50, batch=64, num_bleu=500, num_plots=4,
+      beam=4, alpha=0.6, extra_len=50, batch_tokens=2048, num_bleu=500, num_plots=4,
       buckets=(0, 10, 20, 30, 40, 50, 60, 1000)))
   if arg.runlocal:
     c.total_steps = 4
@@ -69,6 +69,6 @@ def get_config(arg=None):
     embed, hidden = SIZES["tiny"]["embed"], SIZES["tiny"]["hidden"]
     c.model.update(embed=embed, hidden=hidden)
     c.data.update(vocab_size=64, max_len=16)
-    c.decode.update(batch=8, num_bleu=8, num_plots=1)
+    c.decode.update(batch_tokens=256, num_bleu=8, num_plots=1)
     c.optim.warmup_steps = 0
   return c

@@ -69,7 +69,7 @@ def get_config(arg=None):
       scan=False, remat="none",  # attnlab/nn/transformer.Stack: deep stacks' memory
       dtype="float32"))
   c.decode = ml_collections.ConfigDict(dict(
-      beam=4, alpha=0.6, extra_len=50, batch=64, num_bleu=200, num_plots=2,
+      beam=4, alpha=0.6, extra_len=50, batch_tokens=2048, num_bleu=200, num_plots=2,
       buckets=(0, 10, 20, 30, 40, 50, 60, 1000)))
   if arg.runlocal:
     c.total_steps = 4
@@ -77,6 +77,6 @@ def get_config(arg=None):
     c.log_every = c.eval_every = c.ckpt_every = 2
     c.model.update(d_model=16, num_heads=2, d_ff=32, enc_layers=1, dec_layers=1)
     c.data.update(vocab_size=64, max_len=16)
-    c.decode.update(batch=8, num_bleu=8, num_plots=1)
+    c.decode.update(batch_tokens=256, num_bleu=8, num_plots=1)
     c.optim.warmup_steps = 0
   return c

@@ -535,15 +535,19 @@ def attention(ns=(1024, 2048, 4096, 8192, 16384), heads=8, head_dim=64,
           f"{ratio:>14}{spread:>12}", flush=True)
 
 
-def beam(workdirs, beams=(1, 4), rounds=2):
+def beam(workdirs, beams=(1, 4), rounds=2, reference=False):
   """Beam-search translation of the validation split by each trained run in
   WORKDIRS, per beam size: one pass compiles (a program per padded source
   length), then the runs translate in alternating passes (`rounds` each);
   the figures are medians, and with several runs the speed relative to the
-  first's."""
+  first's. With `reference`, each run also translates with the beam search
+  as it was (tests/reference_decode.py: a cache of the longest output, the
+  whole state reordered at every step), and the bench says whether the
+  translations are identical."""
   import jax
   import numpy as np
   from attnlab import main as main_lib
+  from attnlab.data import tokenizer as tok_lib
   from attnlab.data import translation
   from attnlab.evals import bleu
   runs = {}
@@ -555,15 +559,29 @@ def beam(workdirs, beams=(1, 4), rounds=2):
             if m.model == "transformer" else f"{m.cell} {m.hidden}")
     print(f"{workdir}: {m.model} ({size}), step {int(state['step'])}; "
           f"{config.data.source} {config.data.eval_split}: {len(pairs)} sentences, "
-          f"batch {config.decode.batch}, length penalty alpha {config.decode.alpha}")
-    runs[workdir] = dict(config=config, exp=exp, params=jax.device_get(state["params"]),
-                         sources=[s for s, _ in pairs], refs=[t for _, t in pairs])
+          f"batches of {config.decode.batch_tokens} source tokens, length penalty "
+          f"alpha {config.decode.alpha}")
+    run = dict(config=config, exp=exp, params=jax.device_get(state["params"]),
+               sources=[s for s, _ in pairs], refs=[t for _, t in pairs])
+    runs[workdir] = run
+    if reference:
+      sys.path.insert(0, os.path.join(ROOT, "tests"))
+      import reference_decode
+      old = main_lib._restore(workdir)[1]
+
+      def search(params, src, alignments=False, eos=tok_lib.EOS, old=old):
+        d = old.config.decode
+        return reference_decode.translate_batch(
+            old.model, params, src, tok_lib.BOS, eos, d.beam, src.shape[1] + d.extra_len,
+            d.alpha, alignments)
+      old.beam_search = search
+      runs[f"{workdir} (reference)"] = dict(run, exp=old, same_as=workdir)
   print(f"{'beam':>5}{'compile+run s':>15}{'run s':>8}{'sentences/s':>13}"
         f"{'tokens/s':>10}{'BLEU':>7}{'speed / first':>19}  run")
   for b in beams:
     first_pass = {}
     for wd, r in runs.items():
-      r["config"].decode.beam = int(b)
+      r["exp"].config.decode.beam = int(b)
       t0 = time.perf_counter()
       r["hyps"] = r["exp"].translate(r["params"], r["sources"])
       first_pass[wd] = time.perf_counter() - t0
@@ -578,6 +596,14 @@ def beam(workdirs, beams=(1, 4), rounds=2):
       rel = f"{med:.2f}x ({lo:.2f}-{hi:.2f})" if wd != first else ""
       print(f"{b:>5}{first_pass[wd]:>15.1f}{secs:>8.1f}{len(r['hyps']) / secs:>13.1f}"
             f"{tokens / secs:>10.0f}{score:>7.2f}{rel:>19}  {wd}", flush=True)
+    for wd, r in runs.items():
+      if "same_as" in r:
+        fast = runs[r["same_as"]]
+        same = sum(a == b for a, b in zip(fast["hyps"], r["hyps"]))
+        med, lo, hi = ratio_summary(times, wd, r["same_as"])
+        print(f"      beam {b}: {r['same_as']} translates {med:.2f}x (rounds {lo:.2f}-{hi:.2f}) "
+              f"as fast as the reference; identical translations: {same} / {len(r['hyps'])}",
+              flush=True)
 
 
 def decode_speed(new_tokens=128, batch=8, src_len=32, rounds=3):
@@ -635,6 +661,148 @@ def decode_speed(new_tokens=128, batch=8, src_len=32, rounds=3):
   print(f"same tokens: {100 * same:.1f}%")
 
 
+def import_flax_wmt(flax_dir):
+  """google/flax's examples/wmt `models` and `train` modules, imported from
+  a checkout at run time (never copied). Its train.py imports TensorFlow
+  and its input pipeline at the top, for data no benchmark here uses:
+  stand-ins let its real train_step and predict_step run."""
+  import types
+  if not os.path.exists(os.path.join(flax_dir, "train.py")):
+    sys.exit(f"{flax_dir} has no train.py: pass the examples/wmt directory of "
+             "a google/flax checkout")
+  from flax.training import checkpoints  # noqa: F401  (probes for TF: before)
+  stand_ins = [n for n in ("tensorflow", "input_pipeline", "clu.metric_writers",
+                           "clu.periodic_actions") if n not in sys.modules]
+  for name in stand_ins:
+    sys.modules[name] = types.ModuleType(name)
+  if "tensorflow" in stand_ins:  # a type annotation in train.py
+    sys.modules["tensorflow"].data = types.SimpleNamespace(Dataset=object)
+  sys.path.insert(0, flax_dir)
+  import models as flax_models
+  import train as flax_train
+  for name in stand_ins:
+    del sys.modules[name]
+  return flax_models, flax_train
+
+
+def gpt_sampling(lengths=(128, 1024), batch=1, rounds=3, temperature=1.0):
+  """Sampling `lengths` new tokens from a GPT (configs/gpt.py's small dims,
+  random weights) three ways, timed in alternating windows: the cache grown
+  in length buckets (decode.sample with grow, as experiments/lm samples),
+  one cache of the full length (as before the buckets), and no cache (each
+  step re-runs the model on the whole padded sequence). The same random
+  keys, so all three draw the same tokens up to float rounding."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from attnlab import decode
+  from attnlab.models import gpt
+  vocab = 65  # Shakespeare's characters
+  model = gpt.GPT(vocab, d_model=192, num_heads=6, d_ff=768, num_layers=4,
+                  max_len=max(lengths) + 1, dropout=0.0)
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), jnp.zeros((1, 8), jnp.int32))
+  step = lambda state, token: model.apply(params, state, token, method=model.decode_step)
+  first = jnp.zeros((batch,), jnp.int32)
+  rng = jax.random.PRNGKey(2)
+  print(f"GPT, configs/gpt.py's small dims (d_model 192, 6 heads, 4 layers, {vocab} "
+        f"characters), random weights, batch {batch}, temperature {temperature}")
+  print(f"{'new tokens':>10}{'':>2}{'way':<34}{'s':>8}{'tokens/s':>10}{'x no cache':>12}"
+        f"{'same tokens':>13}")
+  for n in lengths:
+    @jax.jit
+    def buckets(params):
+      state = model.apply(params, batch, 0, method=model.initial_state)
+      return decode.sample(step, state, first, n, rng, temperature, grow=model.grow_state)[0]
+
+    @jax.jit
+    def full(params):
+      state = model.apply(params, batch, n, method=model.initial_state)
+      return decode.sample(step, state, first, n, rng, temperature)[0]
+
+    @jax.jit
+    def uncached(params):
+      keys = jax.random.split(rng, n)
+
+      def body(t, tokens):
+        logits = model.apply(params, tokens)[0][:, t]
+        nxt = jax.random.categorical(keys[t], logits / temperature, axis=-1)
+        return tokens.at[:, t + 1].set(nxt.astype(jnp.int32))
+      tokens = jnp.zeros((batch, n + 1), jnp.int32).at[:, 0].set(first)
+      return jax.lax.fori_loop(0, n, body, tokens)[:, 1:]
+    ways = {"cache grown in length buckets": buckets, "one cache of the full length": full,
+            "no cache (recompute all)": uncached}
+    out = {name: np.asarray(fn(params)) for name, fn in ways.items()}  # compile
+    times = interleaved({name: (lambda fn=fn: jax.block_until_ready(fn(params)))
+                         for name, fn in ways.items()}, rounds)
+    for name in ways:
+      secs = float(np.median(times[name]))
+      med, lo, hi = ratio_summary(times, "no cache (recompute all)", name)
+      same = (out[name] == out["no cache (recompute all)"]).mean()
+      print(f"{n:>10}{'':>2}{name:<34}{secs:>8.2f}{batch * n / secs:>10.0f}"
+            f"{med:>11.1f}x{100 * same:>12.1f}%", flush=True)
+
+
+def flax_decode(flax_dir, batch=8, src_len=32, new_tokens=63, beams=(4, 1), rounds=5,
+                window=2):
+  """Beam search (and greedy = beam 1) of the flax WMT example over its own
+  model and cache against ours, in one process, timed in alternating
+  windows of `window` batches: random weights at the same dims, the same
+  random source batch, EOS never produced, so both decode `new_tokens`."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from attnlab import main as main_lib
+  from experiments import translate
+
+  flax_models, flax_train = import_flax_wmt(flax_dir)
+  vocab, d, heads, d_ff, layers = 8192, 256, 4, 1024, 3
+  src = jax.random.randint(jax.random.PRNGKey(0), (batch, src_len), 4, vocab)
+
+  config, _ = main_lib.parse_config(["--config", "configs/wmt.py:ding"])
+  config.model.update(d_model=d, num_heads=heads, d_ff=d_ff, enc_layers=layers,
+                      dec_layers=layers, dropout=0.0)
+  config.decode.extra_len = new_tokens - src_len  # max_len = source + extra
+  exp = translate.Experiment(config, None, vocab_size=vocab)
+  params = jax.jit(exp.init, static_argnums=1)(jax.random.PRNGKey(1), batch)["params"]
+
+  cfg = flax_models.TransformerConfig(
+      vocab_size=vocab, output_vocab_size=vocab, share_embeddings=True,
+      logits_via_embedding=True, emb_dim=d, num_heads=heads, num_layers=layers,
+      qkv_dim=d, mlp_dim=d_ff, max_len=256, dropout_rate=0.0,
+      attention_dropout_rate=0.0, deterministic=True, decode=False)
+  their_params = jax.jit(flax_models.Transformer(cfg).init)(
+      jax.random.PRNGKey(1), src, src)["params"]
+  predict_cfg = cfg.replace(decode=True)
+  max_decode_len = new_tokens + 1  # its sequences start with the BOS slot
+  cache = flax_train.initialize_cache(src, max_decode_len, predict_cfg)
+
+  print(f"flax examples/wmt beam search against attnlab's, random weights: vocab {vocab}, "
+        f"d_model {d}, {heads} heads, FFN {d_ff}, {layers}+{layers} layers; batch {batch}, "
+        f"source {src_len} tokens, {new_tokens} decoded tokens (EOS disabled); "
+        f"{rounds} rounds of {window} batches each")
+  print(f"{'beam':>5}{'attnlab s/batch':>17}{'flax s/batch':>14}{'attnlab / flax time':>21}"
+        f"{'rounds':>13}")
+  for beam in beams:
+    config.decode.beam = beam
+    ours = jax.jit(lambda p, s: exp._beam(p, {"src": s}, eos=-1)["tokens"])
+    theirs = jax.jit(lambda p, s, c: flax_train.predict_step(
+        s, p, c, eos_id=-1, max_decode_len=max_decode_len, config=predict_cfg,
+        beam_size=beam))
+    out = {"attnlab": np.asarray(ours(params, src)),  # compile
+           "flax": np.asarray(theirs(their_params, src, cache))}
+    assert out["attnlab"].shape[-1] == new_tokens, out["attnlab"].shape
+    assert out["flax"].shape[-1] == new_tokens, out["flax"].shape  # best, BOS slot dropped
+
+    def run(fn, *args):
+      return lambda: [jax.block_until_ready(fn(*args)) for _ in range(window)]
+    times = interleaved({"attnlab": run(ours, params, src),
+                         "flax": run(theirs, their_params, src, cache)}, rounds)
+    r = np.asarray(times["attnlab"]) / np.asarray(times["flax"])
+    print(f"{beam:>5}{np.median(times['attnlab']) / window:>17.3f}"
+          f"{np.median(times['flax']) / window:>14.3f}{np.median(r):>20.2f}x"
+          f"{r.min():>8.2f}-{r.max():.2f}", flush=True)
+
+
 def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   """Train steps of the flax WMT example and of ours at its base dims, in one
   process, on the same random full-length batches, timed in alternating
@@ -661,21 +829,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   from attnlab.nn import attention as att
   from experiments import translate
 
-  if not os.path.exists(os.path.join(flax_dir, "train.py")):
-    sys.exit(f"{flax_dir} has no train.py: pass the examples/wmt directory of "
-             "a google/flax checkout")
-  from flax.training import checkpoints  # noqa: F401  (probes for TF: before)
-  stand_ins = [n for n in ("tensorflow", "input_pipeline", "clu.metric_writers",
-                           "clu.periodic_actions") if n not in sys.modules]
-  for name in stand_ins:
-    sys.modules[name] = types.ModuleType(name)
-  if "tensorflow" in stand_ins:  # a type annotation in train.py
-    sys.modules["tensorflow"].data = types.SimpleNamespace(Dataset=object)
-  sys.path.insert(0, flax_dir)
-  import models as flax_models
-  import train as flax_train
-  for name in stand_ins:
-    del sys.modules[name]
+  flax_models, flax_train = import_flax_wmt(flax_dir)
   vocab, d, heads, d_ff, layers = 32000, 512, 8, 2048, 6
   rng = jax.random.PRNGKey(0)
   tokens = jax.random.randint(rng, (2, batch, length), 4, vocab)
@@ -1252,9 +1406,9 @@ def main():
   elif what == "gradflow":
     gradflow(sys.argv[2:])
   elif what == "beam":
-    dirs = [a for a in sys.argv[2:] if not a.isdigit()]
-    beam(dirs, *([[a for a in sys.argv[2:] if a.isdigit()]]
-                 if any(a.isdigit() for a in sys.argv[2:]) else []))
+    dirs = [a for a in sys.argv[2:] if not a.isdigit() and not a.startswith("--")]
+    sizes = [int(a) for a in sys.argv[2:] if a.isdigit()] or (1, 4)
+    beam(dirs, sizes, reference="--reference" in sys.argv)
   elif what == "attention":
     attention()
   elif what == "pipeline":
@@ -1265,6 +1419,8 @@ def main():
     bench_ahead(sys.argv[2:])
   elif what == "decode":
     decode_speed()
+  elif what == "sample":
+    gpt_sampling()
   elif what == "bigvision":
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench bigvision BIG_VISION_CHECKOUT [VARIANT...]")
@@ -1285,9 +1441,13 @@ def main():
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
     flax_wmt(sys.argv[2])
+  elif what == "flaxdecode":
+    if len(sys.argv) < 3:
+      sys.exit("usage: python -m experiments.bench flaxdecode FLAX_CHECKOUT/examples/wmt")
+    flax_decode(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, flaxwmt, bigvision, dino, dinohead, matmul, clipmem, openclip, attention, ahead or pipeline")
+             "decode, sample, flaxwmt, flaxdecode, bigvision, dino, dinohead, matmul, clipmem, openclip, attention, ahead or pipeline")
 
 
 if __name__ == "__main__":

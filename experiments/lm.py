@@ -30,6 +30,8 @@ from attnlab.nn import transformer as blocks
 def validate(config):
   text_lib.validate(config.data)
   config_lib.check_choice(config, "model.name", {"rnn_lm", "gpt"})
+  config_lib.check(config.sample.length >= 1, "sample.length",
+                   f"{config.sample.length}: nothing to sample", "sample at least 1 character")
   if config.model.name == "gpt":
     m = config.model
     blocks.validate(config)
@@ -247,11 +249,12 @@ class Experiment:
     """The prompt through the key/value cache, then sampling from it."""
     step = lambda state, token: self.model.apply(
         {"params": params}, state, token, method=self.model.decode_step)
-    state = self.model.apply({"params": params}, 1, ids.shape[0] + length,
+    state = self.model.apply({"params": params}, 1, ids.shape[0] - 1,
                              method=self.model.initial_state)
     state, _ = jax.lax.scan(lambda st, tok: (step(st, tok[None])[0], None),
                             state, ids[:-1])
-    return decode.sample(step, state, ids[-1:], length, rng, temperature)[0]
+    return decode.sample(step, state, ids[-1:], length, rng, temperature,
+                         grow=self.model.grow_state, start=ids.shape[0] - 1)[0]
 
   def finish(self, state, mesh, writer):
     """After training (and on `eval --split test`): nats/char on the test

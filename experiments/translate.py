@@ -49,8 +49,20 @@ def validate(config):
   else:
     translation.check_languages(config.data)
   config_lib.check(config.data.max_len > 1, "data.max_len", "must be > 1", "e.g. 64")
-  config_lib.check(config.decode.beam >= 1, "decode.beam", "must be >= 1",
+  d = config.decode
+  config_lib.check(d.beam >= 1, "decode.beam", "must be >= 1",
                    "use 1 for greedy-like search, 4 as in the papers")
+  config_lib.check(d.beam <= config.data.vocab_size, "decode.beam",
+                   f"{d.beam} hypotheses exceed the {config.data.vocab_size}-piece vocabulary",
+                   "use a beam of at most the vocabulary size (4 as in the papers)")
+  config_lib.check(d.alpha >= 0, "decode.alpha", f"length penalty {d.alpha} < 0 favours "
+                   "short outputs and breaks beam search's early stop",
+                   "use alpha >= 0 (0.6 as in Wu et al. 2016; 0 for none)")
+  config_lib.check(LENGTH_QUANTUM + d.extra_len >= 1, "decode.extra_len",
+                   f"max length = source length + {d.extra_len} < 1 leaves nothing to decode",
+                   "use extra_len >= 0 (50 as in Vaswani et al.)")
+  config_lib.check(d.batch_tokens >= 1, "decode.batch_tokens", f"{d.batch_tokens} must be >= 1",
+                   "e.g. 2048 source tokens per batch")
 
 
 MODELS = ("rnnencdec", "rnnsearch", "luong", "transformer")
@@ -112,6 +124,7 @@ class Experiment:
       vocab_size = len(self.tokenizer)
     self.model = make_model(config.model, vocab_size)
     self._beams = {}  # (mesh, alignments, beam size) -> per-device beam search
+    self._shapes = set()  # (beam search, rows, source length) compiled so far
 
   def _train_text(self):
     for s, t in translation.load_pairs(self.config.data, self.config.data.train_split):
@@ -182,30 +195,48 @@ class Experiment:
     nll, mask, _ = self._forward(params, batch, False)
     return {"nll": jnp.sum(nll * mask, axis=1), "tokens": jnp.sum(mask, axis=1)}
 
-  def _beam(self, params, batch, alignments=False):
+  def _beam(self, params, batch, alignments=False, eos=tok_lib.EOS):
     """The best beam hypothesis [B, T] of each source row (and with
-    `alignments` the attention it used [B, T, ...])."""
-    c, src = self.config, batch["src"]
-    # Vaswani et al.: at most the source length + 50 target tokens.
-    max_len = src.shape[1] + c.decode.extra_len
-    memory = self.model.apply({"params": params}, src, src > 0,
-                              method=self.model.encode)
-    state = {"memory": memory,
-             "dec": self.model.apply({"params": params}, memory, max_len,
-                                     method=self.model.initial_state)}
-
-    def step(state, token):
-      dec, logits, weights = self.model.apply(
-          {"params": params}, state["memory"], state["dec"], token,
-          method=self.model.decode_step)
-      state = {"memory": state["memory"], "dec": dec}
-      return (state, logits, weights) if alignments else (state, logits)
-    out = decode.beam_search(step, state, tok_lib.BOS, tok_lib.EOS, c.decode.beam,
-                             max_len, c.decode.alpha)
+    `alignments` the attention it used [B, T, ...]); eos=-1 never ends
+    (benchmarks)."""
+    out = self.beam_search(params, batch["src"], alignments, eos)
     best = {"tokens": out[0][:, 0]}
     if alignments:
       best["weights"] = out[2][:, 0]
     return best
+
+  def beam_search(self, params, src, alignments=False, eos=tok_lib.EOS):
+    """decode.beam_search's (tokens, scores(, attention)) of every beam for
+    source rows src [B, S]."""
+    c = self.config
+    # Vaswani et al.: at most the source length + 50 target tokens.
+    max_len = src.shape[1] + c.decode.extra_len
+    memory = self.model.apply({"params": params}, src, src > 0,
+                              method=self.model.encode)
+    # The Transformer's cache grows in length buckets and its rows are beam
+    # slots, never copied when hypotheses change parents (attnlab/decode.py,
+    # nn/transformer.Stack.decode); the encoder's output and keys/values are
+    # tiled to the beams once and never reordered. A recurrent state has none
+    # of this: it is one small vector per hypothesis.
+    grow = getattr(self.model, "grow_state", None)
+    if grow:
+      state = self.model.apply({"params": params}, memory, 0, c.decode.beam,
+                               method=self.model.initial_state)
+    else:
+      state = self.model.apply({"params": params}, memory, method=self.model.initial_state)
+    fixed = {"memory": memory, "cross_kv": state.pop("cross_kv", None)}
+
+    def step(state, token, fixed):
+      if fixed["cross_kv"] is not None:
+        state = dict(state, cross_kv=fixed["cross_kv"])
+      dec, logits, weights = self.model.apply(
+          {"params": params}, fixed["memory"], state, token,
+          method=self.model.decode_step)
+      dec.pop("cross_kv", None)
+      return (dec, logits, weights) if alignments else (dec, logits)
+    return decode.beam_search(step, state, tok_lib.BOS, eos, c.decode.beam,
+                              max_len, c.decode.alpha, grow=grow, fixed=fixed,
+                              reorder=getattr(self.model, "reorder_state", None))
 
   def _beam_rows(self, mesh, alignments):
     """The per-device beam search for this mesh, made once (the same object
@@ -221,20 +252,33 @@ class Experiment:
     truncated to the training length: long sentences are the point of
     Bahdanau et al.'s Figure 2), decoded on every device of `mesh` (default:
     all devices). Sentences are sorted by length and padded to a multiple of
-    LENGTH_QUANTUM, so batches waste little on padding and only a few shapes
-    are compiled. With `alignments`, also per sentence the translation's ids
+    LENGTH_QUANTUM; each batch holds about decode.batch_tokens source
+    tokens (more sentences when they are short), so batches waste little on
+    padding and one shape is compiled per padded length (each new one is
+    logged). With `alignments`, also per sentence the translation's ids
     (EOS included) and the attention weights the beam used [target ids,
     source ids]. Every process must call it (the batches span all hosts)."""
     mesh = mesh or sharding_lib.make_mesh((("data", -1),))
-    batch = sharded.round_to_devices(self.config.decode.batch, mesh)
     beam = self._beam_rows(mesh, alignments)
     ids = [self.tokenizer.encode(s) for s in sentences]
     order = np.argsort([len(x) for x in ids], kind="stable")
     out, aligned = [None] * len(ids), [None] * len(ids)
-    for i in range(0, len(ids), batch):
-      rows = order[i:i + batch]
-      src = tok_lib.pad_batch([ids[r] for r in rows], padded_length(max(
-          len(ids[r]) for r in rows)))
+    i = 0
+    while i < len(ids):
+      length = padded_length(len(ids[order[i]]))
+      batch = sharded.round_to_devices(max(1, self.config.decode.batch_tokens // length), mesh)
+      rows = [r for r in order[i:i + batch] if padded_length(len(ids[r])) == length]
+      i += len(rows)
+      src = tok_lib.pad_batch([ids[r] for r in rows], length)
+      shape = (id(beam), batch, length)
+      if shape not in self._shapes:
+        self._shapes.add(shape)
+        if jax.process_index() == 0:
+          buckets = decode.length_buckets(length + self.config.decode.extra_len)
+          print(f"beam search (beam {self.config.decode.beam}): compiling for {batch} "
+                f"sentences x {length} source tokens, {len(buckets)} length buckets "
+                f"{'/'.join(map(str, buckets))} ({len(self._shapes)} compiled shapes so far)",
+                flush=True)
       best = sharded.gather(beam, params, next(sharded.batches({"src": src}, batch, mesh)))
       for j, r in enumerate(rows):
         seq = best["tokens"][j]

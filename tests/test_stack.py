@@ -106,8 +106,9 @@ def test_scanned_cached_decoding_equals_full_recomputation():
       params, src, src > 0, tgt)
   memory = model.apply(params, src, src > 0, method=model.encode)
   state = model.apply(params, memory, 10, method=model.initial_state)
-  # layers on axis 1 of every cache leaf: beam search reorders axis 0
-  assert state["cache"]["kv"]["k"].shape == (2, 2, 10, 2, 8)
+  # layers on axis 1 of every cache leaf: beam search reorders axis 0; then
+  # heads before positions [B, layers, H, L, Dh], as attention reads them
+  assert state["cache"]["kv"]["k"].shape == (2, 2, 2, 10, 8)
   decode = jax.jit(functools.partial(model.apply, method=model.decode_step))
   for t in range(tgt.shape[1]):
     state, logits, w = decode(params, memory, state, tgt[:, t])

@@ -162,6 +162,10 @@ def test_sampling_reproducible_under_seed(tmp_path, text_folder, capsys):
   main_lib.main(["sample", str(wd), "--prompt", "KING:", "--length", "30",
                  "--temperature", "0", "--seed", "7"])
   assert capsys.readouterr().out == greedy  # greedy ignores the seed
+  with pytest.raises(SystemExit) as e:  # was: silently the config's length
+    main_lib.main(["sample", str(wd), "--length", "0"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip() == "error: --length 0: sample at least 1 character"
 
 
 def test_default_source_smoke_on_tfds_mock_data(tmp_path):

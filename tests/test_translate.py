@@ -108,7 +108,7 @@ def test_translate_keeps_order_and_whole_long_sentences(tmp_path, parallel_folde
   config, _ = main_lib.parse_config([
       "--config", "configs/seq2seq.py:data=folder,runlocal=True",
       f"--config.data.folder={parallel_folder}",
-      f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.decode.batch=2"])
+      f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.decode.batch_tokens=64"])
   exp = translate.Experiment(config, str(tmp_path / "wd"))
   params = exp.init(jax.random.PRNGKey(1), 1)["params"]
   long = " ".join(DE * 3)

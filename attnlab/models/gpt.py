@@ -5,7 +5,7 @@ LayerNorm first in each sub-layer and once more at the end (pre_norm).
 
   __call__(tokens [B, T]) -> (logits [B, T, V], aux); with return_weights
       aux["self_attention"] is every layer's [B, layers, H, T, T]
-  initial_state(batch, max_len) -> key/value caches
+  initial_state(batch, max_len) -> key/value caches; grow_state(state, max_len)
   decode_step(state, token [B]) -> (state, logits [B, V])
 """
 import flax.linen as nn
@@ -61,6 +61,8 @@ class GPT(nn.Module):
 
   def initial_state(self, batch, max_len):
     return self.layers.empty_cache(batch, max_len, self.d_model)
+
+  grow_state = staticmethod(blocks.grow_cache)  # room for more tokens (decode.py)
 
   def decode_step(self, state, token, train=False):
     x = self._embed(token[:, None], state["index"][:, None], train)

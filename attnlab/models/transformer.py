@@ -9,7 +9,8 @@ Same interface as attnlab/models/seq2seq (so training, beam search and
 alignment plots are shared):
   encode(src [B, S], src_valid [B, S]) -> memory
   initial_state(memory, max_len) -> state (key/value caches, encoder keys
-      and values projected once per sentence)
+      and values projected once per sentence); grow_state(state, max_len),
+      reorder_state(state, rows) for decode.beam_search
   decode_step(memory, state, token [B]) -> (state, logits [B, V],
       encoder-decoder attention [B, layers, heads, S])
   __call__(src, src_valid, tgt_in) -> (logits [B, T, V], aux); with
@@ -120,9 +121,22 @@ class Transformer(nn.Module):
     return logits, aux
 
   # --- incremental decoding ----------------------------------------------------
-  def initial_state(self, memory, max_len):
-    return {"cache": self.decoder.empty_cache(memory["h"].shape[0], max_len, self.d_model),
+  def initial_state(self, memory, max_len, beam=None):
+    """`beam`: a cache of beam slots, for decode.beam_search with
+    reorder=reorder_state (transformer.Stack.decode)."""
+    return {"cache": self.decoder.empty_cache(memory["h"].shape[0], max_len, self.d_model,
+                                              beam),
             "cross_kv": self.decoder.project_cross_kv(memory["h"])}
+
+  @staticmethod
+  def grow_state(state, length):
+    """The state with room for `length` target tokens (decode.py's buckets)."""
+    return dict(state, cache=blocks.grow_cache(state["cache"], length))
+
+  @staticmethod
+  def reorder_state(state, rows):
+    """The state of hypotheses [rows] (decode.beam_search's `reorder`)."""
+    return dict(state, cache=blocks.reorder_cache(state["cache"], rows))
 
   def decode_step(self, memory, state, token, train=False):
     index = state["cache"]["index"]

@@ -9,6 +9,7 @@ token projects only its own key and value and attends over the cache, so
 its attention work does not grow with recomputation of the prefix.
 """
 import dataclasses
+import functools
 import re
 
 import flax.linen as nn
@@ -114,8 +115,10 @@ class Layer(nn.Module):
                cross_kv=None, train=False, return_weights=False, drop_path=None):
     """x [B, T, D]. `memory` [B, S, D] (or `cross_kv`, its projected keys
     and values) for the encoder-decoder attention. With `cache` = {"k", "v"
-    [B, L, H, Dh]}, x holds the next T tokens of each row, written at
-    `index` [B]. Arguments are positional-friendly (nn.scan, nn.remat).
+    [B, H, L, Dh]}, x holds the next T tokens of each row, written at
+    `index` [B] (all rows at the same position), and `mask` is
+    att.cache_attention's `visible` (Stack.decode makes it). Arguments are
+    positional-friendly (nn.scan, nn.remat).
     Returns (y, weights, new cache or None); weights (when asked) is
     {"self": [B, H, T, T], "cross": [B, H, T, S]} without a cache and
     {"cross": ...} with one (decoding needs only the alignment)."""
@@ -131,20 +134,29 @@ class Layer(nn.Module):
         if return_weights:
           weights["self"] = w
         return out
-      k, v = self.self_attention.project_kv(h)
-      rows = jnp.arange(h.shape[0])[:, None]
-      cols = index[:, None] + jnp.arange(h.shape[1])[None]
-      new_cache = {"k": cache["k"].at[rows, cols].set(k),
-                   "v": cache["v"].at[rows, cols].set(v)}
-      causal = att.Mask(causal=True, q_offset=index[0])
-      return self.self_attention(h, mask=causal, kv=(new_cache["k"], new_cache["v"]),
-                                 train=train)[0]
+      k, v = (a.transpose(0, 2, 1, 3) for a in self.self_attention.project_kv(h))
+      # Every row is at the same position (decoding starts all rows together):
+      # one contiguous write, where a scatter per row is several times slower.
+      write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new, index[0], 2)
+      new_cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
+      return self.self_attention(h, kv=(new_cache["k"], new_cache["v"]), train=train,
+                                 attention=functools.partial(att.cache_attention,
+                                                             visible=mask))[0]
 
     x = self._sublayer("self_norm", self_attend, x, train, drop_path)
     if self.cross:
       def cross_attend(h):
-        out, w = self.cross_attention(h, memory, cross_mask, kv=cross_kv,
-                                      train=train, return_weights=return_weights)
+        if cross_kv is None:
+          out, w = self.cross_attention(h, memory, cross_mask, train=train,
+                                        return_weights=return_weights)
+        else:  # decoding: keys and values projected once, head-major
+          valid = cross_mask.valid_keys(cross_kv[0].shape[2])
+          visible = (jnp.ones((h.shape[0], cross_kv[0].shape[2]), bool) if valid is None
+                     else valid)[:, None, None, :]
+          out, w = self.cross_attention(
+              h, kv=cross_kv, train=train, return_weights=return_weights,
+              attention=functools.partial(att.cache_attention, visible=visible,
+                                          return_weights=return_weights))
         if return_weights:
           weights["cross"] = w
         return out
@@ -154,8 +166,9 @@ class Layer(nn.Module):
 
   def project_cross_kv(self, memory):
     """The encoder-decoder attention's keys and values of `memory`, once
-    per sentence for decoding."""
-    return self.cross_attention.project_kv(memory)
+    per sentence for decoding: [B, H, S, Dh], as att.cache_attention reads
+    them."""
+    return tuple(a.transpose(0, 2, 1, 3) for a in self.cross_attention.project_kv(memory))
 
 
 class _ScanBody(Layer):
@@ -201,8 +214,10 @@ class Stack(nn.Module):
   keep the names they had before the stack existed (old checkpoints load).
 
   The decoding cache is {"index" [B], "kv": per-layer {"k", "v"}}: a list of
-  [B, L, H, Dh] arrays, or, scanned, one [B, layers, L, H, Dh] pair (layers
-  on axis 1, so that beam search reorders every leaf on axis 0).
+  [B, H, L, Dh] arrays, or, scanned, one [B, layers, H, L, Dh] pair (layers
+  on axis 1, so that beam search reorders every leaf on axis 0); heads
+  before positions, the layout attention reads at every step
+  (att.cache_attention).
   """
   num_layers: int
   num_heads: int
@@ -265,14 +280,19 @@ class Stack(nn.Module):
       return x, None
     return x, {k: jnp.stack([w[k] for w in per_layer], 1) for k in per_layer[0]}
 
-  def empty_cache(self, batch, length, d_model):
-    """A cache for `length` tokens of each of `batch` rows, nothing written."""
+  def empty_cache(self, batch, length, d_model, beam=None):
+    """A cache for `length` tokens of each of `batch` rows, nothing written;
+    with `beam`, one whose rows are beam slots (decode.beam_search tiles
+    each row `beam` times): see decode."""
     kv = empty_cache(batch, length, self.num_heads, d_model // self.num_heads, self.dtype)
     if self.scan:
       kv = jax.tree.map(lambda a: jnp.repeat(a[:, None], self.num_layers, 1), kv)
     else:
       kv = [kv] * self.num_layers
-    return {"index": jnp.zeros((batch,), jnp.int32), "kv": kv}
+    cache = {"index": jnp.zeros((batch,), jnp.int32), "kv": kv}
+    if beam:
+      cache["slots"] = jnp.zeros((batch, length, beam), bool)
+    return cache
 
   def project_cross_kv(self, memory):
     """Per-layer encoder-decoder keys and values of memory [B, S, D]."""
@@ -284,22 +304,44 @@ class Stack(nn.Module):
   def decode(self, x, cache, cross_mask=None, cross_kv=None, *, train=False,
              return_weights=False):
     """The next T tokens x [B, T, D] of each row with the cache -> (y, cross
-    weights [B, layers, H, T, S] or None, new cache)."""
-    index = cache["index"]
+    weights [B, layers, H, T, S] or None, new cache).
+
+    A cache with beam slots (empty_cache(beam=...)) is never reordered
+    when hypotheses change parents: row r keeps what slot r wrote at each
+    step, and "slots" [B, L, beam] records, per hypothesis and position,
+    which slot of its sentence holds its ancestor's key and value there
+    (beam search reorders only that; reorder_cache). Each hypothesis then
+    attends over all its sentence's slots, masked to its ancestors'
+    (att.cache_attention; T = 1)."""
+    index, slots = cache["index"], cache.get("slots")
+    rows, T = x.shape[:2]
+    if slots is None:  # every row sees the positions written so far
+      length = jax.tree.leaves(cache["kv"])[0].shape[-2]
+      seen = jnp.arange(length)[None] <= index[0] + jnp.arange(T)[:, None]  # [T, L]
+      visible = jnp.broadcast_to(seen[None, :, None], (rows, T, 1, length))
+    else:
+      _, length, beam = slots.shape
+      own = jax.nn.one_hot(jnp.arange(rows) % beam, beam, dtype=bool)
+      slots = jax.lax.dynamic_update_slice_in_dim(slots, own[:, None], index[0], 1)
+      # visible[b, q, p, s]: hypothesis q of sentence b sees slot p at s.
+      visible = slots.reshape(rows // beam, beam, length, beam).transpose(0, 1, 3, 2)
     if self.scan:
-      x, (weights, kv) = self.scanned(x, (cache["kv"], cross_kv, None), None, None, cross_mask,
+      x, (weights, kv) = self.scanned(x, (cache["kv"], cross_kv, None), visible, None, cross_mask,
                                       index, train, return_weights, "call")
       weights = weights["cross"] if return_weights and self.cross else None
     else:
       kv, weights = [], []
       cross_kv = cross_kv or [None] * self.num_layers
       for layer, layer_cache, layer_kv in zip(self.layers, cache["kv"], cross_kv):
-        x, w, layer_cache = layer(x, None, None, cross_mask, layer_cache, index, layer_kv,
+        x, w, layer_cache = layer(x, visible, None, cross_mask, layer_cache, index, layer_kv,
                                   train, return_weights)
         kv.append(layer_cache)
         weights.append(w["cross"] if return_weights and self.cross else None)
       weights = jnp.stack(weights, 1) if weights[0] is not None else None
-    return x, weights, {"index": index + x.shape[1], "kv": kv}
+    new = {"index": index + x.shape[1], "kv": kv}
+    if slots is not None:
+      new["slots"] = slots
+    return x, weights, new
 
 
 def layer_matmul_flops(d_model, d_ff, context):
@@ -311,8 +353,30 @@ def layer_matmul_flops(d_model, d_ff, context):
 
 def empty_cache(batch, length, num_heads, head_dim, dtype=jnp.float32):
   """A layer's key/value cache for `length` tokens, nothing written yet."""
-  shape = (batch, length, num_heads, head_dim)
+  shape = (batch, num_heads, length, head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def grow_cache(cache, length):
+  """A Stack's decoding cache with room for `length` tokens (zeros after
+  the ones written): attnlab/decode.py's length buckets."""
+  def pad(x, axis):
+    return jnp.pad(x, [(0, 0)] * axis + [(0, length - x.shape[axis])]
+                   + [(0, 0)] * (x.ndim - axis - 1))
+  # kv: [B, H, L, Dh], or scanned [B, layers, H, L, Dh]
+  grown = dict(cache, kv=jax.tree.map(lambda x: pad(x, x.ndim - 2), cache["kv"]))
+  if "slots" in cache:
+    grown["slots"] = pad(cache["slots"], 1)
+  return grown
+
+
+def reorder_cache(cache, rows):
+  """decode.beam_search's reordering of a cache with beam slots: the new
+  hypotheses [rows] inherit their parents' record of slots; keys and
+  values stay where they were written (Stack.decode)."""
+  if "slots" not in cache:
+    return jax.tree.map(lambda x: x[rows], cache)
+  return dict(cache, index=cache["index"][rows], slots=cache["slots"][rows])
 
 
 def validate(config):
