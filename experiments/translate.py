@@ -9,6 +9,7 @@ every sentence and BLEU per source-length bucket (bleu.json, a plot).
 """
 import functools
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -278,7 +279,7 @@ class Experiment:
           print(f"beam search (beam {self.config.decode.beam}): compiling for {batch} "
                 f"sentences x {length} source tokens, {len(buckets)} length buckets "
                 f"{'/'.join(map(str, buckets))} ({len(self._shapes)} compiled shapes so far)",
-                flush=True)
+                file=sys.stderr, flush=True)  # stdout carries the translations
       best = sharded.gather(beam, params, next(sharded.batches({"src": src}, batch, mesh)))
       for j, r in enumerate(rows):
         seq = best["tokens"][j]
