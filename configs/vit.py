@@ -13,6 +13,10 @@ run's frozen features on this variant's data, nothing else trained):
           layers, 96 wide, 3 heads, MLP 384; 0.7 M parameters), AdamW 1e-3,
           batch 128, 800 steps (1.9 epochs), flips. About 10 minutes on 2
           CPU cores; the README reports its time and test accuracy.
+  pixels  pixels as tokens (the lectures' "Idea #3"): Fashion-MNIST shrunk
+          to 14 x 14, patches of 1, so 196 tokens + the class token, each
+          one grey value; otherwise as fmnist. Its attention costs grow
+          with the 4th power of the side (`./launch.sh tables vision`).
   emoji   emoji categories (npm's Google and Twitter emoji, 9 categories;
           test emoji never seen in training), grey 32 x 32 as Fashion-MNIST's
           images are, so that a Fashion-MNIST run transfers to it:
@@ -47,7 +51,7 @@ import ml_collections
 from attnlab.config import common, parse_arg, parse_variant
 from attnlab.models import vit
 
-TASKS = {"fmnist": 800, "emoji": 600, "folder": 800, "i1k": 93_750, "i21k": 300_000, "ft384": 20_000}
+TASKS = {"fmnist": 800, "pixels": 800, "emoji": 600, "folder": 800, "i1k": 93_750, "i21k": 300_000, "ft384": 20_000}
 # big_vision's augmentation per variant for i1k (Steiner et al. 2021, Fig. 4):
 # RandAugment magnitude (2 ops) and mixup alpha.
 AUGMENT = {"Ti/16": (0, 0.0), "S/32": (15, 0.2), "S/16": (15, 0.5), "B/32": (15, 0.5),
@@ -120,6 +124,11 @@ def get_config(arg=None):
                     pp_train="decode(1)|flip_lr|value_range(-1, 1)",
                     pp_eval="decode(1)|value_range(-1, 1)")
       c.model.image_size = 28
+    elif task == "pixels":
+      c.data.update(source="fmnist", eval_split="validation", test_split="test",
+                    pp_train="decode(1)|resize(14)|flip_lr|value_range(-1, 1)",
+                    pp_eval="decode(1)|resize(14)|value_range(-1, 1)")
+      c.model.update(image_size=14, variant=arg.variant or "Ti/1")
     elif task == "emoji":
       c.data.update(source="emoji", eval_split="validation", test_split="test",
                     pp_train="decode(1)|resize(32)|flip_lr|value_range(-1, 1)",

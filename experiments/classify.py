@@ -1,5 +1,6 @@
-"""Image classification: ViT or ResNet (`config.model.name`) trained with
-labels, from scratch or fine-tuned from another run.
+"""Image classification: ViT, ResNet (with non-local blocks or local
+self-attention) or Swin (`config.model.name`) trained with labels, from
+scratch or fine-tuned from another run.
 
 Loss: softmax cross-entropy with label smoothing (`config.label_smoothing`),
 or `config.loss="sigmoid"` (a binary cross-entropy per class, as big_vision
@@ -39,6 +40,7 @@ from attnlab.data import images
 from attnlab.evals import knn, linear_probe
 from attnlab.evals import sharded
 from attnlab.models import resnet
+from attnlab.models import swin
 from attnlab.models import vit
 from attnlab.nn import attention as att
 
@@ -53,12 +55,28 @@ def model_fields(m):
   return fields
 
 
+def swin_fields(m):
+  """Swin's fields from config.model: the variant string ("T"), then
+  overrides (0 or () keeps the variant's value)."""
+  fields = swin.parse_variant(m.variant)
+  fields.update({k: tuple(m[k]) if k != "width" else m[k]
+                 for k in ("width", "depths", "num_heads") if m.get(k)})
+  return fields
+
+
 def make_model(m, num_classes):
   """The backbone of config.model with a head of `num_classes` (0: none)."""
   if m.name == "resnet":
     return resnet.ResNet(num_classes, depth=resnet.parse_variant(m.variant),
                          width=m.width or 64, norm=m.norm, small_inputs=m.small_inputs,
-                         dtype=jnp.dtype(m.dtype))
+                         nonlocal_stages=tuple(m.get("nonlocal_stages", ())),
+                         spatial=m.get("spatial", "conv"),
+                         local_kernel=m.get("local_kernel", 7),
+                         local_heads=m.get("local_heads", 8), dtype=jnp.dtype(m.dtype))
+  if m.name == "swin":
+    return swin.Swin(num_classes, **swin_fields(m), patch=m.patch, window=m.window,
+                     drop_path=m.drop_path, implementation=m.implementation,
+                     dtype=jnp.dtype(m.dtype))
   return vit.ViT(
       num_classes=num_classes, **model_fields(m), image_size=m.image_size, pool=m.pool,
       posemb=m.posemb, representation_size=m.representation_size, dropout=m.dropout,
@@ -70,13 +88,39 @@ def make_model(m, num_classes):
 def validate(config):
   images.validate(config.data)
   m = config.model
-  config_lib.check_choice(config, "model.name", {"vit", "resnet"})
+  config_lib.check_choice(config, "model.name", {"vit", "resnet", "swin"})
   if m.name == "resnet":
     try:
-      resnet.parse_variant(m.variant)
+      depth = resnet.parse_variant(m.variant)
     except ValueError as e:
       raise config_lib.ConfigError("model.variant", str(e), "e.g. --config.model.variant=50")
     config_lib.check_choice(config, "model.norm", {"batch", "group"})
+    stages = len(resnet.DEPTHS[depth][1])
+    bad = [s for s in m.get("nonlocal_stages", ()) if not 1 <= s <= stages]
+    config_lib.check(not bad, "model.nonlocal_stages",
+                     f"stage {bad[0] if bad else ''} is out of range: ResNet-{depth} has "
+                     f"stages 1-{stages}", "e.g. --config.model.nonlocal_stages=(2,3)")
+    config_lib.check_choice(config, "model.spatial", {"conv", "local"})
+    if m.spatial == "local":
+      config_lib.check(m.local_kernel % 2 == 1 and m.local_kernel > 0, "model.local_kernel",
+                       f"{m.local_kernel} is not odd: a neighbourhood needs a centre pixel",
+                       "e.g. 7 (the 7 x 7 of Ramachandran et al. and Hu et al.)")
+      config_lib.check(m.local_heads > 0 and (m.width or 64) % m.local_heads == 0,
+                       "model.local_heads", f"{m.local_heads} heads do not divide the "
+                       f"first stage's {m.width or 64} channels", "use a divisor of model.width")
+  elif m.name == "swin":
+    try:
+      fields = swin_fields(m)
+    except ValueError as e:
+      raise config_lib.ConfigError("model.variant", str(e), "e.g. --config.model.variant=T")
+    config_lib.check(len(fields["depths"]) == len(fields["num_heads"]), "model.num_heads",
+                     f"{len(fields['num_heads'])} stages of heads for "
+                     f"{len(fields['depths'])} stages of blocks", "give one per stage")
+    problem = swin.check_sizes(m.image_size, m.patch, m.window, len(fields["depths"]))
+    config_lib.check(problem is None, "model.image_size", problem,
+                     "resize the images (data.pp_*) or change model.window / model.patch")
+    config_lib.check(0 <= m.drop_path < 1, "model.drop_path", f"{m.drop_path} is not in [0, 1)",
+                     "e.g. 0.2 (Swin-T's rate at the last block)")
   else:
     try:
       fields = model_fields(m)

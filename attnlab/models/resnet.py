@@ -12,14 +12,29 @@ convolutions (Kolesnikov et al. 2020), no batch statistics at all.
 `small_inputs`: a 3 x 3 stride-1 stem without max-pooling, for 28-32 pixel
 images (as for CIFAR in He et al., section 4.2).
 
+Attention inside the CNN (attnlab/nn/attention.py):
+  nonlocal_stages  a non-local block (Wang et al. 2018) after each of these
+                   stages (1-based; Wang et al. put theirs in res3 and res4,
+                   our stages 2 and 3), starting as the identity
+  spatial="local"  every 3 x 3 convolution of the blocks becomes k x k local
+                   self-attention (`local_kernel`, `local_heads`; a stride
+                   of 2 becomes a 2 x 2 average pool after it, as
+                   Ramachandran et al. 2019 downsample); the stem stays a
+                   convolution. Depth 50 so is the "LR-Net-50" layout of
+                   the lectures (Ramachandran et al.'s full-attention
+                   ResNet-50 with a convolutional stem).
+
   __call__(images [B, H, W, C], train) -> (logits [B, classes], aux) with
       aux["pre_logits"] [B, C'] (global average pool) and aux["tokens"]
       [B, h * w, C'] (the last feature map as a sequence)
 """
 import functools
+from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from attnlab.nn import attention as att
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),
@@ -56,17 +71,25 @@ class Block(nn.Module):
   kind: str
   conv: nn.Module
   norm: nn.Module
+  local: Optional[nn.Module] = None  # LocalSelfAttention in place of each 3 x 3 conv
 
   @nn.compact
   def __call__(self, x):
     out_filters = self.filters * (4 if self.kind == "bottleneck" else 1)
+
+    def spatial(h, features, strides=1):
+      if self.local is None:
+        return self.conv(features, (3, 3), strides)(h)
+      h, _ = self.local(features)(h)
+      return nn.avg_pool(h, (strides, strides), (strides, strides)) if strides > 1 else h
+
     if self.kind == "bottleneck":
       y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
-      y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides)(y)))
+      y = nn.relu(self.norm()(spatial(y, self.filters, self.strides)))
       y = self.norm(scale_init=nn.initializers.zeros)(self.conv(out_filters, (1, 1))(y))
     else:
-      y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides)(x)))
-      y = self.norm(scale_init=nn.initializers.zeros)(self.conv(out_filters, (3, 3))(y))
+      y = nn.relu(self.norm()(spatial(x, self.filters, self.strides)))
+      y = self.norm(scale_init=nn.initializers.zeros)(spatial(y, out_filters))
     if x.shape[-1] != out_filters or self.strides != 1:
       x = self.norm(name="proj_norm")(
           self.conv(out_filters, (1, 1), self.strides, name="proj_conv")(x))
@@ -80,6 +103,10 @@ class ResNet(nn.Module):
   norm: str = "batch"           # "batch" | "group"
   small_inputs: bool = False
   bn_momentum: float = 0.9
+  nonlocal_stages: tuple = ()   # 1-based stages followed by a non-local block
+  spatial: str = "conv"         # "conv" | "local": what the 3 x 3 convolutions are
+  local_kernel: int = 7
+  local_heads: int = 8
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -100,10 +127,16 @@ class ResNet(nn.Module):
       x = conv(self.width, (7, 7), 2, padding=[(3, 3), (3, 3)], name="stem_conv")(images)
       x = nn.relu(norm(name="stem_norm")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    local = None
+    if self.spatial == "local":
+      local = functools.partial(att.LocalSelfAttention, num_heads=self.local_heads,
+                                kernel=self.local_kernel, dtype=self.dtype)
     for i, blocks in enumerate(stages):
       for j in range(blocks):
         x = Block(self.width * 2 ** i, 2 if i > 0 and j == 0 else 1, kind,
-                  conv=conv, norm=norm, name=f"stage{i + 1}_block{j + 1}")(x)
+                  conv=conv, norm=norm, local=local, name=f"stage{i + 1}_block{j + 1}")(x)
+      if i + 1 in self.nonlocal_stages:
+        x, _ = att.NonLocalBlock(norm, dtype=self.dtype, name=f"stage{i + 1}_nonlocal")(x)
     pre_logits = jnp.mean(x, axis=(1, 2))
     aux = {"pre_logits": pre_logits, "tokens": x.reshape(x.shape[0], -1, x.shape[-1])}
     if not self.num_classes:

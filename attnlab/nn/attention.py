@@ -21,10 +21,15 @@ An additive `bias` (a relative position bias) goes to the naive and xla paths.
 Swin's 2-D windows are the same call on windows of a feature map:
 `window_partition`, a `RelativePositionBias` and, for shifted windows,
 `Mask` segments from `shifted_window_regions` (`WindowAttention`).
+
+Attention inside CNNs works on feature maps [B, H, W, C]: `NonLocalBlock`
+(every position to every position, Wang et al. 2018) and
+`LocalSelfAttention` (each pixel to its k x k neighbourhood, in place of a
+convolution; Ramachandran et al. 2019, Hu et al. 2019).
 """
 import dataclasses
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -622,6 +627,98 @@ class WindowAttention(nn.Module):
     if s:
       out = jnp.roll(out, (s, s), axis=(1, 2))
     return out, weights
+
+
+# --- attention inside CNNs (the lectures' "Idea #1" and "Idea #2") -------------
+class NonLocalBlock(nn.Module):
+  """Non-local block (Wang et al. 2018, eq. 1-3, the embedded Gaussian of
+  Fig. 2): every position of a feature map x [B, H, W, C] attends to every
+  position, y_i = sum_j softmax_j(theta(x_i) . phi(x_j)) g(x_j), and
+  z = x + W_z(y). theta, phi and g are 1 x 1 convolutions to C/2 channels
+  (the bottleneck); W_z is a 1 x 1 convolution back to C followed by `norm`
+  (the network's BatchNorm or GroupNorm) whose scale starts at zero (section
+  4.1), so the output projection starts at zero and an inserted block starts
+  as the identity. `subsample`: phi and g are max-pooled 2 x 2 first
+  (section 3.3: a quarter of the pairs, the same receptive field).
+  Returns (z [B, H, W, C], weights [B, H*W, H*W or H*W/4] or None)."""
+  norm: Callable
+  subsample: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, return_weights=False):
+    B, H, W, C = x.shape
+    conv = lambda name: nn.Conv(C // 2, (1, 1), dtype=self.dtype, name=name)
+    theta = conv("theta")(x).reshape(B, H * W, C // 2)
+    pooled = nn.max_pool(x, (2, 2), (2, 2)) if self.subsample else x
+    phi = conv("phi")(pooled).reshape(B, -1, C // 2)
+    g = conv("g")(pooled).reshape(B, -1, C // 2)
+    # The embedded Gaussian: softmax of plain dot products (no 1/sqrt(d)).
+    y, weights = attend(dot_score(theta, phi), g)
+    y = nn.Conv(C, (1, 1), dtype=self.dtype, name="W_z")(y.reshape(B, H, W, C // 2))
+    z = x + self.norm(scale_init=nn.initializers.zeros, name="W_z_norm")(y)
+    return z, (weights if return_weights else None)
+
+
+class LocalSelfAttention(nn.Module):
+  """Local self-attention in place of a k x k convolution (Ramachandran et
+  al. 2019, eq. 2-3; Hu et al. 2019's local relation layer aggregates the
+  same neighbourhoods): each pixel attends, per head, to the k x k pixels
+  around it,
+    y_ij = sum_ab softmax_ab((q_ij . k_ab + q_ij . r_{a-i, b-j}) / sqrt(d)) v_ab
+  with q, k, v 1 x 1 projections of x [B, H, W, C] to `features` channels in
+  `num_heads` heads of d features, and the relative position term r the
+  concatenation of a learned embedding of the row offset a - i and one of
+  the column offset b - j (d/2 features each). Pixels outside the map are
+  not attended to. Memory O(H W (features + heads k^2)): a scan visits the
+  k^2 offsets one by one (each a shifted view of the padded keys and
+  values), so neither a [HW, HW] matrix nor k^2 copies of the keys exist;
+  unrolled, XLA kept the k^2 shifted values (4x the temporaries at 112 x 112,
+  and 2.3x slower; `python -m experiments.bench localattention`). Returns (y [B, H, W, features], weights [B, H, W, heads,
+  k*k] or None; offset (a, b) at index (a + r) * k + b + r, r = k // 2)."""
+  features: int
+  num_heads: int = 8
+  kernel: int = 7
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, return_weights=False):
+    B, H, W, _ = x.shape
+    k, r, heads = self.kernel, self.kernel // 2, self.num_heads
+    if k % 2 == 0 or self.features % heads:
+      raise ValueError(f"local self-attention needs an odd kernel (got {k}) and features "
+                       f"({self.features}) divisible by num_heads ({heads})")
+    d = self.features // heads
+    project = lambda name: nn.DenseGeneral((heads, d), use_bias=False, dtype=self.dtype,
+                                           name=name)(x)  # [B, H, W, heads, d]
+    q, keys, values = project("query"), project("key"), project("value")
+    init = nn.initializers.normal(d ** -0.5)
+    rows = self.param("row_offset", init, (k, heads, d // 2))
+    cols = self.param("column_offset", init, (k, heads, d - d // 2))
+    q = q / jnp.sqrt(d).astype(q.dtype)
+    # q . r for each row and column offset: [B, H, W, heads, k] each.
+    by_row = jnp.einsum("bijnd,and->bijna", q[..., :d // 2], rows.astype(q.dtype))
+    by_col = jnp.einsum("bijnd,and->bijna", q[..., d // 2:], cols.astype(q.dtype))
+    pad = lambda a: jnp.pad(a, ((0, 0), (r, r), (r, r)) + ((0, 0),) * (a.ndim - 3))
+    keys, values = pad(keys), pad(values)
+    inside = pad(jnp.ones((1, H, W, 1), bool))
+    offsets = jnp.asarray([(a, b) for a in range(k) for b in range(k)])
+    window = lambda a, off: jax.lax.dynamic_slice(  # the H x W view at offset (a, b)
+        a, (0, off[0], off[1]) + (0,) * (a.ndim - 3), (a.shape[0], H, W) + a.shape[3:])
+
+    def score(_, off):  # one offset's logits [B, H, W, heads]
+      s = (jnp.einsum("bijnd,bijnd->bijn", q, window(keys, off))
+           + jnp.take(by_row, off[0], -1) + jnp.take(by_col, off[1], -1))
+      return None, jnp.where(window(inside, off), s, NEG_INF)
+    _, scores = jax.lax.scan(score, None, offsets)  # [k * k, B, H, W, heads]
+    weights = jax.nn.softmax(scores.astype(jnp.float32), 0).astype(values.dtype)
+
+    def aggregate(y, step):
+      off, w = step
+      return y + w[..., None] * window(values, off), None
+    y, _ = jax.lax.scan(aggregate, jnp.zeros_like(q), (offsets, weights))
+    weights = jnp.moveaxis(weights, 0, -1)
+    return y.reshape(B, H, W, self.features), (weights if return_weights else None)
 
 
 # --- reading attention ------------------------------------------------------------
