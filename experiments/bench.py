@@ -47,6 +47,12 @@
       config.device_put_ahead 0, 1 and 2, alternating: steps/s, median ratio
   python -m experiments.bench pipeline SPEC...       a config's input pipeline
       alone (batches/s, items/s) against what its train step consumes
+  python -m experiments.bench swin [VARIANT]         Swin training images/s
+      (default T) at 224, batch 8, f32, against timm's (timm and torch on
+      PYTHONPATH) in alternating windows: median ratio, spread, MFU
+  python -m experiments.bench localattention         local self-attention's
+      temporaries at 56 x 56 and 112 x 112 (scanned, unrolled, and global
+      attention over the map for contrast) and the two forms' speed
   python -m experiments.bench attention              self-attention forward +
       backward, naive vs memory-efficient: peak memory and time, n = 1k..16k
 
@@ -1052,14 +1058,7 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
              "facebookresearch/dino checkout")
   # main_dino imports torchvision for its data loading and ResNet archs
   # (unused here): stand-ins unless torchvision is installed.
-  try:
-    import torchvision  # noqa: F401
-  except ImportError:
-    tv = types.ModuleType("torchvision")
-    for name in ("datasets", "transforms", "models"):
-      setattr(tv, name, types.ModuleType(f"torchvision.{name}"))
-      sys.modules[f"torchvision.{name}"] = getattr(tv, name)
-    sys.modules["torchvision"] = tv
+  torchvision_stand_in()
   sys.path.insert(0, dino_dir)
   import main_dino
   import utils as dino_utils
@@ -1369,6 +1368,166 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
   torch_op_profile(functools.partial(their_window, 1))
 
 
+def torchvision_stand_in():
+  """When torchvision cannot be imported (its wheel must match torch's
+  build exactly), stand-in modules for every torchvision.* name, whose
+  attributes are placeholder classes: a peer that imports torchvision only
+  for data loading or optional layers (timm, the DINO code) then imports."""
+  import importlib.abc
+  import importlib.machinery
+  import types
+  try:
+    import torchvision  # noqa: F401
+    return
+  except (ImportError, RuntimeError):
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+
+  class Placeholder(type):  # any class attribute is another placeholder
+    def __getattr__(cls, attr):
+      if attr.startswith("__"):
+        raise AttributeError(attr)
+      return Placeholder(attr, (), {"__init__": lambda self, *a, **k: None})
+
+  class StandIn(types.ModuleType):
+    def __getattr__(self, attr):
+      if attr.startswith("__"):
+        raise AttributeError(attr)
+      return Placeholder(attr, (), {"__init__": lambda self, *a, **k: None})
+
+  class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+      if name == "torchvision" or name.startswith("torchvision."):
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+      return None
+
+    def create_module(self, spec):
+      module = StandIn(spec.name)
+      module.__path__ = []
+      return module
+
+    def exec_module(self, module):
+      pass
+  sys.meta_path.insert(0, Finder())
+
+
+def timm_swin(variant="T", batch=8, rounds=5, window=1):
+  """Training images/s of our Swin step against timm's (timm and torch on
+  PYTHONPATH, installed for this benchmark only, imported here at run
+  time): Swin-T at 224 x 224, batch 8, float32, random weights, one
+  process. Theirs: timm.create_model("swin_tiny_patch4_window7_224",
+  drop_path_rate=0.2), label-smoothed cross-entropy (0.1), AdamW (lr 1e-3,
+  weight decay 0.05 off biases, norms and the bias tables, as the Swin
+  recipe) and clipping at 5. Ours: the trainer's step on
+  configs/swin.py:i1k (the same recipe). The same random images and labels,
+  alternating windows; the figure is the median ratio. MFU from XLA's FLOPs
+  of our step against a matmul peak measured here."""
+  import jax
+  import numpy as np
+  torchvision_stand_in()
+  import timm
+  import torch
+  from attnlab import train as train_lib
+  torch.set_num_threads(os.cpu_count())
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (batch, 224, 224, 3)).astype(np.float32)
+  labels = rng.integers(0, 1000, batch).astype(np.int32)
+  peak = train_lib.measured_peak_flops()
+  ours, flops, count, _ = synthetic_step(
+      f"configs/swin.py:i1k,variant={variant}", [f"--config.batch_size={batch}"],
+      {"image": jax.numpy.asarray(images), "label": jax.numpy.asarray(labels)})
+
+  name = {"T": "swin_tiny_patch4_window7_224", "S": "swin_small_patch4_window7_224",
+          "B": "swin_base_patch4_window7_224"}[variant]
+  model = timm.create_model(name, drop_path_rate={"T": 0.2, "S": 0.3, "B": 0.5}[variant])
+  model.train()
+  decay = [p for n, p in model.named_parameters()
+           if p.ndim > 1 and "relative_position_bias_table" not in n]
+  rest = [p for n, p in model.named_parameters() if all(p is not q for q in decay)]
+  optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                 {"params": rest, "weight_decay": 0.0}], lr=1e-3)
+  loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+  pictures = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  targets = torch.from_numpy(labels.astype(np.int64))
+
+  def their_window(n):
+    for _ in range(n):
+      loss = loss_fn(model(pictures), targets)
+      optimizer.zero_grad()
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+      optimizer.step()
+  their_window(1)  # warm-up, as ours compiled
+  their_count = sum(p.numel() for p in model.parameters())
+  print(f"Swin-{variant} at 224 x 224, batch {batch}, float32, 1000 classes; {rounds} rounds "
+        f"of {window} step(s) each, alternating; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), timm {timm.__version__}; measured f32 matmul "
+        f"peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
+  against_peer({"attnlab": (ours.window, count), "timm": (their_window, their_count)},
+               "images", batch, flops, peak, window, rounds)
+
+
+def local_attention_memory(sides=(56, 112), channels=64, heads=8, kernel=7, batch=1):
+  """Local self-attention's temporaries (XLA's memory analysis of the
+  compiled forward, and of forward + backward) on side x side feature maps,
+  next to global attention over the same map (every pixel to every pixel,
+  the [HW, HW] weights a local layer must not build) and to the layer with
+  its k^2 offsets unrolled instead of scanned; then the time of a
+  forward + backward of each local form (alternating windows)."""
+  import functools
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from attnlab.nn import attention as att
+
+  class Unrolled(att.LocalSelfAttention):
+    """The same layer with jax.lax.scan unrolled over every offset."""
+    def __call__(self, x, return_weights=False):
+      scan = jax.lax.scan
+      jax.lax.scan = functools.partial(scan, unroll=True)
+      try:
+        return super().__call__(x, return_weights)
+      finally:
+        jax.lax.scan = scan
+
+  def global_attention(x):
+    q = x.reshape(x.shape[0], -1, heads, channels // heads)
+    return att.dot_product_attention(q, q, q)
+
+  print(f"batch {batch}, {channels} channels, {heads} heads, {kernel} x {kernel} "
+        "neighbourhoods, float32; temporaries in MiB (XLA memory analysis)")
+  print(f"{'map':>10}{'local fwd':>11}{'local fwd+bwd':>15}{'unrolled fwd':>14}"
+        f"{'unrolled fwd+bwd':>18}{'global fwd':>12}{'one [HW,HW] f32':>17}")
+  timers = {}
+  for side in sides:
+    x = jax.ShapeDtypeStruct((batch, side, side, channels), jnp.float32)
+    row = []
+    for layer in (att.LocalSelfAttention(channels, heads, kernel),
+                  Unrolled(channels, heads, kernel)):
+      params = jax.eval_shape(layer.init, jax.random.PRNGKey(0), x)
+      fwd = lambda p, x, layer=layer: layer.apply(p, x)[0]
+      grad = jax.grad(lambda p, x, fwd=fwd: fwd(p, x).sum())
+      for fn in (fwd, grad):
+        row.append(jax.jit(fn).lower(params, x).compile().memory_analysis().temp_size_in_bytes)
+      if side == sides[0]:
+        real = jax.random.normal(jax.random.PRNGKey(0), x.shape)
+        p = layer.init(jax.random.PRNGKey(1), real)
+        step = jax.jit(grad)
+        jax.block_until_ready(step(p, real))
+        timers[type(layer).__name__] = lambda step=step, p=p, real=real: [
+            jax.block_until_ready(step(p, real)) for _ in range(3)]
+    row.append(jax.jit(global_attention).lower(x).compile().memory_analysis().temp_size_in_bytes)
+    mib = [f"{b / 2 ** 20:,.1f}" for b in row]
+    print(f"{side:>4} x {side:<3}{mib[0]:>11}{mib[1]:>15}{mib[2]:>14}{mib[3]:>18}{mib[4]:>12}"
+          f"{(side * side) ** 2 * 4 / 2 ** 20:>17,.1f}", flush=True)
+  times = interleaved(timers, rounds=5)
+  med, lo, hi = ratio_summary(times, "Unrolled", "LocalSelfAttention")
+  print(f"forward + backward at {sides[0]} x {sides[0]}: scanned "
+        f"{np.median(times['LocalSelfAttention']) / 3 * 1e3:.0f} ms, unrolled "
+        f"{np.median(times['Unrolled']) / 3 * 1e3:.0f} ms; scanned {med:.2f}x the unrolled "
+        f"speed (rounds {lo:.2f}-{hi:.2f})")
+
+
 def torch_op_profile(window, top=8):
   """Where one PyTorch step's time goes (torch.profiler, each op's own
   time on the calling thread, its intra-op threads inside it): matmuls and
@@ -1437,6 +1596,10 @@ def main():
     clip_memory()
   elif what == "matmul":
     matmul_backends()
+  elif what == "swin":
+    timm_swin(*sys.argv[2:3])
+  elif what == "localattention":
+    local_attention_memory()
   elif what == "flaxwmt":
     if len(sys.argv) < 3:
       sys.exit("usage: python -m experiments.bench flaxwmt FLAX_CHECKOUT/examples/wmt")
@@ -1447,7 +1610,8 @@ def main():
     flax_decode(sys.argv[2])
   else:
     sys.exit(f"unknown benchmark {what!r}: use charlm, steps, compare, curves, gradflow, beam, "
-             "decode, sample, flaxwmt, flaxdecode, bigvision, dino, dinohead, matmul, clipmem, openclip, attention, ahead or pipeline")
+             "decode, sample, flaxwmt, flaxdecode, bigvision, dino, dinohead, matmul, clipmem, openclip, "
+             "swin, localattention, attention, ahead or pipeline")
 
 
 if __name__ == "__main__":

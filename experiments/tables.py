@@ -8,10 +8,13 @@
               (Transformer base/big, BERT base/large, GPT-2 small..XL) vs the
               papers' numbers, from jax.eval_shape: nothing is allocated.
   vision      parameters (jax.eval_shape) and forward FLOPs at 224 x 224 (XLA's
-              cost analysis) of ViT-B/16, L/16, H/14 and ResNet-50 against
-              the published numbers, and the attention-memory arithmetic of
-              pixels as tokens vs patches, next to XLA's memory analysis of
-              our compiled ViT-L/16 forward with its attention weights.
+              cost analysis) of ViT-B/16, L/16, H/14, Swin-T/S/B, ResNet-50
+              and its non-local and local-attention versions against the
+              published numbers; the attention-memory arithmetic of pixels
+              as tokens vs patches, next to XLA's memory analysis of our
+              compiled ViT-L/16 forward with its attention weights; and how
+              XLA's memory for a forward grows as the image side doubles:
+              ViT (quadratic in tokens), Swin (linear), pixels (R^4).
   bleu_by_length WORKDIR...
               Bahdanau et al. (2015) Figure 2, test BLEU against source
               sentence length, for finished translation runs (each run's
@@ -49,8 +52,10 @@ K, R = 3, 32
 
 
 def flops(fn, *shapes):
-  """FLOPs of fn at these input shapes, from XLA's HLO cost analysis."""
-  args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  """FLOPs of fn at these input shapes (or abstract arrays), from XLA's
+  HLO cost analysis."""
+  args = [s if not isinstance(s, tuple) else jax.ShapeDtypeStruct(s, jnp.float32)
+          for s in shapes]
   cost = jax.jit(fn).lower(*args).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"])
@@ -183,24 +188,38 @@ def params():
 
 
 def vision():
-  from attnlab.models import resnet, vit
+  from attnlab.models import resnet, swin, vit
   image = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-  # (name, model, published parameters, published forward GMACs at 224)
+  # (name, model, published parameters, published forward GMACs at 224 or None)
   rows = [("ViT-B/16", vit.ViT(**vit.parse_variant("B/16")), 86e6, 17.6),
           ("ViT-L/16", vit.ViT(**vit.parse_variant("L/16")), 307e6, 61.6),
           ("ViT-H/14", vit.ViT(**vit.parse_variant("H/14")), 632e6, 167.4),
-          ("ResNet-50 (v1.5)", resnet.ResNet(depth=50), 25.5e6, 4.1)]
+          ("Swin-T", swin.Swin(**swin.parse_variant("T")), 28e6, 4.5),
+          ("Swin-S", swin.Swin(**swin.parse_variant("S")), 50e6, 8.7),
+          ("Swin-B", swin.Swin(**swin.parse_variant("B")), 88e6, 15.4),
+          ("ResNet-50 (v1.5)", resnet.ResNet(depth=50), 25.5e6, 4.1),
+          ("ResNet-50, non-local after stages 2, 3", resnet.ResNet(
+              depth=50, nonlocal_stages=(2, 3)), None, None),
+          ("ResNet-50 layout, 7 x 7 local attention (SASA)",
+           resnet.ResNet(depth=50, spatial="local"), 18.0e6, None),
+          ("LR-Net-50 (Hu et al.; the lectures)", None, 23.3e6, None)]
   print("| model | published params | ours | gap | published GMACs | ours: XLA GFLOP / 2 | gap |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
   for name, model, published, gmacs in rows:
+    if model is None:
+      print(f"| {name} | {published / 1e6:,.1f} M | | | | | |")
+      continue
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
     count = sum(x.size for x in jax.tree.leaves(variables["params"]))
-    cost = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, image).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    ours = float(cost["flops"]) / 2e9
-    print(f"| {name} | {published / 1e6:,.1f} M | {count / 1e6:,.1f} M | "
-          f"{100 * (count / published - 1):+.1f}% | {gmacs} | {ours:.2f} | "
-          f"{100 * (ours / gmacs - 1):+.1f}% |", flush=True)
+    ours = gap = flops_text = ""
+    if getattr(model, "spatial", "conv") == "conv":  # XLA counts a scan's body once
+      ours = flops(lambda v, x: model.apply(v, x), variables, image) / 2e9
+      flops_text = f"{ours:.2f}"
+      gap = f"{100 * (ours / gmacs - 1):+.1f}%" if gmacs else ""
+    gap_params = f"{100 * (count / published - 1):+.1f}%" if published else ""
+    print(f"| {name} | {f'{published / 1e6:,.1f} M' if published else ''} | "
+          f"{count / 1e6:,.1f} M | {gap_params} | {gmacs or ''} | {flops_text} | {gap} |",
+          flush=True)
   print("\nattention weights in float32, 48 layers x 16 heads (one image):")
   for what, tokens in (("pixels as tokens, 128 x 128", 128 ** 2),
                        ("ViT-L/16 patches at 224 (14 x 14)", 14 ** 2)):
@@ -217,6 +236,38 @@ def vision():
         f"token): the attention weights it returns are {out / 2 ** 20:.1f} MiB "
         f"(24 x 16 x 197^2 x 4 bytes); the whole forward's temporaries "
         f"{memory.temp_size_in_bytes / 2 ** 20:,.1f} MiB")
+  attention_memory_growth()
+
+
+def attention_memory_growth():
+  """XLA's memory analysis of compiled forwards (batch 1, float32) as the
+  image side R doubles, next to the count of attention entries per layer
+  and head: ViT's grow as tokens^2 = (R/p)^4, Swin's as tokens x M^2 (its
+  first stage: (R/4)^2 x 49), pixels as tokens' as R^4."""
+  from attnlab.models import swin, vit
+  cases = [("ViT-B/16", vit.ViT(**vit.parse_variant("B/16")), (224, 448, 896),
+            lambda R: ((R // 16) ** 2, (R // 16) ** 4)),
+           ("Swin-T (M = 7)", swin.Swin(**swin.parse_variant("T")), (224, 448, 896),
+            lambda R: ((R // 4) ** 2, (R // 4) ** 2 * 49)),
+           ("pixels as tokens (ViT-Ti/1)", vit.ViT(**vit.parse_variant("Ti/1"), image_size=16),
+            (16, 32, 64), lambda R: (R * R, R ** 4))]
+  print("\nattention memory as the image side R doubles (one image, float32, "
+        "temporaries of the compiled forward from XLA's memory analysis):\n")
+  print("| model | R | tokens (first stage) | attention entries per layer and head | "
+        "x previous | XLA temporaries | x previous |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  for name, model, sides, count in cases:
+    before = None
+    for R in sides:
+      image = jax.ShapeDtypeStruct((1, R, R, 3), jnp.float32)
+      variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
+      compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, image).compile()
+      temps = compiled.memory_analysis().temp_size_in_bytes
+      tokens, entries = count(R)
+      grow = (f"{entries / before[0]:.0f}x", f"{temps / before[1]:.1f}x") if before else ("", "")
+      print(f"| {name} | {R} | {tokens:,} | {entries:,} | {grow[0]} | "
+            f"{temps / 2 ** 20:,.1f} MiB | {grow[1]} |", flush=True)
+      before = (entries, temps)
 
 
 def _percent(split):
