@@ -176,6 +176,17 @@ def test_local_self_attention_never_holds_a_pixels_by_pixels_matrix():
   assert temps < (112 * 112) ** 2 * 4 / 10, temps
 
 
+def test_local_attention_downsamples_odd_maps_as_the_strided_convolution():
+  """28 x 28 images make a 7 x 7 map before the last stage: its 2 x 2
+  average pool keeps ceil(7 / 2) = 4 rows, as the stride-2 convolution."""
+  x = jnp.zeros((1, 28, 28, 1))
+  shapes = [jax.eval_shape(lambda x, m=m: m.init_with_output(jax.random.PRNGKey(0), x)[0][1],
+                           x)["tokens"].shape
+            for m in (resnet.ResNet(3, depth=18, width=8, small_inputs=True, spatial=s,
+                                    local_kernel=3, local_heads=2) for s in ("conv", "local"))]
+  assert shapes[0] == shapes[1] == (1, 16, 64)
+
+
 def test_local_attention_resnet50_is_the_full_attention_layout():
   """Every 3 x 3 convolution of ResNet-50's bottlenecks as 7 x 7 local
   self-attention with 8 heads: 18.0 M parameters, the count Ramachandran et

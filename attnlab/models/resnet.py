@@ -81,7 +81,11 @@ class Block(nn.Module):
       if self.local is None:
         return self.conv(features, (3, 3), strides)(h)
       h, _ = self.local(features)(h)
-      return nn.avg_pool(h, (strides, strides), (strides, strides)) if strides > 1 else h
+      if strides == 1:
+        return h
+      # As a strided SAME convolution: ceil(side / 2), so odd maps (7 x 7) work.
+      return nn.avg_pool(h, (strides, strides), (strides, strides), padding="SAME",
+                         count_include_pad=False)
 
     if self.kind == "bottleneck":
       y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
