@@ -200,9 +200,8 @@ def compiled_step(spec, overrides=()):
   step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
   state = trainer.create_state()
   batch = sharding_lib.global_batch(next(data), trainer.mesh)
-  if hasattr(exp, "flops_per_step"):
-    flops = exp.flops_per_step(config.batch_size)
-  else:
+  flops = exp.flops_per_step(config.batch_size) if hasattr(exp, "flops_per_step") else None
+  if flops is None:  # no analytic count (the experiment's models are not scanned)
     flops = train_lib.step_flops(step.lower(state, batch).compile())
   stepper = Stepper(step, state, batch)
   shutil.rmtree(workdir)
