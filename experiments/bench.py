@@ -136,6 +136,21 @@ def against_peer(steps, item, batch, flops, peak, window, rounds):
           flush=True)
 
 
+def against_torch_peer(what, ours, count, flops, peak, peer, their_window, their_model,
+                       item, batch, window, rounds):
+  """against_peer for a PyTorch peer: warms its step up (as ours compiled),
+  counts its parameters and prints the setting (`what`, then the rounds,
+  torch's version and threads, the peak and our step's FLOPs) above the table."""
+  import torch
+  their_window(1)
+  their_count = sum(p.numel() for p in their_model.parameters())
+  print(f"{what}; {rounds} rounds of {window} step(s) each, alternating; torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads); measured f32 matmul peak "
+        f"{peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
+  against_peer({"attnlab": (ours.window, count), peer: (their_window, their_count)},
+               item, batch, flops, peak, window, rounds)
+
+
 def op_profile(stepper, top=12):
   """Where one step's time goes: a jax.profiler trace of one step, each
   traced XLA op mapped to the model code that made it (the optimised HLO's
@@ -754,7 +769,6 @@ def flax_decode(flax_dir, batch=8, src_len=32, new_tokens=63, beams=(4, 1), roun
   windows of `window` batches: random weights at the same dims, the same
   random source batch, EOS never produced, so both decode `new_tokens`."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from attnlab import main as main_lib
   from experiments import translate
@@ -823,7 +837,6 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   this benchmark does not use: stand-ins let its real train_step run.
   """
   import functools
-  import types
   import jax
   import jax.numpy as jnp
   import optax
@@ -1046,7 +1059,6 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   configs/dino.py:i1k. Same random images, alternating windows; the figure
   is the median ratio. MFU from XLA's FLOPs of our step (both do the same
   arithmetic) against a matmul peak measured in this run."""
-  import types
   import numpy as np
   import torch
   import torch.distributed as dist
@@ -1120,14 +1132,9 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   def their_window(n):
     for _ in range(n):
       their_step()
-  their_window(1)  # warm-up, as ours compiled
-  their_count = sum(p.numel() for p in student.parameters())
-  print(f"DINO {variant}: 2 x 224 + {local_crops} x 96 crops, batch {batch}, float32, "
-        f"{m.out_dim:,} outputs; {rounds} rounds of {window} step(s) each, alternating; "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads); measured f32 matmul "
-        f"peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
-  against_peer({"attnlab": (ours.window, count), "PyTorch DINO": (their_window, their_count)},
-               "images", batch, flops, peak, window, rounds)
+  against_torch_peer(f"DINO {variant}: 2 x 224 + {local_crops} x 96 crops, batch {batch}, "
+                     f"float32, {m.out_dim:,} outputs", ours, count, flops, peak,
+                     "PyTorch DINO", their_window, student, "images", batch, window, rounds)
   print("\nour step, profiled:")
   op_profile(ours)
 
@@ -1353,14 +1360,9 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
       optimizer.step()
       with torch.no_grad():
         model.logit_scale.clamp_(0, math.log(100))
-  their_window(1)  # warm-up, as ours compiled
-  their_count = sum(p.numel() for p in model.parameters())
-  print(f"CLIP ViT-{variant} + 12 x 512 text tower, context 77, batch {batch}, float32; "
-        f"{rounds} rounds of {window} step(s) each, alternating; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), open_clip {open_clip.__version__}; measured "
-        f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
-  against_peer({"attnlab": (ours.window, count), "open_clip": (their_window, their_count)},
-               "pairs", batch, flops, peak, window, rounds)
+  against_torch_peer(f"CLIP ViT-{variant} + 12 x 512 text tower, context 77, batch {batch}, "
+                     f"float32, open_clip {open_clip.__version__}", ours, count, flops, peak,
+                     "open_clip", their_window, model, "pairs", batch, window, rounds)
   print("\nour step, profiled:")
   op_profile(ours)
   print("\nopen_clip's step, profiled:")
@@ -1456,14 +1458,9 @@ def timm_swin(variant="T", batch=8, rounds=5, window=1):
       loss.backward()
       torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
       optimizer.step()
-  their_window(1)  # warm-up, as ours compiled
-  their_count = sum(p.numel() for p in model.parameters())
-  print(f"Swin-{variant} at 224 x 224, batch {batch}, float32, 1000 classes; {rounds} rounds "
-        f"of {window} step(s) each, alternating; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), timm {timm.__version__}; measured f32 matmul "
-        f"peak {peak / 1e9:.0f} GFLOP/s; our step {flops / 1e9:.1f} GFLOP (XLA)")
-  against_peer({"attnlab": (ours.window, count), "timm": (their_window, their_count)},
-               "images", batch, flops, peak, window, rounds)
+  against_torch_peer(f"Swin-{variant} at 224 x 224, batch {batch}, float32, 1000 classes, "
+                     f"timm {timm.__version__}", ours, count, flops, peak, "timm",
+                     their_window, model, "images", batch, window, rounds)
 
 
 def local_attention_memory(sides=(56, 112), channels=64, heads=8, kernel=7, batch=1):

@@ -33,7 +33,6 @@ import optax
 
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
-from attnlab import storage
 from attnlab import viz
 from attnlab.data import image_ops
 from attnlab.data import images
