@@ -26,6 +26,12 @@
               train[:5%]), test accuracy (read once, at each run's end) per
               model and share, as a table and data_efficiency.png beside
               the runs.
+  equal_time WORKDIR...
+              finished classification runs of several models given about
+              the same training time (steps from `bench steps`): train and
+              wall minutes, validation and test accuracy (test read once,
+              at each run's end), and equal_time_<data source>.png beside
+              the runs.
   features DINO_RUN FEATURES_RUN...
               DINO's "features without labels": a finished DINO run's k-NN
               and linear-probe accuracy of its teacher's features over
@@ -276,31 +282,52 @@ def _percent(split):
   return float(m.group(1)) if m else 100.0
 
 
-def data_efficiency(*workdirs):
-  """Finished classification runs of several models on shares of one
-  training set: a table and a plot of test accuracy against the share."""
+def _model_name(m):
+  """A classification run's model in a few words, from its config.json."""
+  if m["name"] == "resnet":
+    extra = ", local attention" if m.get("spatial") == "local" else ""
+    if m.get("nonlocal_stages"):
+      extra += f", non-local after stages {', '.join(map(str, m['nonlocal_stages']))}"
+    return f"ResNet-{m['variant']} w{m['width']}{extra}"
+  if m["name"] == "swin":
+    return f"Swin w{m['width']}, blocks {tuple(m['depths'])}, M = {m['window']}"
+  return f"ViT {m['variant']} w{m['width']}"
+
+
+def _finished_runs(workdirs, what):
+  """Per finished classification run: (workdir, config, metrics rows, test
+  accuracy); exits with one line when there are none or one is unfinished."""
   from attnlab import metrics as metrics_lib
-  from attnlab import viz
   if not workdirs:
-    sys.exit("error: give the workdirs of finished classification runs "
-             "(e.g. --config.data.train_split=train[:5%])")
-  curves, table = {}, []
+    sys.exit(f"error: give the workdirs of finished classification runs ({what})")
+  runs = []
   for wd in workdirs:
     path = os.path.join(wd, "test.json")
     if not os.path.exists(path):
       sys.exit(f"error: {path} is missing: let the run finish (its test split is "
                "read once, at the end)")
-    config = json.load(open(os.path.join(wd, "config.json")))
-    rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
-    last = lambda key: [r[key] for r in rows if key in r][-1]
-    m = config["model"]
-    name = (f"ResNet-{m['variant']} w{m['width']}" if m["name"] == "resnet"
-            else f"ViT {m['variant']} w{m['width']}")
+    runs.append((wd, json.load(open(os.path.join(wd, "config.json"))),
+                 metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl")),
+                 json.load(open(path))["test/accuracy"]))
+  return runs
+
+
+def _last(rows, key):
+  return [r[key] for r in rows if key in r][-1]
+
+
+def data_efficiency(*workdirs):
+  """Finished classification runs of several models on shares of one
+  training set: a table and a plot of test accuracy against the share."""
+  from attnlab import viz
+  curves, table = {}, []
+  for _, config, rows, test in _finished_runs(
+      workdirs, "e.g. --config.data.train_split=train[:5%]"):
+    name = _model_name(config["model"])
     percent = _percent(config["data"]["train_split"])
-    test = json.load(open(path))["test/accuracy"]
     curves.setdefault(name, []).append((percent, test))
-    table.append((percent, name, last("model/params"), config["total_steps"],
-                  last("time/wall_sec") / 60, last("eval/accuracy"), test))
+    table.append((percent, name, _last(rows, "model/params"), config["total_steps"],
+                  _last(rows, "time/wall_sec") / 60, _last(rows, "eval/accuracy"), test))
   print("| training set | model | params | steps | wall minutes | validation acc. "
         "(last eval) | test acc. |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -309,6 +336,28 @@ def data_efficiency(*workdirs):
           f"{100 * val:.1f}% | {100 * test:.1f}% |")
   out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), "data_efficiency.png")
   viz.by_data_fraction(curves, out)
+  print(f"\nplot: {os.path.relpath(out)}")
+
+
+def equal_time(*workdirs):
+  """Finished classification runs given about equal training time (each
+  one's steps from its measured step speed, `bench steps`): a table of
+  their time and accuracy, and validation accuracy against wall-clock
+  minutes in equal_time_<data source>.png beside the runs."""
+  from attnlab import viz
+  runs = _finished_runs(workdirs, "each with steps for the same training time")
+  print("| run | model | params | steps | train minutes | wall minutes | validation acc. "
+        "(last eval) | test acc. |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  for wd, config, rows, test in runs:
+    print(f"| {os.path.basename(wd.rstrip('/'))} | {_model_name(config['model'])} | "
+          f"{_last(rows, 'model/params') / 1e6:.2f} M | {config['total_steps']:,} | "
+          f"{train_seconds(rows) / 60:.1f} | {_last(rows, 'time/wall_sec') / 60:.1f} | "
+          f"{100 * _last(rows, 'eval/accuracy'):.1f}% | {100 * test:.1f}% |")
+  out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])),
+                     f"equal_time_{runs[0][1]['data']['source']}.png")
+  viz.compare_runs({os.path.basename(wd.rstrip("/")): rows for wd, _, rows, _ in runs},
+                   "eval/accuracy", out, x="minutes")
   print(f"\nplot: {os.path.relpath(out)}")
 
 
@@ -366,7 +415,7 @@ def features(dino_run=None, *others):
 
 
 TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,
-          "vision": vision, "data_efficiency": data_efficiency, "features": features}
+          "vision": vision, "data_efficiency": data_efficiency, "equal_time": equal_time, "features": features}
 
 
 def main():

@@ -19,3 +19,45 @@ def test_parameter_counts_match_the_papers(capsys):
   for row in rows:
     _, name, published, ours, gap, note, _ = row.split("|")
     assert abs(float(gap.strip().rstrip("%"))) <= 3.0, row
+
+
+def fake_run(root, name, model, steps, speeds, accuracy, test=None):
+  """A classification run's files as the trainer writes them: config.json,
+  metrics.jsonl (steps/s per logging window, evals) and, when finished,
+  test.json."""
+  import json
+  import os
+  wd = os.path.join(root, name)
+  os.makedirs(wd)
+  json.dump({"model": model, "total_steps": steps, "data": {"source": "fmnist"}},
+            open(os.path.join(wd, "config.json"), "w"))
+  rows = [{"step": 0, "model/params": 1000}]
+  for i, sps in enumerate(speeds, 1):
+    step = i * steps // len(speeds)
+    rows += [{"step": step, "train/steps_per_sec": sps, "time/wall_sec": 60.0 * i},
+             {"step": step, "eval/accuracy": accuracy}]
+  with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  if test is not None:
+    json.dump({"test/accuracy": test}, open(os.path.join(wd, "test.json"), "w"))
+  return wd
+
+
+def test_equal_time_table_reads_train_minutes_and_each_test_once(tmp_path, capsys):
+  import os
+  import pytest
+  swin = {"name": "swin", "width": 48, "depths": [2, 4], "window": 7}
+  local = {"name": "resnet", "variant": "18", "width": 16, "spatial": "local",
+           "nonlocal_stages": []}
+  a = fake_run(tmp_path, "a", swin, 600, [2.0, 2.0, 2.0], 0.8, test=0.75)
+  b = fake_run(tmp_path, "b", local, 60, [0.25, 0.25], 0.5, test=0.45)
+  tables.equal_time(a, b)
+  rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")][2:]
+  # a: steps 200 -> 600 at 2 steps/s = 200 s; b: 30 -> 60 at 0.25 = 120 s.
+  assert rows[0] == ("| a | Swin w48, blocks (2, 4), M = 7 | 0.00 M | 600 | 3.3 | 3.0 | "
+                     "80.0% | 75.0% |")
+  assert rows[1] == "| b | ResNet-18 w16, local attention | 0.00 M | 60 | 2.0 | 2.0 | 50.0% | 45.0% |"
+  assert os.path.exists(tmp_path / "equal_time_fmnist.png")
+  unfinished = fake_run(tmp_path, "c", swin, 600, [2.0], 0.8)
+  with pytest.raises(SystemExit, match="test.json is missing"):
+    tables.equal_time(a, unfinished)
