@@ -178,14 +178,15 @@ def attention_maps(picture, maps, captions, path, writer=None, step=0, title="")
 
 def compare_runs(runs, key, path, x="step"):
   """One curve of `key` per run: {label: metrics rows}. x = "step" or
-  "minutes": the run's wall clock (evals included) at the train row of the
-  same step."""
+  "minutes": the run's wall clock (evals included), interpolated between
+  the train rows that log it (an eval need not fall on a logging step)."""
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for label, rows in runs.items():
-    wall = {r["step"]: r["time/wall_sec"] for r in rows if "time/wall_sec" in r}
+    wall = sorted((r["step"], r["time/wall_sec"]) for r in rows if "time/wall_sec" in r)
     pts = [(r["step"], r[key]) for r in rows if key in r]
     if x == "minutes":
-      pts = [(wall[s] / 60, v) for s, v in pts if s in wall]
+      pts = [(float(np.interp(s, *zip(*wall))) / 60, v) for s, v in pts
+             if wall and wall[0][0] <= s <= wall[-1][0]]
     if pts:
       ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None,
               markersize=3, label=label)
