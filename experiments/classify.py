@@ -99,8 +99,9 @@ def validate(config):
     config_lib.check(not bad, "model.nonlocal_stages",
                      f"stage {bad[0] if bad else ''} is out of range: ResNet-{depth} has "
                      f"stages 1-{stages}", "e.g. --config.model.nonlocal_stages=(2,3)")
-    config_lib.check_choice(config, "model.spatial", {"conv", "local"})
-    if m.spatial == "local":
+    if "spatial" in m:  # (runs from before attention in ResNets have no such key)
+      config_lib.check_choice(config, "model.spatial", {"conv", "local"})
+    if m.get("spatial") == "local":
       config_lib.check(m.local_kernel % 2 == 1 and m.local_kernel > 0, "model.local_kernel",
                        f"{m.local_kernel} is not odd: a neighbourhood needs a centre pixel",
                        "e.g. 7 (the 7 x 7 of Ramachandran et al. and Hu et al.)")
