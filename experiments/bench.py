@@ -1470,21 +1470,17 @@ def local_attention_memory(sides=(56, 112), channels=64, heads=8, kernel=7, batc
   the [HW, HW] weights a local layer must not build) and to the layer with
   its k^2 offsets unrolled instead of scanned; then the time of a
   forward + backward of each local form (alternating windows)."""
-  import functools
   import jax
   import jax.numpy as jnp
   import numpy as np
   from attnlab.nn import attention as att
+  from experiments import tables
 
   class Unrolled(att.LocalSelfAttention):
     """The same layer with jax.lax.scan unrolled over every offset."""
     def __call__(self, x, return_weights=False):
-      scan = jax.lax.scan
-      jax.lax.scan = functools.partial(scan, unroll=True)
-      try:
+      with tables.unrolled_scans():
         return super().__call__(x, return_weights)
-      finally:
-        jax.lax.scan = scan
 
   def global_attention(x):
     q = x.reshape(x.shape[0], -1, heads, channels // heads)
