@@ -24,8 +24,9 @@ attention=nonlocal: non-local blocks (Wang et al. 2018, embedded Gaussian)
           after stages 2 and 3, each starting as the identity.
 attention=local: every 3 x 3 convolution of the blocks becomes 7 x 7 local
           self-attention (Ramachandran et al. 2019), 4 heads in the embedded
-          variants, 8 at i1k (the "LR-Net-50" layout: 18.0 M parameters at
-          depth 50; `./launch.sh tables vision`).
+          variants, 8 at i1k (at depth 50 Ramachandran et al.'s
+          full-attention ResNet-50, 18.0 M parameters; `./launch.sh tables
+          vision`).
 """
 from attnlab.config import ConfigError, parse_arg, parse_variant
 from configs import vit as vit_config
@@ -37,6 +38,9 @@ def get_config(arg=None):
   task, rest = parse_variant(arg, STEPS, "fmnist")
   opts = parse_arg(rest, variant="", norm="batch", attention="none", steps=0,
                    runlocal=False)
+  if opts.attention not in ("none", "nonlocal", "local"):
+    raise ConfigError("arg.attention", f"unknown attention {opts.attention!r}",
+                      "use none, nonlocal or local")
   c = vit_config.get_config(f"{task},steps={opts.steps or STEPS[task]},"
                             f"runlocal={opts.runlocal}")
   c.model.update(name="resnet", variant=opts.variant or ("50" if task == "i1k" else "18"),
@@ -45,9 +49,6 @@ def get_config(arg=None):
                  nonlocal_stages=(2, 3) if opts.attention == "nonlocal" else (),
                  spatial="local" if opts.attention == "local" else "conv",
                  local_kernel=7, local_heads=8 if task == "i1k" else 4)
-  if opts.attention not in ("none", "nonlocal", "local"):
-    raise ConfigError("arg.attention", f"unknown attention {opts.attention!r}",
-                      "use none, nonlocal or local")
   if task == "i1k":
     c.batch_size = 1024
     c.loss, c.label_smoothing = "softmax", 0.1

@@ -20,9 +20,10 @@ Attention inside the CNN (attnlab/nn/attention.py):
                    self-attention (`local_kernel`, `local_heads`; a stride
                    of 2 becomes a 2 x 2 average pool after it, as
                    Ramachandran et al. 2019 downsample); the stem stays a
-                   convolution. Depth 50 so is the "LR-Net-50" layout of
-                   the lectures (Ramachandran et al.'s full-attention
-                   ResNet-50 with a convolutional stem).
+                   convolution. At depth 50 this is Ramachandran et al.'s
+                   full-attention ResNet-50 with a convolutional stem (18.0
+                   M parameters); the lectures' LR-Net-50 (Hu et al., 23.3
+                   M) also widens the bottlenecks (README).
 
   __call__(images [B, H, W, C], train) -> (logits [B, classes], aux) with
       aux["pre_logits"] [B, C'] (global average pool) and aux["tokens"]
