@@ -88,6 +88,9 @@ def test_swin_image_sizes_that_do_not_work_say_which_do(size, words):
   assert words in swin.check_sizes(size, 4, 7, 4)
   assert swin.check_sizes(224, 4, 7, 4) is None and swin.check_sizes(448, 4, 7, 4) is None
   assert swin.check_sizes(384, 4, 12, 4) is None  # the paper's 384 models: windows of 12
+  # Windows of 3, two stages: a 9 x 9 first map is whole windows but cannot be merged.
+  assert "stage 1's feature map (9 x 9) is odd, so 2 x 2 patch merging cannot halve it" in (
+      swin.check_sizes(36, 4, 3, 2))
 
 
 # --- attention inside CNNs ---------------------------------------------------------

@@ -55,10 +55,14 @@ def check_sizes(image_size, patch, window, stages):
               f"{window} x {window}; image sizes that work: multiples of {step}, "
               f"e.g. {step}, {2 * step}")
   for i, side in enumerate(sides):
-    if side % window or (i + 1 < stages and side % 2):
-      return (f"stage {i + 1}'s feature map ({side} x {side}) is not a multiple of the "
-              f"window {window}; image sizes that work: multiples of {step}, e.g. "
-              f"{step}, {2 * step}")
+    if side % window:
+      problem = f"is not a multiple of the window {window}"
+    elif i + 1 < stages and side % 2:
+      problem = "is odd, so 2 x 2 patch merging cannot halve it"
+    else:
+      continue
+    return (f"stage {i + 1}'s feature map ({side} x {side}) {problem}; image sizes that "
+            f"work: multiples of {step}, e.g. {step}, {2 * step}")
   return None
 
 

@@ -674,8 +674,9 @@ class LocalSelfAttention(nn.Module):
   k^2 offsets one by one (each a shifted view of the padded keys and
   values), so neither a [HW, HW] matrix nor k^2 copies of the keys exist
   (unrolled, XLA keeps the k^2 shifted values: 4.3x the forward's
-  temporaries at 112 x 112; `python -m experiments.bench localattention`). Returns (y [B, H, W, features], weights [B, H, W, heads,
-  k*k] or None; offset (a, b) at index (a + r) * k + b + r, r = k // 2)."""
+  temporaries at 112 x 112; `python -m experiments.bench localattention`).
+  Returns (y [B, H, W, features], weights [B, H, W, heads, k*k] or None;
+  offset (a, b) at index (a + r) * k + b + r, r = k // 2)."""
   features: int
   num_heads: int = 8
   kernel: int = 7
@@ -712,14 +713,15 @@ class LocalSelfAttention(nn.Module):
       return None, jnp.where(window(inside, off), s, NEG_INF)
     # Each body rematerialised: its backward pass slices the padded keys
     # and values again instead of keeping k^2 shifted copies of them.
-    _, scores = jax.lax.scan(jax.checkpoint(score, prevent_cse=False), None, offsets)
+    _, scores = jax.lax.scan(jax.checkpoint(score, prevent_cse=False), None,
+                             offsets)  # [k * k, B, H, W, heads]
     weights = jax.nn.softmax(scores.astype(jnp.float32), 0).astype(values.dtype)
 
     def aggregate(y, step):
       off, w = step
       return y + w[..., None] * window(values, off), None
     y, _ = jax.lax.scan(jax.checkpoint(aggregate, prevent_cse=False), jnp.zeros_like(q),
-                        (offsets, weights))  # scores: [k * k, B, H, W, heads]
+                        (offsets, weights))
     weights = jnp.moveaxis(weights, 0, -1)
     return y.reshape(B, H, W, self.features), (weights if return_weights else None)
 

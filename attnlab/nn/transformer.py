@@ -49,8 +49,9 @@ class FeedForward(nn.Module):
 def drop_path(module, y, rate, train):
   """Stochastic depth (Huang et al. 2016, as DeiT/DINO use it): each row's
   residual branch y [B, ...] is zeroed with probability `rate` and scaled by
-  1 / (1 - rate) otherwise. `rate` may be traced (a scanned layer's rate)."""
-  if rate is None or not train:
+  1 / (1 - rate) otherwise. `rate` may be traced (a scanned layer's rate);
+  None or a Python 0 draws no random bits."""
+  if rate is None or not train or (isinstance(rate, (int, float)) and rate == 0):
     return y
   keep = 1.0 - rate
   mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
