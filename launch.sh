@@ -6,6 +6,7 @@
 #   ./launch.sh sample WORKDIR [--prompt P --length N --temperature T]
 #   ./launch.sh eval WORKDIR
 #   ./launch.sh attend WORKDIR IMAGE...      a ViT run's attention maps of your images
+#   ./launch.sh caption WORKDIR IMAGE...     a captioning run's captions and per-word attention
 #   ./launch.sh retrieve WORKDIR --text T    a CLIP run's nearest images (or --image FILE: captions)
 #   ./launch.sh average WORKDIR [--last N]   checkpoint averaging into WORKDIR_avgN
 #   ./launch.sh compile CONFIG --devices N   ahead-of-time: memory per device, FLOPs
@@ -52,7 +53,7 @@ case "$cmd" in
     shift
     exec "$PYBIN" -m experiments.tables "$@"
     ;;
-  train|prepare|sample|attend|retrieve|eval|average|compile|tpu)
+  train|prepare|sample|attend|caption|retrieve|eval|average|compile|tpu)
     shift
     if [ "$cmd" = train ] || [ "$cmd" = prepare ] || [ "$cmd" = compile ]; then
       [ $# -ge 1 ] && [ "${1#-}" = "$1" ] && set -- --config "$@"
@@ -60,7 +61,7 @@ case "$cmd" in
     exec "$PYBIN" -m attnlab.main "$cmd" "$@"
     ;;
   *)
-    echo "unknown command '$cmd': use test, train, prepare, sample, attend, retrieve, eval, average, compile, tables or tpu (see README.md)" >&2
+    echo "unknown command '$cmd': use test, train, prepare, sample, attend, caption, retrieve, eval, average, compile, tables or tpu (see README.md)" >&2
     exit 2
     ;;
 esac

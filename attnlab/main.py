@@ -11,6 +11,8 @@
   average WORKDIR [--last N] [--out DIR]   mean of the last N checkpoints'
           parameters as a new run (Vaswani et al.: 5 for base, 20 for big)
   attend  WORKDIR IMAGE...   a ViT run's attention maps of your images (plots/)
+  caption WORKDIR IMAGE...   a captioning run's caption of each image, and each
+          word's attention over it (plots/caption_NAME.png)
   retrieve WORKDIR --text T | --image FILE [--split S] [--top K]   a CLIP run's
           nearest images of a text (a PNG grid in plots/) or captions of an image
   tpu     NAME --zone Z [--project P] [--dry_run] train ARGS...
@@ -213,7 +215,7 @@ def load_run(workdir):
 
 # What a run writes into its workdir besides checkpoints/ (experiments
 # included: vocabularies, plots, samples, reports).
-RUN_FILES = ("config.json", "metrics.jsonl", "tb", "vocab.json", "tokenizer.model",
+RUN_FILES = ("config.json", "metrics.jsonl", "tb", "vocab.json", "tokenizer.model", "words.json",
              "plots", "samples", "bleu.json", "test.json")
 
 
@@ -328,7 +330,6 @@ def _restore(workdir):
   jax = _setup_jax()
   config = load_run(workdir)
   module = validate(config, jax)
-  from attnlab import train
   exp = build(module, config, workdir)
   trainer = make_trainer(config, exp, workdir)
   from attnlab import checkpoint
@@ -405,24 +406,30 @@ def cmd_eval(argv):
   trainer.writer.close()
 
 
-def cmd_attend(argv):
-  """attend WORKDIR IMAGE...: the run's attention maps of your images."""
+def _workdir_and_pictures(argv, command, kind):
+  """`WORKDIR IMAGE...` -> (workdir, [(path, encoded image)]), each file
+  checked to be an image before anything loads."""
   values = flags.FlagValues()
   try:
     rest = values(["attnlab"] + argv)[1:]
   except flags.Error as e:
     fail(_one_line(e, ""))
   if len(rest) < 2:
-    fail("give a WORKDIR (a ViT run) and one or more image files: "
-         "./launch.sh attend WORKDIR photo.jpg ...")
-  workdir, paths = rest[0], rest[1:]
-  from PIL import Image, UnidentifiedImageError
+    fail(f"give a WORKDIR ({kind}) and one or more image files: "
+         f"./launch.sh {command} WORKDIR photo.jpg ...")
+  from PIL import UnidentifiedImageError
   pictures = []
-  for path in paths:
+  for path in rest[1:]:
     try:
       pictures.append((path, _image_bytes(path)))
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
       fail(f"{path} is not a readable image ({type(e).__name__}): give PNG or JPEG files")
+  return rest[0], pictures
+
+
+def cmd_attend(argv):
+  """attend WORKDIR IMAGE...: the run's attention maps of your images."""
+  workdir, pictures = _workdir_and_pictures(argv, "attend", "a ViT run")
   config = load_run(workdir)
   if not hasattr(experiment_module(config).Experiment, "attend"):
     fail(f"{workdir} is a {config.experiment} run, which has no attention maps of images")
@@ -435,6 +442,21 @@ def cmd_attend(argv):
   trainer.writer.close()
   for path in written:
     print(path)
+
+
+def cmd_caption(argv):
+  """caption WORKDIR IMAGE...: a captioning run's caption of each image and
+  the attention of each of its words (a PNG in plots/)."""
+  workdir, pictures = _workdir_and_pictures(argv, "caption", "a captioning run")
+  config = load_run(workdir)
+  if not hasattr(experiment_module(config).Experiment, "caption_images"):
+    fail(f"{workdir} is a {config.experiment} run: captions need a run of configs/caption.py")
+  _, exp, trainer, state = _restore(workdir)
+  found = exp.caption_images(state, pictures, storage.path(workdir) / "plots", trainer.mesh,
+                             trainer.writer, int(state["step"]))
+  trainer.writer.close()
+  for name, text, path in found:
+    print(f"{name}: {text}\n  {path}")
 
 
 def cmd_retrieve(argv):
@@ -638,7 +660,7 @@ def cmd_average(argv):
 
 
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "sample": cmd_sample,
-            "attend": cmd_attend, "retrieve": cmd_retrieve, "eval": cmd_eval, "average": cmd_average, "compile": cmd_compile,
+            "attend": cmd_attend, "caption": cmd_caption, "retrieve": cmd_retrieve, "eval": cmd_eval, "average": cmd_average, "compile": cmd_compile,
             "tpu": cmd_tpu}
 
 

@@ -157,20 +157,23 @@ def image_grid(pictures, captions, path, writer=None, step=0, title="", cols=5):
   _save(fig, path, writer, step, os.path.splitext(os.path.basename(path))[0].split("_")[0])
 
 
-def attention_maps(picture, maps, captions, path, writer=None, step=0, title=""):
+def attention_maps(picture, maps, captions, path, writer=None, step=0, title="", cols=None):
   """The image, then each map [h, w] (a patch grid) stretched over it as a
-  translucent heatmap, one panel per map."""
-  fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.2 * (len(maps) + 1), 2.6),
-                           squeeze=False)
+  translucent heatmap, one panel per map, `cols` panels a row (default:
+  one row)."""
+  cols = cols or len(maps) + 1
+  rows = -(-(len(maps) + 1) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False)
+  panels = axes.ravel()
   height, width = picture.shape[:2]
-  axes[0, 0].imshow(picture, interpolation="nearest")
-  axes[0, 0].set_title("image", fontsize=8)
-  for ax, m, caption in zip(axes[0, 1:], maps, captions):
+  panels[0].imshow(picture, interpolation="nearest")
+  panels[0].set_title("image", fontsize=8)
+  for ax, m, caption in zip(panels[1:], maps, captions):
     ax.imshow(picture, interpolation="nearest")
     ax.imshow(m, cmap="inferno", alpha=0.6, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
               interpolation="bilinear")
     ax.set_title(caption, fontsize=8)
-  for ax in axes.ravel():
+  for ax in panels:
     ax.axis("off")
   fig.suptitle(title, fontsize=9)
   _save(fig, path, writer, step, "attention")

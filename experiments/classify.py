@@ -86,6 +86,21 @@ def make_model(m, num_classes):
 
 def validate(config):
   images.validate(config.data)
+  validate_backbone(config)
+  config_lib.check_choice(config, "loss", {"softmax", "sigmoid"})
+  config_lib.check(0 <= config.label_smoothing < 1, "label_smoothing",
+                   f"{config.label_smoothing} is not in [0, 1)", "e.g. 0.1")
+  config_lib.check(config.data.mixup >= 0, "data.mixup", f"{config.data.mixup} < 0",
+                   "use 0 (off) or an alpha such as 0.2")
+  if config.init_from:
+    config_lib.check(bool(ckpt_lib.checkpoint_steps(config.init_from)),
+                     "init_from", f"{config.init_from} has no checkpoints",
+                     "give the --workdir of a finished classification run")
+
+
+def validate_backbone(config):
+  """config.model of a ViT, ResNet or Swin (for every vision experiment):
+  the variant, its sizes, and an image size the model can take."""
   m = config.model
   config_lib.check_choice(config, "model.name", {"vit", "resnet", "swin"})
   if m.name == "resnet":
@@ -137,15 +152,36 @@ def validate(config):
     config_lib.check_choice(config, "model.posemb", {"learn", "sincos2d"})
     config_lib.check(0 <= m.drop_path < 1, "model.drop_path", f"{m.drop_path} is not in [0, 1)",
                      "e.g. 0.1 (the rate of the last layer; 0 at the first)")
-  config_lib.check_choice(config, "loss", {"softmax", "sigmoid"})
-  config_lib.check(0 <= config.label_smoothing < 1, "label_smoothing",
-                   f"{config.label_smoothing} is not in [0, 1)", "e.g. 0.1")
-  config_lib.check(config.data.mixup >= 0, "data.mixup", f"{config.data.mixup} < 0",
-                   "use 0 (off) or an alpha such as 0.2")
-  if config.init_from:
-    config_lib.check(bool(ckpt_lib.checkpoint_steps(config.init_from)),
-                     "init_from", f"{config.init_from} has no checkpoints",
-                     "give the --workdir of a finished classification run")
+
+
+def pretrained_backbone(config, model, params, model_state):
+  """`params` and `model_state` of a backbone `model` with every variable
+  but the head taken from the run `config.init_from` (a classification run
+  of the same architecture), position embeddings resized to this run's
+  grid (vit.resize_posemb). A one-line ConfigError for another architecture."""
+  source = config.init_from
+  loaded, loaded_state = ckpt_lib.load_variables(source)
+  loaded = {k: v for k, v in loaded.items() if k != HEAD}
+  if "pos_embedding" in loaded and "pos_embedding" in params:
+    side = config.model.image_size // model.patch
+    prefix = 1 if model.pool == "tok" else 0
+    tokens = loaded["pos_embedding"].shape[1]
+    old_side = int(round(np.sqrt(max(tokens - prefix, 0))))
+    config_lib.check(
+        old_side * old_side == tokens - prefix, "init_from",
+        f"{source}'s {tokens} position embeddings are not {prefix} class token(s) + a "
+        f"square grid, so they cannot be interpolated to {side} x {side}",
+        "fine-tune with the pretrained run's model.pool (tok: a class token; gap: none)")
+    loaded["pos_embedding"] = vit.resize_posemb(loaded["pos_embedding"], (side, side), prefix)
+  mine = {k: v for k, v in params.items() if k != HEAD}
+  shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
+  if shapes(mine) != shapes(loaded):
+    raise config_lib.ConfigError(
+        "init_from", f"{source} holds another architecture than model.variant="
+        f"{config.model.variant}", "start from a run with this run's model.* keys")
+  if jax.tree.structure(loaded_state) == jax.tree.structure(model_state):
+    model_state = loaded_state
+  return {**params, **loaded}, model_state
 
 
 class ImageFeatures:
@@ -368,33 +404,11 @@ class Experiment(ImageFeatures):
 
   def pretrained(self, params, model_state):
     """Every parameter but the head (and BatchNorm's statistics) from
-    `init_from`, position embeddings resized to this run's grid."""
-    source = self.config.init_from
-    if not source:
+    `init_from` (pretrained_backbone)."""
+    if not self.config.init_from:
       return params, model_state, None
-    loaded, loaded_state = ckpt_lib.load_variables(source)
-    loaded = {k: v for k, v in loaded.items() if k != HEAD}
-    if "pos_embedding" in loaded and "pos_embedding" in params:
-      side = self.config.model.image_size // self.model.patch
-      prefix = 1 if self.model.pool == "tok" else 0
-      tokens = loaded["pos_embedding"].shape[1]
-      old_side = int(round(np.sqrt(max(tokens - prefix, 0))))
-      config_lib.check(
-          old_side * old_side == tokens - prefix, "init_from",
-          f"{source}'s {tokens} position embeddings are not {prefix} class token(s) + a "
-          f"square grid, so they cannot be interpolated to {side} x {side}",
-          "fine-tune with the pretrained run's model.pool (tok: a class token; gap: none)")
-      loaded["pos_embedding"] = vit.resize_posemb(loaded["pos_embedding"], (side, side),
-                                                  prefix)
-    mine = {k: v for k, v in params.items() if k != HEAD}
-    shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
-    if shapes(mine) != shapes(loaded):
-      raise config_lib.ConfigError(
-          "init_from", f"{source} holds another architecture than model.variant="
-          f"{self.config.model.variant}", "fine-tune with the pretrained run's model.* keys")
-    if jax.tree.structure(loaded_state) == jax.tree.structure(model_state):
-      model_state = loaded_state
-    return {**params, **loaded}, model_state, source
+    params, model_state = pretrained_backbone(self.config, self.model, params, model_state)
+    return params, model_state, self.config.init_from
 
   def _targets(self, labels, num_classes):
     """Integer labels or mixup's soft labels -> smoothed target distributions."""

@@ -301,24 +301,14 @@ class Experiment:
     per_pair = clip_lib.matmul_flops(self.model, self.channels)
     return 3 * (batch_size * per_pair + 2 * batch_size ** 2 * self.model.embed_dim)
 
-  def train_example(self):
-    """(pair, rng) -> {image, tokens}: the image through data.pp_train and
-    one of its captions, drawn at random."""
-    pp = image_ops.build(self.config.data.pp_train, "data.pp_train")
-
-    def fn(example, rng):
-      caption = example["captions"][int(rng.integers(len(example["captions"])))]
-      return {"image": pp({"image": example["image"]}, rng)["image"],
-              "tokens": self.tokenize([caption])[0]}
-    return fn
-
   def train_iter(self, local_batch, process_index, process_count):
     c = self.config
     src = pairs.source(c.data, c.data.train_split)
     if jax.process_index() == 0:
       print(f"data: {len(src):,} training images, vocabulary {len(self.tokenizer)}, "
             f"context {self.context}", flush=True)
-    return iter(images.train_dataset(src, self.train_example(), local_batch, process_index,
+    example = pairs.random_caption_example(c.data.pp_train, self.tokenize)
+    return iter(images.train_dataset(src, example, local_batch, process_index,
                                      process_count, c.total_steps, c.batch_size, c.seed,
                                      workers=c.data.workers))
 

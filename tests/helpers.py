@@ -85,3 +85,26 @@ def kill_9_after_a_checkpoint(args, workdir, at="step 5/"):
   p.communicate(timeout=60)
   assert p.returncode == -signal.SIGKILL
   return run_cli(*args)
+
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30),
+           "yellow": (230, 220, 30)}
+
+
+def make_pairs_folder(root, per_split=(("train", 4), ("validation", 1), ("test", 1))):
+  """ROOT/<split>/captions.tsv over small coloured squares and circles."""
+  rng = np.random.default_rng(0)
+  for split, n in per_split:
+    folder = os.path.join(root, split)
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for colour, rgb in COLOURS.items():
+      for i in range(n):
+        img = np.full((16, 16, 3), 255, np.uint8)
+        img[4:12, 4:12] = np.clip(np.array(rgb) + rng.integers(-20, 20, 3), 0, 255)
+        name = f"{colour}_{i}.png"
+        Image.fromarray(img).save(os.path.join(folder, name))
+        lines += [f"{name}\ta {colour} square", f"{name}\t{colour}"]
+    with open(os.path.join(folder, "captions.tsv"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+  return str(root)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from attnlab import sharding as sharding_lib
 from experiments import clip
+from helpers import COLOURS, make_pairs_folder
 
 EIGHT = sharding_lib.make_mesh((("data", -1),))
 ONE = sharding_lib.make_mesh((("data", 1),), jax.devices()[:1])
@@ -168,29 +169,6 @@ def test_images_with_the_same_captions_are_one_retrieval_item():
   np.testing.assert_array_equal(ids, [0, 1, 0, 2, 1])
   assert texts == ["red heart", "cat", "cat: pet", "dog"]
   np.testing.assert_array_equal(text_image, [0, 1, 1, 3])
-
-
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30),
-           "yellow": (230, 220, 30)}
-
-
-def make_pairs_folder(root, per_split=(("train", 4), ("validation", 1), ("test", 1))):
-  """ROOT/<split>/captions.tsv over small coloured squares and circles."""
-  rng = np.random.default_rng(0)
-  for split, n in per_split:
-    folder = os.path.join(root, split)
-    os.makedirs(folder, exist_ok=True)
-    lines = []
-    for colour, rgb in COLOURS.items():
-      for i in range(n):
-        img = np.full((16, 16, 3), 255, np.uint8)
-        img[4:12, 4:12] = np.clip(np.array(rgb) + rng.integers(-20, 20, 3), 0, 255)
-        name = f"{colour}_{i}.png"
-        Image.fromarray(img).save(os.path.join(folder, name))
-        lines += [f"{name}\ta {colour} square", f"{name}\t{colour}"]
-    with open(os.path.join(folder, "captions.tsv"), "w") as f:
-      f.write("\n".join(lines) + "\n")
-  return str(root)
 
 
 def test_a_run_on_a_captions_folder_trains_and_reports_recall(tmp_path):

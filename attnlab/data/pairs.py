@@ -16,11 +16,13 @@ of {"image": encoded bytes, "captions": [str, ...], "label": int}.
           image (several captions). label = -1 (no classes: retrieval only).
 """
 import csv
+import hashlib
 import io
 
 from attnlab import config as config_lib
 from attnlab import storage
 from attnlab.data import catalog
+from attnlab.data import image_ops
 
 CAPTIONS = "captions.tsv"
 SPLITS = ("train", "validation", "test")
@@ -126,3 +128,31 @@ def class_names(data):
     return []
   return list(catalog.builder(data).info.features["label"].names)
 
+
+
+def random_caption_example(pp, tokenize, key="data.pp_train"):
+  """(pair, rng) -> {image, tokens}: the image through the pp string `pp`
+  and one of its captions drawn at random, as `tokenize([caption])[0]`
+  (CLIP and captioning train on pairs this way)."""
+  fn = image_ops.build(pp, key)
+
+  def example(pair, rng):
+    caption = pair["captions"][int(rng.integers(len(pair["captions"])))]
+    return {"image": fn({"image": pair["image"]}, rng)["image"],
+            "tokens": tokenize([caption])[0]}
+  return example
+
+
+def shared_with_training(train, held_out):
+  """How many held-out pairs are not unseen: their image (its bytes) or
+  their first caption (an emoji's or drawing's name) is also a training
+  pair's. The builders split by emoji and drawing, so this is 0 for them;
+  a user's folder may hold the same image in two splits."""
+  digest = lambda pair: hashlib.sha256(pair["image"]).digest()
+  pictures, names = set(), set()
+  for i in range(len(train)):
+    pair = train[i]
+    pictures.add(digest(pair))
+    names.add(pair["captions"][0].lower())
+  return sum(1 for i in range(len(held_out))
+             if digest(held_out[i]) in pictures or held_out[i]["captions"][0].lower() in names)

@@ -1,5 +1,6 @@
 """SentencePiece subword vocabulary (Kudo & Richardson 2018), trained on the
-training split only. Ids: 0 pad, 1 eos, 2 bos, 3 unk.
+training split only, or a word vocabulary (Words: the captioning papers'
+choice). Ids: 0 pad, 1 eos, 2 bos, 3 unk.
 
 A run keeps its own copy, `workdir/tokenizer.model`: resuming, sampling,
 evaluating and fine-tuning from the run never depend on the data or a cache
@@ -8,6 +9,7 @@ the exact training text and every trainer setting, so other text (another
 folder with the same language codes, an edited file) never reuses a model
 it was not trained on.
 """
+import collections
 import hashlib
 import itertools
 import json
@@ -23,6 +25,7 @@ from attnlab import storage
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 RUN_FILE = "tokenizer.model"
+WORDS_FILE = "words.json"
 SETTINGS = dict(model_type="unigram", character_coverage=1.0, pad_id=PAD,
                 eos_id=EOS, bos_id=BOS, unk_id=UNK,
                 hard_vocab_limit=False)  # small corpora get a smaller vocabulary
@@ -53,6 +56,71 @@ class Tokenizer:
     """Characters of `text` the vocabulary has no piece for (-> unk)."""
     return sorted({c for c in text if not c.isspace()
                    and UNK in self.sp.encode(c)})
+
+
+class Words:
+  """A word vocabulary: the training text's words that occur at least
+  `min_count` times, most frequent first, at most `vocab_size` ids in all
+  (Xu et al. 2015 keep COCO's 10,000 most frequent words); any other word
+  is UNK. Words are runs of letters/digits (apostrophes and hyphens inside
+  them kept: "let's", "t-shirt") and single punctuation marks; the same
+  interface as Tokenizer."""
+
+  PATTERN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
+  RESERVED = ("<pad>", "</s>", "<s>", "<unk>")  # PAD, EOS, BOS, UNK
+
+  def __init__(self, words):
+    self.words = list(self.RESERVED) + [w for w in words if w not in self.RESERVED]
+    self.index = {w: i for i, w in enumerate(self.words)}
+
+  @classmethod
+  def split(cls, text):
+    return cls.PATTERN.findall(text)
+
+  @classmethod
+  def from_texts(cls, texts, vocab_size, min_count=1):
+    counts = collections.Counter(w for t in texts for w in cls.split(t))
+    kept = sorted((w for w, n in counts.items() if n >= min_count),
+                  key=lambda w: (-counts[w], w))  # ties by spelling: deterministic
+    return cls(kept[:max(vocab_size - len(cls.RESERVED), 0)])
+
+  def __len__(self):
+    return len(self.words)
+
+  def encode(self, text):
+    return [self.index.get(w, UNK) for w in self.split(text)]
+
+  def decode(self, ids):
+    ids = [int(i) for i in ids]
+    if EOS in ids:
+      ids = ids[:ids.index(EOS)]
+    text = " ".join(self.words[i] for i in ids if i >= UNK)  # an unknown word shows
+    # No space before closing punctuation ("face: grin, happy").
+    return re.sub(r" ([,.:;!?)])", r"\1", text)
+
+  def pieces(self, ids):
+    return [self.words[int(i)] for i in ids]
+
+  def unknown_chars(self, text):
+    """The words of `text` the vocabulary does not have (-> unk)."""
+    return sorted({w for w in self.split(text) if w not in self.index})
+
+
+def words_for_run(workdir, texts_fn, vocab_size, min_count=1):
+  """The run's Words: its own copy (workdir/words.json) when it has one,
+  else built from `texts_fn()` (the training split) and saved there, so
+  evaluating and captioning never depend on the data staying the same.
+  Every process builds the same vocabulary from the same text."""
+  path = storage.path(workdir) / WORDS_FILE if workdir else None
+  if path is not None and path.exists():
+    return Words(json.loads(path.read_text())["words"][len(Words.RESERVED):])
+  words = Words.from_texts(texts_fn(), vocab_size, min_count)
+  config_lib.check(len(words) > len(Words.RESERVED), "data.vocab_size",
+                   f"no word of the training text fits a vocabulary of {vocab_size} "
+                   f"with min_count {min_count}", "raise data.vocab_size or lower data.min_count")
+  if path is not None:
+    storage.write_atomic(path, json.dumps({"words": words.words}))
+  return words
 
 
 def for_run(workdir, cache_dir, name, texts_fn, vocab_size, copy_from=None,

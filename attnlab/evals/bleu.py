@@ -4,10 +4,20 @@ import numpy as np
 from sacrebleu.metrics import BLEU
 
 
-def corpus_bleu(hypotheses, references):
-  """(score, signature) for lists of strings (one reference each)."""
-  metric = BLEU()
-  score = metric.corpus_score(list(hypotheses), [list(references)])
+def corpus_bleu(hypotheses, references, max_ngram_order=4, smooth_method="exp"):
+  """(score, signature) for a list of hypotheses and, per hypothesis, one
+  reference string or a list of any number of them (captions: every
+  caption of an image is a reference). max_ngram_order n gives BLEU-n, the
+  geometric mean of the 1..n-gram precisions (the captioning papers'
+  BLEU-1..4). smooth_method "none": a missing n-gram order scores 0, as
+  the captioning papers' coco-caption scorer (sacreBLEU's default is "exp")."""
+  refs = [[r] if isinstance(r, str) else list(r) for r in references]
+  # sacreBLEU takes reference streams; an image with fewer captions than
+  # the most has None in the others.
+  streams = [[r[j] if j < len(r) else None for r in refs]
+             for j in range(max((len(r) for r in refs), default=1))]
+  metric = BLEU(max_ngram_order=max_ngram_order, smooth_method=smooth_method)
+  score = metric.corpus_score(list(hypotheses), streams)
   return score.score, str(metric.get_signature())
 
 

@@ -49,6 +49,17 @@ def doubly_stochastic_penalty(weights, mask=None):
   return jnp.mean(jnp.sum((1.0 - weights.sum(1)) ** 2, -1))
 
 
+def decoder_matmul_flops(model, locations, width, length):
+  """Forward matmul FLOPs of the decoder over one image's `locations`
+  annotations of `width` and `length` words (2 per multiply-add): the keys
+  U a_i once, then per word the query W h, the scores' v^T tanh, the
+  context, beta, the LSTM and the deep output."""
+  E, H, A, V = model.embed, model.hidden, model.attention_dim, model.vocab_size
+  per_word = (2 * H * A + 2 * locations * A + 2 * locations * width + 2 * H
+              + 2 * 4 * H * (E + width + H) + 2 * (H * E + width * E + E * V))
+  return 2 * locations * width * A + length * per_word
+
+
 class ShowAttendTell(nn.Module):
   vocab_size: int
   backbone: nn.Module            # a ViT or ResNet with num_classes=0 (aux["tokens"])
