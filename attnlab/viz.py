@@ -200,6 +200,27 @@ def compare_runs(runs, key, path, x="step"):
   _save(fig, path, None, 0, None)
 
 
+def seed_curves(groups, keys, path):
+  """One panel per metric key against the step; a colour per group
+  ({label: [metrics rows of each seed]}), a line per seed: how much runs
+  of one kind differ is their stability."""
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    for colour, (label, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"],
+                                     sorted(groups.items(), reverse=True)):
+      for i, rows in enumerate(runs):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+          ax.plot(*zip(*pts), color=colour, alpha=0.8, linewidth=1,
+                  marker="o" if key.startswith("eval") else None, markersize=3,
+                  label=f"{label} ({len(runs)} seeds)" if i == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_title(key, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  _save(fig, path, None, 0, None)
+
+
 def by_data_fraction(curves, path, ylabel="test accuracy"):
   """{label: [(percent of the training set, value)]} on a log x axis (the
   "ViT needs more data" comparison)."""

@@ -101,8 +101,6 @@ def validate(config):
                    "decode", "e.g. 24 words")
   config_lib.check(d.alpha >= 0, "decode.alpha", f"length penalty {d.alpha} < 0",
                    "use 0 (none) or e.g. 0.6")
-  if c.data.source == "folder":  # a missing image, an empty caption: one line each
-    pairs.check_folder(c.data)
   if c.init_from:
     config_lib.check(bool(ckpt_lib.checkpoint_steps(c.init_from)), "init_from",
                      f"{c.init_from} has no checkpoints",
@@ -136,6 +134,8 @@ class Experiment:
     data, m = config.data, config.model
     shapes_only = vocab_size is not None
     if not shapes_only:
+      if data.source == "folder":  # here, not in validate: `compile` reads no data
+        pairs.check_folder(data)  # a missing image, an empty caption: one line each
       if data.tokens == "word":
         self.tokenizer = tok_lib.words_for_run(workdir, self._train_captions,
                                                data.vocab_size, data.min_count)
@@ -216,10 +216,8 @@ class Experiment:
                 f"; {long} captions ({long / len(lengths):.1%}) are longer than "
                 f"data.max_len={c.data.max_len} tokens and are cut" if long else ""),
             flush=True)
-    example = pairs.random_caption_example(c.data.pp_train, self.tokenize)
-    return iter(images.train_dataset(src, example, local_batch, process_index,
-                                     process_count, c.total_steps, c.batch_size, c.seed,
-                                     workers=c.data.workers))
+    return iter(pairs.train_dataset(c, src, self.tokenize, local_batch, process_index,
+                                    process_count))
 
   def init(self, rng, batch_size):
     del batch_size
@@ -401,15 +399,12 @@ class Experiment:
     resized and centre-cropped to the model's size, then the eval
     pipeline; its beam-search caption, and the attention of every word
     over the image (Xu et al., Figures 2-3) as folder/caption_NAME.png."""
-    s = self.config.model.image_size
-    steps = image_ops.parse(self.config.data.pp_eval, "data.pp_eval")  # decode first
-    fit = [("resize_small", (s,), {}), ("central_crop", (s,), {})]
-    pp = image_ops.compose(steps[:1] + fit + steps[1:], "data.pp_eval")
+    pp, fit = image_ops.for_any_image(self.config.data.pp_eval, self.config.model.image_size)
     rows = [pp({"image": encoded}, np.random.default_rng(0)) for _, encoded in pictures]
     texts, aligned = self.captions(state, rows, mesh, alignments=True)
     out = []
     for (name, encoded), text, (words, weights) in zip(pictures, texts, aligned):
-      shown = image_ops.compose(fit)({"image": images.display(encoded)}, None)["image"]
+      shown = fit({"image": images.display(encoded)}, None)["image"]
       side = int(round(weights.shape[-1] ** 0.5))
       base = os.path.splitext(os.path.basename(name))[0]
       path = os.path.join(folder, f"caption_{base}.png")

@@ -288,10 +288,7 @@ class ImageFeatures:
     """Attention maps of `pictures` ([(name, encoded image)]) as PNGs in
     `folder`: each image resized and centre-cropped to the model's size,
     then the eval pipeline; returns the paths written."""
-    s = self.config.model.image_size
-    steps = image_ops.parse(self.config.data.pp_eval, "data.pp_eval")  # decode first
-    fit = [("resize_small", (s,), {}), ("central_crop", (s,), {})]
-    pp = image_ops.compose(steps[:1] + fit + steps[1:], "data.pp_eval")
+    pp, fit = image_ops.for_any_image(self.config.data.pp_eval, self.config.model.image_size)
     fn = jax.jit(self.attention)
     params = self.attention_params(state)
     paths = []
@@ -299,7 +296,7 @@ class ImageFeatures:
       image = jnp.asarray(pp({"image": encoded}, np.random.default_rng(0))["image"][None])
       last, rollout = (np.asarray(a[0]) for a in fn(params, image))
       guess = self.guess(state, image)
-      shown = image_ops.compose(fit)({"image": images.display(encoded)}, None)["image"]
+      shown = fit({"image": images.display(encoded)}, None)["image"]
       path = os.path.join(folder, f"attention_{os.path.splitext(os.path.basename(name))[0]}.png")
       viz.attention_maps(shown, [*last, rollout],
                          [f"head {h + 1}, last layer" for h in range(len(last))] + ["rollout"],

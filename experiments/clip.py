@@ -307,10 +307,8 @@ class Experiment:
     if jax.process_index() == 0:
       print(f"data: {len(src):,} training images, vocabulary {len(self.tokenizer)}, "
             f"context {self.context}", flush=True)
-    example = pairs.random_caption_example(c.data.pp_train, self.tokenize)
-    return iter(images.train_dataset(src, example, local_batch, process_index,
-                                     process_count, c.total_steps, c.batch_size, c.seed,
-                                     workers=c.data.workers))
+    return iter(pairs.train_dataset(c, src, self.tokenize, local_batch, process_index,
+                                    process_count))
 
   def init(self, rng, batch_size):
     del batch_size

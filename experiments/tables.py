@@ -307,12 +307,13 @@ def _model_name(m):
   return f"ViT {m['variant']} w{m['width']}"
 
 
-def _finished_runs(workdirs, what):
-  """Per finished classification run: (workdir, config, metrics rows, test
-  accuracy); exits with one line when there are none or one is unfinished."""
+def _finished_runs(workdirs, what, key="test/accuracy"):
+  """Per finished run: (workdir, config, metrics rows, its test result
+  `key`, or the whole test.json for key None); exits with one line when
+  there are none or one is unfinished."""
   from attnlab import metrics as metrics_lib
   if not workdirs:
-    sys.exit(f"error: give the workdirs of finished classification runs ({what})")
+    sys.exit(f"error: give the workdirs of finished runs ({what})")
   runs = []
   for wd in workdirs:
     path = os.path.join(wd, "test.json")
@@ -321,7 +322,7 @@ def _finished_runs(workdirs, what):
                "read once, at the end)")
     runs.append((wd, json.load(open(os.path.join(wd, "config.json"))),
                  metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl")),
-                 json.load(open(path))["test/accuracy"]))
+                 json.load(open(path)) if key is None else json.load(open(path))[key]))
   return runs
 
 
@@ -427,8 +428,41 @@ def features(dino_run=None, *others):
   print(f"\nplot: {os.path.relpath(out)}")
 
 
+def soft_vs_hard(*workdirs):
+  """Finished captioning runs (configs/caption.py, several seeds of soft
+  and of hard attention, same data, encoder and steps): test BLEU-1..4 per
+  run and as mean +- standard deviation over seeds, and every seed's
+  training and validation loss on one plot (captions_soft_vs_hard.png
+  beside the runs)."""
+  from attnlab import viz
+  runs = _finished_runs(workdirs, "captioning runs of soft and hard attention", key=None)
+  orders = (1, 2, 3, 4)
+  groups = {}
+  print("| run | attention | seed | steps | train minutes | wall minutes | validation BLEU-4 "
+        "(last eval) | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for wd, config, rows, test in runs:
+    kind = config["caption"]["attention"]
+    groups.setdefault(kind, []).append((rows, test, _last(rows, "eval/bleu4")))
+    print(f"| {os.path.basename(wd.rstrip('/'))} | {kind} | {config['seed']} | "
+          f"{config['total_steps']:,} | {train_seconds(rows) / 60:.1f} | "
+          f"{_last(rows, 'time/wall_sec') / 60:.1f} | {_last(rows, 'eval/bleu4'):.2f} | "
+          + " | ".join(f"{test[f'test/bleu{n}']:.2f}" for n in orders) + " |")
+  print("\n| attention | seeds | validation BLEU-4 | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  spread = lambda xs: f"{np.mean(xs):.2f} +- {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.2f}"
+  for kind, got in sorted(groups.items(), reverse=True):  # soft first
+    print(f"| {kind} | {len(got)} | {spread([v for _, _, v in got])} | " + " | ".join(
+        spread([t[f"test/bleu{n}"] for _, t, _ in got]) for n in orders) + " |")
+  out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), "captions_soft_vs_hard.png")
+  viz.seed_curves({kind: [rows for rows, _, _ in got] for kind, got in groups.items()},
+                  ("train/loss", "eval/loss", "eval/bleu4"), out)
+  print(f"\nplot: {os.path.relpath(out)}")
+
+
 TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,
-          "vision": vision, "data_efficiency": data_efficiency, "equal_time": equal_time, "features": features}
+          "vision": vision, "data_efficiency": data_efficiency, "equal_time": equal_time, "features": features,
+          "soft_vs_hard": soft_vs_hard}
 
 
 def main():

@@ -76,6 +76,15 @@ def compose(steps, key="data.pp"):
   return apply
 
 
+def for_any_image(pp, size, key="data.pp_eval"):
+  """(pp with any image first resized and centre-cropped to size x size
+  right after its decode, that resize and crop alone): a user's own
+  picture of any shape through a run's eval pipeline, and as shown."""
+  steps = parse(pp, key)
+  fit = [("resize_small", (size,), {}), ("central_crop", (size,), {})]
+  return compose(steps[:1] + fit + steps[1:], key), compose(fit, key)
+
+
 def _size(size):
   return (size, size) if isinstance(size, int) else tuple(size)
 

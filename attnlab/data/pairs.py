@@ -23,6 +23,7 @@ from attnlab import config as config_lib
 from attnlab import storage
 from attnlab.data import catalog
 from attnlab.data import image_ops
+from attnlab.data import images
 
 CAPTIONS = "captions.tsv"
 SPLITS = ("train", "validation", "test")
@@ -130,17 +131,20 @@ def class_names(data):
 
 
 
-def random_caption_example(pp, tokenize, key="data.pp_train"):
-  """(pair, rng) -> {image, tokens}: the image through the pp string `pp`
-  and one of its captions drawn at random, as `tokenize([caption])[0]`
-  (CLIP and captioning train on pairs this way)."""
-  fn = image_ops.build(pp, key)
+def train_dataset(config, src, tokenize, local_batch, process_index, process_count):
+  """The grain iterator of training pairs (images.train_dataset): each
+  image through config.data.pp_train with one of its captions drawn at
+  random each time it is seen, as `tokenize([caption])[0]` (CLIP and
+  captioning train on pairs this way)."""
+  fn = image_ops.build(config.data.pp_train, "data.pp_train")
 
   def example(pair, rng):
     caption = pair["captions"][int(rng.integers(len(pair["captions"])))]
     return {"image": fn({"image": pair["image"]}, rng)["image"],
             "tokens": tokenize([caption])[0]}
-  return example
+  return images.train_dataset(src, example, local_batch, process_index, process_count,
+                              config.total_steps, config.batch_size, config.seed,
+                              workers=config.data.workers)
 
 
 def shared_with_training(train, held_out):
