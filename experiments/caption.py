@@ -10,10 +10,12 @@ captions drawn at random each time it is seen. The objective per caption
   hard   the variational lower bound L_s (section 4.1): for one sampled
          sequence of locations s~ per caption,
          -log p(y | s~, a) + lambda * penalty
-         + lambda_r (log p(y | s~, a) - b) d log p(s~ | a)   (REINFORCE, eq. 12)
-         + lambda_e d H[s~]                                   (entropy)
-         with b a moving average of the captions' log-likelihood (extra state),
-         and the expected context instead of a sample with probability
+         + lambda_r (log p(y | s~, a) / T - b) d log p(s~ | a)   (REINFORCE, eq. 12)
+         + lambda_e d H[alpha]                                      (entropy)
+         with b a moving average of lambda_r times the reward (extra state),
+         the reward per word (T: the caption's words) and lambda_r = 0.1,
+         lambda_e = 0.002 as in the authors' code (arctic-captions), and
+         the expected context instead of a sample with probability
          `caption.expected_prob` (the paper's 0.5).
 
 Evaluation, on the validation split during training and once on test at
@@ -272,14 +274,16 @@ class Experiment:
     metrics = {"word_nll": jnp.sum(nll * mask) / words, "penalty": penalty}
     extra = state["extra"]
     if "log_prob" in aux:
-      # eq. 12: lambda_r (log p(y|s~,a) - b) d log p(s~|a); the baseline
-      # tracks lambda_r log p(y|s~,a). Padding steps neither sample nor
-      # count in the entropy's gradient.
+      # eq. 12: lambda_r (log p(y|s~,a) - b) d log p(s~|a), the reward a
+      # caption's log-likelihood per word (as the authors' code, which also
+      # scales it by lambda_r = 1/10); the baseline tracks lambda_r times
+      # it. Padding steps neither sample nor count in the entropy's gradient.
+      reward = -c.reward_weight * caption_nll / jnp.maximum(mask.sum(1), 1)
       weights = jnp.where(mask[..., None], aux["attention"],
                           jax.lax.stop_gradient(aux["attention"]))
       surrogate, baseline = att.reinforce_surrogate(
-          aux["log_prob"] * mask, -c.reward_weight * caption_nll, extra["baseline"],
-          weights, c.entropy_weight, c.baseline_decay)
+          aux["log_prob"] * mask, reward, extra["baseline"], weights, c.entropy_weight,
+          c.baseline_decay)
       # Only its gradient: train/loss stays the captions' NLL + penalty.
       loss = loss + surrogate - jax.lax.stop_gradient(surrogate)
       extra = {"baseline": baseline}
@@ -392,6 +396,26 @@ class Experiment:
     self.caption_images(state, [(f"test_{i}", src[int(i)]["image"]) for i in shown],
                         os.path.join(self.workdir, "plots"), mesh, writer, step)
     return out
+
+  def baselines(self, split):
+    """BLEU-1..4 on a split of two captioners that look at no attention:
+    the most frequent training caption for every image, and the first
+    caption of the nearest training image (Euclidean, in the eval
+    pipeline's pixels). Returns {name: [BLEU-1, ..., BLEU-4]}."""
+    train, train_images, train_refs = self.split_data(self.config.data.train_split)
+    _, held_images, refs = self.split_data(split)
+    pixels = lambda src: np.stack([src[i]["image"].ravel() for i in range(len(src))])
+    x, y = pixels(train_images), pixels(held_images)
+    nearest = np.argmin((y ** 2).sum(1)[:, None] - 2 * y @ x.T + (x ** 2).sum(1)[None], 1)
+    counts = {}
+    for captions in train_refs:
+      for t in captions:
+        counts[t] = counts.get(t, 0) + 1
+    frequent = max(sorted(counts), key=counts.get)
+    guesses = {f"most frequent training caption ({frequent!r})": [frequent] * len(refs),
+               "nearest training image's first caption": [train_refs[i][0] for i in nearest]}
+    return {name: [bleu.corpus_bleu(hyps, refs, n, "none")[0] for n in ORDERS]
+            for name, hyps in guesses.items()}
 
   # --- your images (`./launch.sh caption WORKDIR IMAGE...`) ----------------------
   def caption_images(self, state, pictures, folder, mesh, writer=None, step=0):

@@ -460,9 +460,24 @@ def soft_vs_hard(*workdirs):
   print(f"\nplot: {os.path.relpath(out)}")
 
 
+def caption_baselines(workdir=None):
+  """BLEU-1..4 of two captioners without a model (Experiment.baselines),
+  on the validation and test splits of a captioning run's data."""
+  from attnlab import main as main_lib
+  if not workdir:
+    sys.exit("error: give the workdir of a captioning run (its data and vocabulary)")
+  config = main_lib.load_run(workdir)
+  exp = main_lib.experiment_module(config).Experiment(config, workdir)
+  print("| captioner | split | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |")
+  print("| --- | --- | --- | --- | --- | --- |")
+  for split in (config.data.eval_split, config.data.test_split):
+    for name, scores in exp.baselines(split).items():
+      print(f"| {name} | {split} | " + " | ".join(f"{b:.2f}" for b in scores) + " |")
+
+
 TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,
           "vision": vision, "data_efficiency": data_efficiency, "equal_time": equal_time, "features": features,
-          "soft_vs_hard": soft_vs_hard}
+          "soft_vs_hard": soft_vs_hard, "caption_baselines": caption_baselines}
 
 
 def main():

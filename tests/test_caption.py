@@ -293,13 +293,14 @@ def test_captioning_a_folder_of_pairs_trains_reports_bleu_and_captions_your_imag
 def test_an_encoder_from_a_classification_run_is_taken_and_stays_frozen(tmp_path):
   """--config.init_from=RUN with frozen=True: the captioner's encoder is
   the classification run's (its head left out) before and after training;
-  the decoder trains."""
+  the decoder trains (on SentencePiece tokens, kept in the run)."""
   images = make_folder(tmp_path / "images")
   rc, out = run_cli("train", "--config", "configs/vit.py:folder,runlocal=True",
                     "--workdir", str(tmp_path / "vit"), f"--config.data.folder={images}")
   assert rc == 0, out
   root = make_pairs_folder(tmp_path / "pairs")
-  rc, out = run_cli("train", "--config", "configs/caption.py:folder,runlocal=True,frozen=True",
+  rc, out = run_cli("train", "--config",
+                    "configs/caption.py:folder,runlocal=True,frozen=True,tokens=sentencepiece",
                     "--workdir", str(tmp_path / "run"), f"--config.data.folder={root}",
                     f"--config.init_from={tmp_path / 'vit'}")
   assert rc == 0, out
@@ -308,6 +309,7 @@ def test_an_encoder_from_a_classification_run_is_taken_and_stays_frozen(tmp_path
   trained = load_state(tmp_path / "run")["params"]
   assert_trees_equal({k: v for k, v in pretrained.items() if k != "head"},
                      trained["backbone"])
+  assert (tmp_path / "run" / "tokenizer.model").exists()
   first = load_state(tmp_path / "run", step=2)["params"]
   assert not np.allclose(first["lstm"]["hi"]["kernel"], trained["lstm"]["hi"]["kernel"])
 
