@@ -157,10 +157,12 @@ def image_grid(pictures, captions, path, writer=None, step=0, title="", cols=5):
   _save(fig, path, writer, step, os.path.splitext(os.path.basename(path))[0].split("_")[0])
 
 
-def attention_maps(picture, maps, captions, path, writer=None, step=0, title="", cols=None):
+def attention_maps(picture, maps, captions, path, writer=None, step=0, title="", cols=None,
+                   vmax=None):
   """The image, then each map [h, w] (a patch grid) stretched over it as a
   translucent heatmap, one panel per map, `cols` panels a row (default:
-  one row)."""
+  one row); colours from 0 to `vmax` in every panel (default: each map's
+  own range)."""
   cols = cols or len(maps) + 1
   rows = -(-(len(maps) + 1) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.6 * rows), squeeze=False)
@@ -171,7 +173,7 @@ def attention_maps(picture, maps, captions, path, writer=None, step=0, title="",
   for ax, m, caption in zip(panels[1:], maps, captions):
     ax.imshow(picture, interpolation="nearest")
     ax.imshow(m, cmap="inferno", alpha=0.6, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
-              interpolation="bilinear")
+              interpolation="bilinear", vmin=0 if vmax else None, vmax=vmax)
     ax.set_title(caption, fontsize=8)
   for ax in panels:
     ax.axis("off")

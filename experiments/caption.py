@@ -435,7 +435,8 @@ class Experiment:
       if jax.process_index() == 0:
         viz.attention_maps(shown, weights.reshape(len(words), side, side), words, path,
                            writer, step, title=f"{os.path.basename(name)}: \"{text}\" "
-                           f"({self.config.caption.attention} attention)", cols=6)
+                           f"({self.config.caption.attention} attention; one colour "
+                           "scale for all words)", cols=6, vmax=float(weights.max()))
       out.append((name, text, path))
     return out
 
