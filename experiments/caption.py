@@ -109,6 +109,23 @@ def validate(config):
                      "give the --workdir of a classification run of this encoder")
 
 
+def bleu_scores(hypotheses, references):
+  """({"bleuN": BLEU-N over every image, "distinct_bleuN": over the first
+  image of each distinct set of captions}, sacreBLEU's signature). The
+  second counts each emoji once: its skin tones and art styles share its
+  captions, and a family of many variants would otherwise weigh as many
+  emoji (corpus BLEU sums n-gram counts over images)."""
+  first = {}
+  distinct = [i for i, r in enumerate(references) if first.setdefault(tuple(r), i) == i]
+  out = {}
+  for n in ORDERS:
+    out[f"bleu{n}"], signature = bleu.corpus_bleu(hypotheses, references, n, "none")
+    out[f"distinct_bleu{n}"], _ = bleu.corpus_bleu([hypotheses[i] for i in distinct],
+                                                   [references[i] for i in distinct], n, "none")
+  out["distinct_images"] = len(distinct)
+  return out, signature
+
+
 class _CaptionRows:
   """Every (image, caption) pair of a split, for the validation loss: the
   image preprocessed, the caption as tokens."""
@@ -356,8 +373,8 @@ class Experiment:
                                                      self.tokenize), batch, mesh))
     out = {f"{prefix}/loss": sums["nll"] / max(sums["words"], 1)}
     hyps = self.captions(state, preprocessed, mesh)
-    for n in ORDERS:
-      out[f"{prefix}/bleu{n}"], signature = bleu.corpus_bleu(hyps, refs, n, "none")
+    scores, signature = bleu_scores(hyps, refs)
+    out.update({f"{prefix}/{k}": v for k, v in scores.items()})
     if jax.process_index() == 0:
       self._report(src, hyps, refs, out, prefix, signature, f"{split}_step{step}", writer, step)
     return out
@@ -373,6 +390,8 @@ class Experiment:
       lines += [f"HYP  {hyps[i]}"] + [f"REF  {r}" for r in refs[i]] + [""]
     text = "\n".join(lines)
     storage.write_atomic(os.path.join(self.workdir, "samples", f"{tag}.txt"), text)
+    storage.write_atomic(os.path.join(self.workdir, "samples", f"{tag}_all.tsv"), "".join(
+        f"{i}\t{h}\t{r[0]}\n" for i, (h, r) in enumerate(zip(hyps, refs))))
     writer.write_text(step, "samples", text)
     print("\n".join(lines[:8]), flush=True)
     grid = shown[:20].astype(int)
@@ -414,8 +433,7 @@ class Experiment:
     frequent = max(sorted(counts), key=counts.get)
     guesses = {f"most frequent training caption ({frequent!r})": [frequent] * len(refs),
                "nearest training image's first caption": [train_refs[i][0] for i in nearest]}
-    return {name: [bleu.corpus_bleu(hyps, refs, n, "none")[0] for n in ORDERS]
-            for name, hyps in guesses.items()}
+    return {name: bleu_scores(hyps, refs)[0] for name, hyps in guesses.items()}
 
   # --- your images (`./launch.sh caption WORKDIR IMAGE...`) ----------------------
   def caption_images(self, state, pictures, folder, mesh, writer=None, step=0):

@@ -439,21 +439,27 @@ def soft_vs_hard(*workdirs):
   orders = (1, 2, 3, 4)
   groups = {}
   print("| run | attention | seed | steps | train minutes | wall minutes | validation BLEU-4 "
-        "(last eval) | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        "(last eval) | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | test BLEU-4, each distinct "
+        "caption set once |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  distinct = lambda test: (f"{test['test/distinct_bleu4']:.2f}"
+                           if "test/distinct_bleu4" in test else "")
   for wd, config, rows, test in runs:
     kind = config["caption"]["attention"]
     groups.setdefault(kind, []).append((rows, test, _last(rows, "eval/bleu4")))
     print(f"| {os.path.basename(wd.rstrip('/'))} | {kind} | {config['seed']} | "
           f"{config['total_steps']:,} | {train_seconds(rows) / 60:.1f} | "
           f"{_last(rows, 'time/wall_sec') / 60:.1f} | {_last(rows, 'eval/bleu4'):.2f} | "
-          + " | ".join(f"{test[f'test/bleu{n}']:.2f}" for n in orders) + " |")
-  print("\n| attention | seeds | validation BLEU-4 | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |")
-  print("| --- | --- | --- | --- | --- | --- | --- |")
+          + " | ".join(f"{test[f'test/bleu{n}']:.2f}" for n in orders) + f" | {distinct(test)} |")
+  print("\n| attention | seeds | validation BLEU-4 | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | "
+        "test BLEU-4, each distinct caption set once |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
   spread = lambda xs: f"{np.mean(xs):.2f} +- {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.2f}"
   for kind, got in sorted(groups.items(), reverse=True):  # soft first
+    both = [t["test/distinct_bleu4"] for _, t, _ in got if "test/distinct_bleu4" in t]
     print(f"| {kind} | {len(got)} | {spread([v for _, _, v in got])} | " + " | ".join(
-        spread([t[f"test/bleu{n}"] for _, t, _ in got]) for n in orders) + " |")
+        spread([t[f"test/bleu{n}"] for _, t, _ in got]) for n in orders)
+        + f" | {spread(both) if len(both) == len(got) else ''} |")
   out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), "captions_soft_vs_hard.png")
   viz.seed_curves({kind: [rows for rows, _, _ in got] for kind, got in groups.items()},
                   ("train/loss", "eval/loss", "eval/bleu4"), out)
@@ -468,11 +474,12 @@ def caption_baselines(workdir=None):
     sys.exit("error: give the workdir of a captioning run (its data and vocabulary)")
   config = main_lib.load_run(workdir)
   exp = main_lib.experiment_module(config).Experiment(config, workdir)
-  print("| captioner | split | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 |")
-  print("| --- | --- | --- | --- | --- | --- |")
+  print("| captioner | split | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | BLEU-4, each distinct caption set once |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
   for split in (config.data.eval_split, config.data.test_split):
     for name, scores in exp.baselines(split).items():
-      print(f"| {name} | {split} | " + " | ".join(f"{b:.2f}" for b in scores) + " |")
+      print(f"| {name} | {split} | " + " | ".join(f"{scores[f'bleu{n}']:.2f}" for n in range(1, 5))
+            + f" | {scores['distinct_bleu4']:.2f} |")
 
 
 TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,

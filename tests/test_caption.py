@@ -339,3 +339,17 @@ def test_bad_caption_input_is_one_line_exit_2_before_compile(tmp_path, case):
   assert rc == 2 and message in out and "Traceback" not in out, out
   assert len([line for line in out.splitlines() if line.startswith("error")]) == 1, out
   assert "compiled" not in out
+
+
+def test_distinct_bleu_counts_each_set_of_captions_once():
+  """Five skin tones of one emoji (the same captions) weigh as one image in
+  distinct_bleuN: its first image's caption, with the other images'."""
+  from experiments import caption
+  refs = [["kiss", "kiss: love, heart"]] * 5 + [["red apple"], ["green apple"]]
+  hyps = ["kiss: love, heart"] * 4 + ["a kiss", "red apple", "apple"]
+  scores, _ = caption.bleu_scores(hyps, refs)
+  for n in (1, 2, 3, 4):
+    assert scores[f"bleu{n}"] == bleu.corpus_bleu(hyps, refs, n, "none")[0]
+    want = bleu.corpus_bleu([hyps[0], hyps[5], hyps[6]], [refs[0], refs[5], refs[6]], n, "none")
+    assert scores[f"distinct_bleu{n}"] == want[0]
+  assert scores["distinct_images"] == 3 and scores["distinct_bleu1"] != scores["bleu1"]

@@ -75,8 +75,8 @@ def fake_caption_run(root, name, attention, seed, bleu4, val_bleu4):
           {"step": 100, "eval/loss": 3.0, "eval/bleu4": val_bleu4}]
   with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
-  json.dump({f"test/bleu{n}": bleu4 * (5 - n) for n in (1, 2, 3, 4)},
-            open(os.path.join(wd, "test.json"), "w"))
+  json.dump({**{f"test/bleu{n}": bleu4 * (5 - n) for n in (1, 2, 3, 4)},
+             "test/distinct_bleu4": bleu4 / 2}, open(os.path.join(wd, "test.json"), "w"))
   return wd
 
 
@@ -88,9 +88,10 @@ def test_soft_vs_hard_table_gives_each_kinds_mean_and_spread_over_seeds(tmp_path
   tables.soft_vs_hard(*runs)
   rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ")]
   # Steps 50 -> 100 at 2/s = 25 s of training; 90 s of wall clock.
-  assert rows[2] == "| soft_s0 | soft | 0 | 100 | 0.4 | 1.5 | 3.00 | 8.00 | 6.00 | 4.00 | 2.00 |"
+  assert rows[2] == ("| soft_s0 | soft | 0 | 100 | 0.4 | 1.5 | 3.00 | 8.00 | 6.00 | 4.00 | 2.00 "
+                     "| 1.00 |")
   # BLEU-4 of the soft seeds: 2 and 4 -> mean 3, sample standard deviation 1.41.
   assert rows[-2] == ("| soft | 2 | 4.00 +- 1.41 | 12.00 +- 5.66 | 9.00 +- 4.24 | "
-                      "6.00 +- 2.83 | 3.00 +- 1.41 |")
+                      "6.00 +- 2.83 | 3.00 +- 1.41 | 1.50 +- 0.71 |")
   assert rows[-1].startswith("| hard | 1 | 1.50 +- 0.00 | 4.00 +- 0.00")
   assert os.path.exists(tmp_path / "captions_soft_vs_hard.png")
