@@ -164,6 +164,7 @@ class Experiment:
             f"caption_{data.source}", self._train_captions, data.vocab_size)
       vocab_size = len(self.tokenizer)
     self.model = make_model(config, vocab_size)
+    self.locations, _ = annotation_shape(config)
     self.batch_norm = m.name == "resnet" and m.norm == "batch"
     self.whole_batch = "BatchNorm normalises over the batch" if self.batch_norm else None
     self._eval, self._beams = {}, {}
@@ -362,8 +363,13 @@ class Experiment:
     return self._eval[split]
 
   def _loss_rows(self, variables, batch):
-    nll, mask, _, _ = self._forward(*variables, batch, False)
-    return {"nll": jnp.sum(nll * mask, 1), "words": jnp.sum(mask, 1)}
+    """Per caption: its NLL, its words, and the entropy of each word's
+    attention summed (log L for uniform attention, 0 for one location)."""
+    nll, mask, aux, _ = self._forward(*variables, batch, False)
+    w = aux["attention"]
+    entropy = -jnp.sum(w * jnp.log(jnp.maximum(w, 1e-30)), -1)
+    return {"nll": jnp.sum(nll * mask, 1), "words": jnp.sum(mask, 1),
+            "entropy": jnp.sum(entropy * mask, 1)}
 
   def _split_metrics(self, state, mesh, split, prefix, writer, step):
     src, preprocessed, refs = self.split_data(split)
@@ -371,7 +377,10 @@ class Experiment:
     sums = sharded.sums(self._loss_rows, (state["params"], state["model_state"]),
                         sharded.batches(_CaptionRows(src, self.config.data.pp_eval,
                                                      self.tokenize), batch, mesh))
-    out = {f"{prefix}/loss": sums["nll"] / max(sums["words"], 1)}
+    words = max(sums["words"], 1)
+    out = {f"{prefix}/loss": sums["nll"] / words,
+           f"{prefix}/attention_entropy": sums["entropy"] / words,
+           f"{prefix}/uniform_entropy": float(np.log(self.locations))}
     hyps = self.captions(state, preprocessed, mesh)
     scores, signature = bleu_scores(hyps, refs)
     out.update({f"{prefix}/{k}": v for k, v in scores.items()})
