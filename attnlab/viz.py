@@ -205,13 +205,15 @@ def compare_runs(runs, key, path, x="step"):
 def seed_curves(groups, keys, path):
   """One panel per metric key against the step; a colour per group
   ({label: [metrics rows of each seed]}), a line per seed: how much runs
-  of one kind differ is their stability."""
+  of one kind differ is their stability. Losses start after step 0 (an
+  untrained model's loss would squash the rest of the curve)."""
   fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
   for ax, key in zip(axes[0], keys):
     for colour, (label, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"],
                                      sorted(groups.items(), reverse=True)):
       for i, rows in enumerate(runs):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
+        pts = [(r["step"], r[key]) for r in rows
+               if key in r and (r["step"] > 0 or "loss" not in key)]
         if pts:
           ax.plot(*zip(*pts), color=colour, alpha=0.8, linewidth=1,
                   marker="o" if key.startswith("eval") else None, markersize=3,
@@ -219,7 +221,8 @@ def seed_curves(groups, keys, path):
     ax.set_xlabel("step")
     ax.set_title(key, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:
+      ax.legend(fontsize=8)
   _save(fig, path, None, 0, None)
 
 

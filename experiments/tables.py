@@ -439,7 +439,7 @@ def soft_vs_hard(*workdirs):
   orders = (1, 2, 3, 4)
   groups = {}
   print("| run | attention | seed | steps | train minutes | wall minutes | validation BLEU-4 "
-        "(last eval) | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | test BLEU-4, each distinct "
+        "(last eval; / each distinct caption set once) | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | test BLEU-4, each distinct "
         "caption set once |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   distinct = lambda test: (f"{test['test/distinct_bleu4']:.2f}"
@@ -447,22 +447,30 @@ def soft_vs_hard(*workdirs):
   for wd, config, rows, test in runs:
     kind = config["caption"]["attention"]
     groups.setdefault(kind, []).append((rows, test, _last(rows, "eval/bleu4")))
+    validation = f"{_last(rows, 'eval/bleu4'):.2f}"
+    if any("eval/distinct_bleu4" in r for r in rows):
+      validation += f" / {_last(rows, 'eval/distinct_bleu4'):.2f}"
+      test = dict(test, validation_distinct=_last(rows, "eval/distinct_bleu4"))
+      groups[kind][-1] = (rows, test, groups[kind][-1][2])
     print(f"| {os.path.basename(wd.rstrip('/'))} | {kind} | {config['seed']} | "
           f"{config['total_steps']:,} | {train_seconds(rows) / 60:.1f} | "
-          f"{_last(rows, 'time/wall_sec') / 60:.1f} | {_last(rows, 'eval/bleu4'):.2f} | "
+          f"{_last(rows, 'time/wall_sec') / 60:.1f} | {validation} | "
           + " | ".join(f"{test[f'test/bleu{n}']:.2f}" for n in orders) + f" | {distinct(test)} |")
-  print("\n| attention | seeds | validation BLEU-4 | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | "
+  print("\n| attention | seeds | validation BLEU-4 (/ distinct) | test BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | "
         "test BLEU-4, each distinct caption set once |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- |")
   spread = lambda xs: f"{np.mean(xs):.2f} +- {np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.2f}"
   for kind, got in sorted(groups.items(), reverse=True):  # soft first
     both = [t["test/distinct_bleu4"] for _, t, _ in got if "test/distinct_bleu4" in t]
-    print(f"| {kind} | {len(got)} | {spread([v for _, _, v in got])} | " + " | ".join(
+    held = [t["validation_distinct"] for _, t, _ in got if "validation_distinct" in t]
+    validation = spread([v for _, _, v in got]) + (
+        f" / {spread(held)}" if len(held) == len(got) else "")
+    print(f"| {kind} | {len(got)} | {validation} | " + " | ".join(
         spread([t[f"test/bleu{n}"] for _, t, _ in got]) for n in orders)
         + f" | {spread(both) if len(both) == len(got) else ''} |")
   out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), "captions_soft_vs_hard.png")
   viz.seed_curves({kind: [rows for rows, _, _ in got] for kind, got in groups.items()},
-                  ("train/loss", "eval/loss", "eval/bleu4"), out)
+                  ("train/word_nll", "train/penalty", "eval/loss", "eval/bleu4"), out)
   print(f"\nplot: {os.path.relpath(out)}")
 
 
