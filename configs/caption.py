@@ -18,7 +18,7 @@ runlocal=True):
           of 4: an 8 x 8 grid of annotations (its class token left out);
           a decoder of 128-d word embeddings, a 256-unit LSTM, attention
           of 128; lowercased words (every training word: 3,609 ids);
-          Adam, batch 64, 2,000 steps. About 12 minutes here alone
+          Adam, batch 64, 2,000 steps. About 11 minutes here alone
           (README: the soft-vs-hard table, 3 seeds each, and its curves).
   openclipart  the same on the Open Clip Art drawings (public domain; their
           titles and keywords; test drawings unseen in training).

@@ -314,6 +314,23 @@ def test_an_encoder_from_a_classification_run_is_taken_and_stays_frozen(tmp_path
   assert not np.allclose(first["lstm"]["hi"]["kernel"], trained["lstm"]["hi"]["kernel"])
 
 
+def test_a_resnet_encoder_with_batchnorm_trains_its_statistics(tmp_path):
+  """A ResNet-18 (small inputs: a 4 x 4 grid of 32 x 32 images) as the
+  encoder: its BatchNorm statistics are the run's model state, updated
+  from the training batches (running means leave their initial 0)."""
+  root = make_pairs_folder(tmp_path / "pairs")
+  rc, out = run_cli("train", "--config", "configs/caption.py:folder,runlocal=True",
+                    "--workdir", str(tmp_path / "run"), f"--config.data.folder={root}",
+                    "--config.model.name=resnet", "--config.model.variant=18",
+                    "--config.model.small_inputs=True", "--config.model.width=8")
+  assert rc == 0, out
+  assert "eval/uniform_entropy 2.7726" in out, out  # log 16 locations
+  stats = load_state(tmp_path / "run")["model_state"]["batch_stats"]["backbone"]
+  means = [np.abs(v["mean"]).max() for v in jax.tree.leaves(
+      stats, is_leaf=lambda x: isinstance(x, dict) and "mean" in x)]
+  assert len(means) > 10 and min(means) > 0, means
+
+
 @pytest.mark.parametrize("case", ["missing image", "empty caption", "not a grid",
                                   "one-pixel map", "image size"])
 def test_bad_caption_input_is_one_line_exit_2_before_compile(tmp_path, case):
