@@ -6,7 +6,6 @@ run needs is checked here, before anything is compiled, and every problem is
 reported as one line that names the key and says how to fix it.
 """
 import ast
-import os
 import re
 
 import ml_collections
