@@ -1,4 +1,4 @@
-"""Image-text pairs for contrastive training (CLIP): random-access sources
+"""Image-text pairs (CLIP, captioning): random-access sources
 of {"image": encoded bytes, "captions": [str, ...], "label": int}.
 
   emoji   the emoji builder (attnlab/data/emoji.py), both art styles: an
@@ -130,7 +130,6 @@ def class_names(data):
   return list(catalog.builder(data).info.features["label"].names)
 
 
-
 def train_dataset(config, src, tokenize, local_batch, process_index, process_count):
   """The grain iterator of training pairs (images.train_dataset): each
   image through config.data.pp_train with one of its captions drawn at
@@ -150,8 +149,10 @@ def train_dataset(config, src, tokenize, local_batch, process_index, process_cou
 def shared_with_training(train, held_out):
   """How many held-out pairs are not unseen: their image (its bytes) or
   their first caption (an emoji's or drawing's name) is also a training
-  pair's. The builders split by emoji and drawing, so this is 0 for them;
-  a user's folder may hold the same image in two splits."""
+  pair's. The builders split by emoji and by drawing, yet a few emoji are
+  drawn exactly like another (Norway's flag is Svalbard's) and drawings
+  of a collection share a title; a user's folder may hold one image in
+  two splits."""
   digest = lambda pair: hashlib.sha256(pair["image"]).digest()
   pictures, names = set(), set()
   for i in range(len(train)):
