@@ -58,15 +58,16 @@ def make_model(config, vocab_size):
                             dropout=m.decoder_dropout)
 
 
-def annotation_shape(config, channels=3):
+def annotation_shape(config):
   """(L, D): the locations and width of the encoder's annotations at
-  model.image_size, from shapes alone (nothing runs or compiles)."""
+  model.image_size, from shapes alone (nothing runs or compiles; neither
+  depends on the image's channels)."""
   backbone = classify.make_model(config.model, 0)
   s = config.model.image_size
   def grid(x):
     (_, aux), _ = backbone.init_with_output(jax.random.PRNGKey(0), x)
     return sat.annotation_grid(backbone, aux)
-  shape = jax.eval_shape(grid, jax.ShapeDtypeStruct((1, s, s, channels), jnp.float32)).shape
+  shape = jax.eval_shape(grid, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)).shape
   return shape[1], shape[2]
 
 
@@ -164,7 +165,7 @@ class Experiment:
             f"caption_{data.source}", self._train_captions, data.vocab_size)
       vocab_size = len(self.tokenizer)
     self.model = make_model(config, vocab_size)
-    self.locations, _ = annotation_shape(config)
+    self.locations, self.annotation_width = annotation_shape(config)
     self.batch_norm = m.name == "resnet" and m.norm == "batch"
     self.whole_batch = "BatchNorm normalises over the batch" if self.batch_norm else None
     self._eval, self._beams = {}, {}
@@ -215,9 +216,8 @@ class Experiment:
     backbone = self.model.backbone
     if not isinstance(backbone, vit.ViT):
       return None
-    locations, width = annotation_shape(self.config, self.image_shape[-1])
     per_image = (vit.matmul_flops(backbone, self.image_shape[-1])
-                 + sat.decoder_matmul_flops(self.model, locations, width,
+                 + sat.decoder_matmul_flops(self.model, self.locations, self.annotation_width,
                                             self.config.data.max_len))
     return 3 * batch_size * per_image
 
@@ -366,8 +366,7 @@ class Experiment:
     """Per caption: its NLL, its words, and the entropy of each word's
     attention summed (log L for uniform attention, 0 for one location)."""
     nll, mask, aux, _ = self._forward(*variables, batch, False)
-    w = aux["attention"]
-    entropy = -jnp.sum(w * jnp.log(jnp.maximum(w, 1e-30)), -1)
+    entropy = att.attention_entropy(aux["attention"])
     return {"nll": jnp.sum(nll * mask, 1), "words": jnp.sum(mask, 1),
             "entropy": jnp.sum(entropy * mask, 1)}
 

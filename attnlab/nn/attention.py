@@ -785,6 +785,12 @@ def hard_attention(rng, weights, values):
   return context, index, log_prob
 
 
+def attention_entropy(weights):
+  """-sum_k w_k log w_k over the last axis of attention weights [..., Tk]:
+  log Tk for uniform attention, 0 for one location."""
+  return -jnp.sum(weights * jnp.log(jnp.maximum(weights, 1e-30)), -1)
+
+
 def reinforce_surrogate(log_prob, reward, baseline, weights,
                         entropy_weight=0.0, baseline_decay=0.9):
   """Surrogate loss whose gradient is Xu et al.'s (2015, eq. 12) estimator:
@@ -797,8 +803,7 @@ def reinforce_surrogate(log_prob, reward, baseline, weights,
   """
   advantage = jax.lax.stop_gradient(reward - baseline)
   log_prob = log_prob.reshape(log_prob.shape[0], -1).sum(-1)
-  entropy = -jnp.sum(weights * jnp.log(jnp.maximum(weights, 1e-30)), -1)
-  loss = -jnp.mean(advantage * log_prob) - entropy_weight * jnp.mean(entropy)
+  loss = -jnp.mean(advantage * log_prob) - entropy_weight * jnp.mean(attention_entropy(weights))
   new_baseline = baseline_decay * baseline + (1 - baseline_decay) * jnp.mean(
       jax.lax.stop_gradient(reward))
   return loss, new_baseline
