@@ -5,9 +5,12 @@
   sample  WORKDIR [--prompt P --length N --temperature T --seed S]
   eval    WORKDIR [--split validation|test]  validation metrics; with test, the
           final test report and its figures (as at the end of training)
-  compile --config CONFIG[:args] --devices N [--config.KEY=VALUE ...]
+  compile --config CONFIG[:args] --devices N | --tpu SLICE [--slices K] [--config.KEY=VALUE ...]
           ahead-of-time: lower and compile the train step for N devices
-          (faked on the CPU), print memory per device and FLOPs per step
+          (faked on the CPU), print memory per device and FLOPs per step;
+          --tpu v5e-256 (v4-N, v5e-N, v5p-N, v6e-N): compiled by the TPU
+          compiler for that slice (libtpu, installed on first use): HBM per
+          chip against the chip, the compiler's step-time estimate, MFU
   average WORKDIR [--last N] [--out DIR]   mean of the last N checkpoints'
           parameters as a new run (Vaswani et al.: 5 for base, 20 for big)
   attend  WORKDIR IMAGE...   a ViT run's attention maps of your images (plots/)
@@ -15,7 +18,9 @@
           word's attention over it (plots/caption_NAME.png)
   retrieve WORKDIR --text T | --image FILE [--split S] [--top K]   a CLIP run's
           nearest images of a text (a PNG grid in plots/) or captions of an image
-  tpu     NAME --zone Z [--project P] [--dry_run] train ARGS...
+  tpu     NAME --zone Z [--project P] [--accelerator SLICE] [--dry_run] train ARGS...
+          run on every worker of a TPU VM; with --accelerator (v5e-256, ...)
+          create it, after compiling the config for it: refused if it does not fit
 
 Every config problem is one line on stderr and exit code 2, before any
 compile.
@@ -174,10 +179,10 @@ def experiment_module(config):
          "experiments/ or an importable dotted module name")
 
 
-def validate(config, jax):
+def validate(config, jax, device_count=None):
   module = experiment_module(config)
   try:
-    config_lib.validate_common(config, jax.device_count())
+    config_lib.validate_common(config, device_count or jax.device_count())
     module.validate(config)
   except config_lib.ConfigError as e:
     fail(str(e))
@@ -270,7 +275,7 @@ def build(module, config, workdir):
     fail(str(e))
 
 
-def make_trainer(config, exp, workdir):
+def make_trainer(config, exp, workdir, devices=None):
   """The trainer; rules that fit no parameter of the model (a regex that
   matches nothing, ...) are one line and exit 2, before any compile."""
   from attnlab import train
@@ -279,7 +284,7 @@ def make_trainer(config, exp, workdir):
   # number of the run (init, dropout) comes from this generator.
   jax.config.update("jax_default_prng_impl", config.prng_impl)
   try:
-    return train.Trainer(config, exp, workdir)
+    return train.Trainer(config, exp, workdir, devices)
   except config_lib.ConfigError as e:
     fail(str(e))
 
@@ -523,14 +528,21 @@ def _image_bytes(path):
   return data
 
 
-def tpu_commands(name, zone, project, train_args):
+def tpu_commands(name, zone, project, train_args, accelerator=None):
   """The gcloud commands that run `launch.sh train ...` on every worker of a
-  TPU VM pod slice: copy the repo, then start all workers at once (each runs
+  TPU VM pod slice: create it (when its `accelerator` type is given), copy
+  the repo, then start all workers at once (each runs
   jax.distributed.initialize(), which finds its peers on TPU)."""
   where = [f"--zone={zone}"] + ([f"--project={project}"] if project else [])
   remote = ("cd ~/attnlab && ATTNLAB_ACCELERATOR=tpu ATTNLAB_DISTRIBUTED=1 "
             "./launch.sh train " + " ".join(shlex.quote(a) for a in train_args))
-  return [
+  create = []
+  if accelerator:
+    from attnlab import tpu
+    chip = tpu.parse_slice(accelerator).chip
+    create = [["gcloud", "compute", "tpus", "tpu-vm", "create", name,
+               f"--accelerator-type={accelerator}", f"--version={chip.runtime}", *where]]
+  return create + [
       ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", ".",
        f"{name}:~/attnlab", "--worker=all", *where],
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, "--worker=all",
@@ -542,6 +554,9 @@ def cmd_tpu(argv):
   values = flags.FlagValues()
   flags.DEFINE_string("zone", None, "TPU zone", flag_values=values)
   flags.DEFINE_string("project", None, "GCP project", flag_values=values)
+  flags.DEFINE_string("accelerator", None, "the slice to create (v5e-256, v4-32, ...): "
+                      "the config is compiled for it first and refused if it does not "
+                      "fit; without it, NAME is a TPU VM that exists", flag_values=values)
   flags.DEFINE_bool("dry_run", False, "print the commands only",
                     flag_values=values)
   split = argv.index("train") if "train" in argv else len(argv)
@@ -551,38 +566,111 @@ def cmd_tpu(argv):
     fail(_one_line(e, ""))
   train_args = argv[split + 1:]
   if len(rest) != 1 or not values.zone or not train_args:
-    fail("usage: launch.sh tpu NAME --zone ZONE [--project P] [--dry_run] "
-         "train CONFIG --workdir DIR [...]")
+    fail("usage: launch.sh tpu NAME --zone ZONE [--project P] [--accelerator SLICE] "
+         "[--dry_run] train CONFIG --workdir DIR [...]")
   # A bad config fails here, not on the pod (`train CONFIG` as in launch.sh).
-  parse_config(train_args if train_args[0].startswith("-")
-               else ["--config"] + train_args, workdir_here=False)
-  for cmd in tpu_commands(rest[0], values.zone, values.project, train_args):
+  config, _ = parse_config(train_args if train_args[0].startswith("-")
+                           else ["--config"] + train_args, workdir_here=False)
+  if values.accelerator:
+    # The step compiled by the TPU compiler for the slice about to be
+    # booked: a config that does not fit it is refused before anything is
+    # created.
+    report = compile_for_tpu(config, values.accelerator)
+    if not report["fits"]:
+      fail(f"not creating {rest[0]}: the config {report['verdict']} of "
+           f"{values.accelerator}; use a larger slice, or shard the state "
+           "(--config.param_sharding), scan + remat the layers, or accumulate microbatches")
+  for cmd in tpu_commands(rest[0], values.zone, values.project, train_args,
+                          values.accelerator):
     print(shlex.join(cmd), flush=True)
     if not values.dry_run:
       subprocess.run(cmd, check=True)
 
 
+def _take_option(argv, name, kind=str):
+  """(value or None, argv without `name VALUE`) for `--name VALUE` or `--name=VALUE`."""
+  for i, a in enumerate(argv):
+    if a == name or a.startswith(name + "="):
+      if "=" in a:
+        text, rest = a.partition("=")[2], argv[:i] + argv[i + 1:]
+      elif i + 1 < len(argv):
+        text, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+      else:
+        fail(f"{name} needs a value")
+      try:
+        return kind(text), rest
+      except ValueError:
+        fail(f"{name} {text!r}: give a {kind.__name__}, e.g. {name} 16")
+  return None, argv
+
+
 def cmd_compile(argv):
-  """A pod config known to fit before a pod is booked: the full-size step,
-  compiled for `--devices` fake CPU devices (no data, no allocation)."""
-  devices = 8
-  if "--devices" in argv:
-    i = argv.index("--devices")
-    try:
-      devices = int(argv[i + 1])
-    except (IndexError, ValueError):
-      fail("--devices needs a number, e.g. --devices 16")
-    argv = argv[:i] + argv[i + 2:]
+  """A pod config known to fit before a pod is booked: the full-size train
+  step compiled ahead of time, no data read, nothing allocated. With
+  `--devices N`, for N fake CPU devices (XLA:CPU's program); with `--tpu
+  SLICE [--slices K]`, for that TPU slice by the TPU compiler (libtpu),
+  which also estimates the step's time."""
+  devices, argv = _take_option(argv, "--devices", int)
+  slice_name, argv = _take_option(argv, "--tpu")
+  slices, argv = _take_option(argv, "--slices", int)
+  if devices is not None and slice_name is not None:
+    fail("--devices and --tpu together: give --devices N (fake CPU devices) or "
+         "--tpu SLICE (a TPU slice, e.g. v5e-256), not both")
+  if slices is not None and slice_name is None:
+    fail("--slices needs --tpu: e.g. --tpu v5e-256 --slices 2")
+  if devices is not None and devices < 1:
+    fail(f"--devices {devices}: give a positive number of devices")
   if argv and not argv[0].startswith("-"):
     argv = ["--config"] + argv
   config, _ = parse_config(argv)
-  # Before JAX starts: N CPU devices stand in for the accelerators.
-  os.environ["JAX_PLATFORMS"] = "cpu"
+  if slice_name is None:
+    report = compile_step(config, devices or 8)
+  else:
+    report = compile_for_tpu(config, slice_name, slices or 1)
+  if report.get("fits") is False:
+    sys.exit(1)
+
+
+def compile_for_tpu(config, slice_name, slices=1):
+  """`compile --tpu`: the step compiled by libtpu for the slice's abstract
+  chips; every problem with the request is one line and exit 2 before it."""
+  from attnlab import tpu
+  try:
+    tpu_slice = tpu.parse_slice(slice_name, slices)
+  except tpu.SliceError as e:
+    fail(str(e))
+  # The config must suit the slice (its mesh, its batch) before the
+  # compiler is fetched or started.
+  os.environ["JAX_PLATFORMS"] = "cpu"  # the host's own backend; the TPU is abstract
+  # No chip is opened, so several compiles (parallel tests) may load libtpu
+  # at once without its one-process-per-TPU lock.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   import jax
-  jax.config.update("jax_num_cpu_devices", devices)
+  validate(config, jax, tpu_slice.chips)
+  try:
+    os.environ["TPU_LIBRARY_PATH"] = tpu.ensure_libtpu(
+        say=lambda m: print(m, file=sys.stderr, flush=True))
+    chips = tpu.devices(tpu_slice)
+  except tpu.SliceError as e:
+    fail(str(e))
+  return compile_step(config, chips, tpu_slice)
+
+
+def compile_step(config, devices, tpu_slice=None):
+  """Lowers and compiles the trainer's step for `devices` (a count of fake
+  CPU devices, or a TPU slice's abstract chips) and prints what a user
+  booking that hardware needs to know. Returns the numbers as a dict."""
+  on_tpu = tpu_slice is not None
+  if not on_tpu:
+    # Before JAX starts: N CPU devices stand in for the accelerators.
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  import jax
+  if not on_tpu:
+    jax.config.update("jax_num_cpu_devices", devices)
   # The compile time printed is a compile's, never a read of the cache.
   jax.config.update("jax_enable_compilation_cache", False)
-  module = validate(config, jax)
+  count = len(devices) if on_tpu else devices
+  module = validate(config, jax, count)
   import tempfile
   from attnlab import sharding as sharding_lib
   from attnlab import train
@@ -595,7 +683,7 @@ def cmd_compile(argv):
   else:
     exp = module.Experiment(config, None, read_data=False)
   with tempfile.TemporaryDirectory() as workdir:
-    trainer = make_trainer(config, exp, workdir)
+    trainer = make_trainer(config, exp, workdir, devices if on_tpu else None)
     abstract, shardings = trainer.abstract_state()
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -604,26 +692,96 @@ def cmd_compile(argv):
     step = jax.jit(trainer.step_fn(),
                    donate_argnums=(0,),
                    out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
+    where = f"TPU {tpu_slice.name} ({tpu_slice.topology_name})" if on_tpu else f"{count} CPU devices"
+    print(f"compiling the train step for {where}...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with jax.set_mesh(trainer.mesh):
-      compiled = step.lower(abstract, batch).compile()
+    try:
+      with jax.set_mesh(trainer.mesh):
+        compiled = step.lower(abstract, batch).compile()
+    except jax.errors.JaxRuntimeError as e:
+      if not (on_tpu and "RESOURCE_EXHAUSTED" in str(e)):
+        raise
+      # The TPU compiler refuses a program larger than the chip's HBM.
+      from attnlab import tpu
+      words = tpu.out_of_memory(str(e))
+      print(f"{tpu_slice.name}: {words} (the TPU compiler's own check; compiled in "
+            f"{time.perf_counter() - start:.1f} s)")
+      return dict(fits=False, verdict=words, devices=count)
     compile_s = time.perf_counter() - start
     trainer.writer.close()
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30
   analytic = train.analytic_flops(exp, config.batch_size)
-  flops = analytic or train.step_flops(compiled) * devices  # XLA counts one device's program
-  print(f"{train.param_count(abstract['params']):,} params; mesh "
-        f"{dict(trainer.mesh.shape)}; global batch {config.batch_size} "
-        f"(accumulation {config.grad_accum})")
-  print(f"per device: arguments {gib(mem.argument_size_in_bytes):.3f} GiB (state + "
+  flops = analytic or train.step_flops(compiled) * count  # XLA counts one device's program
+  params = train.param_count(abstract["params"])
+  report = dict(params=params, mesh=dict(trainer.mesh.shape), devices=count,
+                argument_bytes=mem.argument_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+                output_bytes=mem.output_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
+                flops=flops, compile_s=compile_s)
+  unit = "chip" if on_tpu else "device"
+  if on_tpu:
+    chip = tpu_slice.chip
+    print(f"TPU {tpu_slice.name}: {tpu_slice.chips} x {chip.device_kind} chips "
+          f"({tpu_slice.topology_name}{f' x {tpu_slice.slices} slices' if tpu_slice.slices > 1 else ''}"
+          f"; {chip.hbm_gib:g} GiB HBM, {chip.peak_bf16 / 1e12:g} TFLOP/s bf16 per chip)")
+  print(f"{params:,} params; mesh {dict(trainer.mesh.shape)}; global batch "
+        f"{config.batch_size} (accumulation {config.grad_accum}); model dtype "
+        f"{config.get('model', {}).get('dtype', 'float32')}")
+  print(f"per {unit}: arguments {gib(mem.argument_size_in_bytes):.3f} GiB (state + "
         f"batch), temporaries {gib(mem.temp_size_in_bytes):.3f} GiB, outputs "
         f"{gib(mem.output_size_in_bytes):.3f} GiB (aliased with the donated state)")
-  print(f"{flops / 1e12:.4g} TFLOP per step in all, {flops / devices / 1e12:.4g} per device; "
-        f"lowered and compiled in {compile_s:.1f} s")
+  print(f"{flops / 1e12:.4g} TFLOP per step in all, {flops / count / 1e12:.4g} per {unit}"
+        f"{' (analytic count)' if analytic else ''}; lowered and compiled in {compile_s:.1f} s")
   if not analytic and config.get("model", {}).get("scan"):
     print("note: XLA's cost analysis counts a scanned stack's loop body once, so this FLOP "
           "count leaves out all layers but one (compile with --config.model.scan=False to count them)")
+  if on_tpu:
+    report.update(_tpu_report(compiled, tpu_slice, exp, config, flops, mem))
+  return report
+
+
+def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
+  """The verdict against the chip's HBM and the compiler's step-time
+  estimate, with the roofline beside it."""
+  from attnlab import tpu
+  from attnlab import train
+  chip = tpu_slice.chip
+  fits, words = tpu.verdict(tpu.memory_total(mem), chip)
+  print(f"HBM per chip: {words}")
+  est = tpu.estimate(compiled.as_text(), tpu_slice)
+  per_chip = flops / tpu_slice.chips
+  items = exp.items_per_step(config.batch_size) if hasattr(exp, "items_per_step") else 0
+  item_name = getattr(exp, "item_name", "examples")
+  mfu = per_chip / est.step_s / chip.peak_bf16 if est.step_s else 0.0
+  print(f"estimated step (the TPU compiler's per-operation cycle estimates at "
+        f"{chip.clock_ghz:g} GHz, {len(est.ops)} operations, not a measurement): "
+        f"{1e3 * est.step_s:.2f} ms = {1e3 * est.compute_s:.2f} compute + "
+        f"{1e3 * est.comm_s:.2f} collectives (at {chip.allreduce_gbs:g} GB/s per chip, "
+        f"none overlapped)")
+  print(f"  -> {items / est.step_s:,.0f} {item_name}/s, MFU {100 * mfu:.1f}% of "
+        f"{chip.peak_bf16 / 1e12:g} TFLOP/s per chip" if est.step_s else "  (no estimate)")
+  bytes_accessed = train.xla_cost(compiled, "bytes accessed")
+  roof = max(per_chip / chip.peak_bf16, bytes_accessed / (chip.hbm_gbs * 1e9))
+  print(f"roofline bound: {1e3 * roof:.2f} ms (FLOPs at the bf16 peak: "
+        f"{1e3 * per_chip / chip.peak_bf16:.2f} ms; XLA's {gib_text(bytes_accessed)} accessed at "
+        f"{chip.hbm_gbs:g} GB/s: {1e3 * bytes_accessed / chip.hbm_gbs / 1e9:.2f} ms)")
+  if est.unknown_loops:
+    print(f"note: {len(est.unknown_loops)} loop(s) without a countable trip count are counted "
+          f"once: {', '.join(est.unknown_loops[:3])}")
+  if est.custom_calls:
+    print(f"note: custom calls without a cycle estimate, so not in the step estimate: "
+          f"{', '.join(est.custom_calls)} (a Pallas kernel is tpu_custom_call)")
+  print("top costs (compiler's estimate, by jax op name):")
+  for line in tpu.top_costs(est, chip):
+    print("  " + line)
+  print(f"{tpu_slice.name}: {words}")
+  return dict(fits=fits, verdict=words, step_s=est.step_s, compute_s=est.compute_s, comm_s=est.comm_s,
+              mfu=mfu, items_per_s=items / est.step_s if est.step_s else 0.0,
+              roofline_s=roof, total_bytes=tpu.memory_total(mem))
+
+
+def gib_text(b):
+  return f"{b / 2 ** 30:.2f} GiB"
 
 
 def cmd_average(argv):

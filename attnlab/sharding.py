@@ -45,6 +45,7 @@ def initialize_distributed():
 def make_mesh(mesh_config, devices=None):
   """Mesh from `((axis, size), ...)`; one size may be -1 for "the rest"."""
   devices = list(devices if devices is not None else jax.devices())
+  available = len(devices)
   names = tuple(name for name, _ in mesh_config)
   sizes = [size for _, size in mesh_config]
   fixed = int(np.prod([s for s in sizes if s > 0]))
@@ -53,7 +54,7 @@ def make_mesh(mesh_config, devices=None):
   # Keep every process's devices in the mesh: take the first `used` devices in
   # process order, so a mesh smaller than the machine is still well defined.
   devices = sorted(devices, key=lambda d: (d.process_index, d.id))[:used]
-  if used < len(jax.devices()):  # a sub-mesh (tests): in that order
+  if used < available:  # a sub-mesh (tests): in that order
     return Mesh(np.asarray(devices).reshape(sizes), names)
   # All devices: jax.make_mesh orders a TPU slice's chips by their links, so
   # that each mesh axis runs along the torus (elsewhere, the order above).

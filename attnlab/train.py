@@ -220,9 +220,11 @@ class DevicePutAhead:
 class Trainer:
   """Builds the mesh and sharded state for an experiment and trains it."""
 
-  def __init__(self, config, experiment, workdir):
+  def __init__(self, config, experiment, workdir, devices=None):
+    """`devices`: the mesh's devices, by default this machine's (a TPU
+    slice's abstract chips to compile for one elsewhere)."""
     self.config, self.exp, self.workdir = config, experiment, workdir
-    self.mesh = sharding_lib.make_mesh(config.mesh)
+    self.mesh = sharding_lib.make_mesh(config.mesh, devices)
     self.local_batch = sharding_lib.local_batch_size(config.batch_size, self.mesh)
     if config.grad_accum > 1 and getattr(experiment, "whole_batch", None):
       raise config_lib.ConfigError(
@@ -487,11 +489,17 @@ def analytic_flops(exp, batch_size):
 def step_flops(compiled):
   """FLOPs of one device's part of a compiled step, from XLA's cost
   analysis (0 if unknown)."""
+  return xla_cost(compiled, "flops")
+
+
+def xla_cost(compiled, key):
+  """One figure of XLA's cost analysis of a compiled program ("flops",
+  "bytes accessed"), for one device's part; 0 where the backend has none."""
   try:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
       cost = cost[0]
-    return float(cost.get("flops", 0.0))
+    return float(cost.get(key, 0.0))
   except Exception:  # some backends do not implement it
     return 0.0
 
