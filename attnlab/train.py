@@ -66,6 +66,7 @@ from attnlab import metrics as metrics_lib
 from attnlab import optim as optim_lib
 from attnlab import sharding as sharding_lib
 from attnlab import storage
+from attnlab import tpu as tpu_lib
 from attnlab import viz
 
 
@@ -509,12 +510,9 @@ def xla_cost(compiled, key):
 # on NVIDIA GPUs since Ampere, so the float32 column is that rate. Matched
 # against `device_kind` by substring, longest first.
 PUBLISHED_PEAK = {
-    "TPU v4": (275e12, 275e12),
-    "TPU v5 lite": (197e12, 197e12),  # v5e
-    "TPU v5e": (197e12, 197e12),
-    "TPU v5": (459e12, 459e12),  # v5p
-    "TPU v6 lite": (918e12, 918e12),  # v6e (Trillium)
-    "TPU v6e": (918e12, 918e12),
+    # TPUs: attnlab/tpu.py's table of chips (device kinds "TPU v4", "TPU v5
+    # lite" = v5e, "TPU v5" = v5p, "TPU v6 lite" = v6e)
+    **{chip.device_kind: (chip.peak_bf16, chip.peak_bf16) for chip in tpu_lib.CHIPS.values()},
     "A100": (312e12, 156e12),
     "H100": (989e12, 495e12),  # SXM
     "H100 PCIe": (756e12, 378e12),

@@ -15,7 +15,11 @@ Variants (first arg; then key=value,...: size=tiny|mini, steps=N, runlocal=True)
             history, tragedy); a linear head on the [CLS] pooler; accuracy
             on the held-out plays (Hamlet, Macbeth, The Tempest, Twelfth
             Night), which neither pretraining nor fine-tuning saw.
-Sizes are Turc et al. (2019)'s small BERTs: tiny L=2/H=128, mini L=4/H=256.
+Sizes are Turc et al. (2019)'s small BERTs: tiny L=2/H=128, mini L=4/H=256,
+and BERT-base (L=12/H=768, 12 heads) for pods. pod=True: Devlin et al.'s
+pretraining shape, 256 sequences of 512 WordPiece-sized (30,522) tokens;
+meant for base on a v5e-32:
+  ./launch.sh compile configs/bert.py:pretrain,size=base,pod=True --tpu v5e-32
 No next-sentence prediction: RoBERTa (Liu et al. 2019) found it does not help.
 """
 import ml_collections
@@ -24,7 +28,8 @@ from attnlab.config import check, common, parse_arg, parse_variant
 
 # d_ff = 4 d_model
 SIZES = {"tiny": dict(d_model=128, heads=2, layers=2),
-         "mini": dict(d_model=256, heads=4, layers=4)}
+         "mini": dict(d_model=256, heads=4, layers=4),
+         "base": dict(d_model=768, heads=12, layers=12)}
 # steps, peak lr (Devlin et al. fine-tune at 2e-5..5e-5 with big batches;
 # small models on small data want more)
 TASKS = {"pretrain": (2000, 1e-3), "classify": (400, 1e-4)}
@@ -32,7 +37,7 @@ TASKS = {"pretrain": (2000, 1e-3), "classify": (400, 1e-4)}
 
 def get_config(arg=None):
   task, rest = parse_variant(arg, TASKS, "pretrain")
-  arg = parse_arg(rest, size="tiny", steps=0, runlocal=False)
+  arg = parse_arg(rest, size="tiny", steps=0, runlocal=False, pod=False)
   check(arg.size in SIZES, "arg.size", f"unknown size {arg.size!r}",
         f"use one of {sorted(SIZES)}")
   steps, lr = TASKS[task]
@@ -54,6 +59,9 @@ def get_config(arg=None):
       d_model=d_model, num_heads=heads, d_ff=4 * d_model, num_layers=layers,
       dropout=0.1, implementation="xla",
       scan=False, remat="none"))  # nn.scan over layers; remat none | full | dots
+  if arg.pod:
+    c.batch_size = 256
+    c.data.update(vocab_size=30_522, seq_len=512)
   if arg.runlocal:
     c.total_steps = 4
     c.batch_size = 8

@@ -5,7 +5,7 @@ al. 2015): soft or hard attention over an image encoder's grid.
   ./launch.sh train configs/caption.py:emoji,attention=hard --workdir runs/caption_hard
   ./launch.sh caption runs/caption_soft my_drawing.png
   ./launch.sh train configs/caption.py:folder --workdir runs/caption_mine --config.data.folder=ROOT
-  ./launch.sh compile configs/caption.py:coco --devices 32
+  ./launch.sh compile configs/caption.py:coco --tpu v5e-32     (its slice: TPU v5e, 32 chips)
 
 Variants (first arg; then key=value,...: attention=soft|hard, tokens=word|
 sentencepiece, frozen=True (the encoder not trained: with

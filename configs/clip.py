@@ -4,7 +4,8 @@ al. 2021).
   ./launch.sh train configs/clip.py:emoji --workdir runs/clip_emoji
   ./launch.sh train configs/clip.py:openclipart --workdir runs/clip_openclipart
   ./launch.sh train configs/clip.py:folder --workdir runs/clip_mine --config.data.folder=ROOT
-  ./launch.sh compile configs/clip.py:laion,variant=B/32 --devices 64
+  ./launch.sh compile configs/clip.py:laion,variant=B/32 --tpu v5e-256   (its slice: 32k pairs
+      on 256 TPU v5e chips)
 
 Variants (first arg; then key=value,...: variant=SIZE/PATCH of the image
 tower, steps=N, runlocal=True):

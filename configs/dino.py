@@ -2,7 +2,7 @@
 
   ./launch.sh train configs/dino.py:fmnist --workdir runs/dino_fmnist
   ./launch.sh train configs/dino.py:i1k,variant=S/16 --workdir gs://BUCKET/dino_s16
-  ./launch.sh compile configs/dino.py:i1k,variant=S/16 --devices 64
+  ./launch.sh compile configs/dino.py:i1k,variant=S/16 --tpu v5e-64   (its slice; B/16: v5e-128)
 
 Variants (first arg; then key=value,...: variant=SIZE/PATCH, epochs=N,
 steps=N, runlocal=True):

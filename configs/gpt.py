@@ -4,7 +4,11 @@ the same data, vocabulary and held-out plays as configs/charlm.py.
 Command:
   ./launch.sh train configs/gpt.py --workdir runs/gpt
   ./launch.sh sample runs/gpt --prompt "ROMEO:" --temperature 0.8
-Variants: size=tiny|small|medium, steps=N, runlocal=True.
+Variants: size=tiny|small|medium, steps=N, runlocal=True, pod=True.
+pod=True: GPT-2's training shape (Radford et al. 2019): 512 windows of 1,024
+tokens per step (0.5 M tokens), 1,024 learned positions; meant for
+size=medium on a v5e-64:
+  ./launch.sh compile configs/gpt.py:size=medium,pod=True --tpu v5e-64
 GPT-2's layout: pre-norm layers with GELU, learned positions, a final
 LayerNorm, output tied to the embedding; Adam with warm-up and cosine decay.
 Each training window (seq_len characters) is its own context.
@@ -21,7 +25,7 @@ SIZES = {"tiny": dict(d_model=64, heads=4, layers=2),
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, size="small", steps=1500, runlocal=False)
+  arg = parse_arg(arg, size="small", steps=1500, runlocal=False, pod=False)
   check(arg.size in SIZES, "arg.size", f"unknown size {arg.size!r}",
         f"use one of {sorted(SIZES)}")
   c = common("lm", total_steps=arg.steps, batch_size=32, log_every=25,
@@ -38,6 +42,8 @@ def get_config(arg=None):
       num_layers=layers, max_len=512, dropout=0.1,
       implementation="xla",  # naive | xla | chunked (memory-efficient)
       scan=False, remat="none"))  # nn.scan over layers; remat none | full | dots
+  if arg.pod:
+    c.batch_size, c.data.seq_len, c.model.max_len = 512, 1024, 1024
   # prompt "": the first line of the held-out text, whatever the data is
   c.sample = ml_collections.ConfigDict(dict(prompt="", length=400, temperature=0.8))
   if arg.runlocal:

@@ -3,6 +3,7 @@ loss and evaluation as configs/vit.py, a convolutional backbone.
 
   ./launch.sh train configs/resnet.py:fmnist --workdir runs/resnet_fmnist
   ./launch.sh train configs/resnet.py:i1k,variant=50 --workdir gs://BUCKET/r50
+  ./launch.sh compile configs/resnet.py:i1k,variant=50 --tpu v5e-64   (its slice)
 
 Variants (first arg as in configs/vit.py: fmnist, emoji, folder, i1k; then
 variant=18|34|50|101|152, norm=batch|group, attention=none|nonlocal|local,

@@ -4,7 +4,7 @@ shifted-window attention.
 
   ./launch.sh train configs/swin.py:fmnist --workdir runs/swin_fmnist
   ./launch.sh train configs/swin.py:i1k,variant=T --workdir gs://BUCKET/swin_t
-  ./launch.sh compile configs/swin.py:i1k,variant=T --devices 64
+  ./launch.sh compile configs/swin.py:i1k,variant=T --tpu v5e-64    (its slice: TPU v5e, 64 chips)
 
 Variants (first arg as in configs/vit.py: fmnist, emoji, folder, i1k; then
 variant=T|S|B|L, steps=N, runlocal=True):

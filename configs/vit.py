@@ -2,7 +2,8 @@
 
   ./launch.sh train configs/vit.py:fmnist --workdir runs/vit_fmnist
   ./launch.sh train configs/vit.py:i1k,variant=B/16 --workdir gs://BUCKET/vit_b16
-  ./launch.sh compile configs/vit.py:i1k,variant=B/16 --devices 64
+  ./launch.sh compile configs/vit.py:i1k,variant=B/16 --tpu v5e-256   (its slice; i21k
+      L/16: v5e-256 too)
 
 Variants (first arg; then key=value,...: variant=SIZE/PATCH, steps=N, probe=True,
 runlocal=True; probe=True with --config.init_from=RUN: a linear probe of that

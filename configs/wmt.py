@@ -2,6 +2,7 @@
 
   ./launch.sh train configs/wmt.py:ding --workdir runs/wmt_ding     (DE->EN on Ding)
   ./launch.sh train configs/wmt.py:base --workdir gs://BUCKET/base  (a TPU pod slice)
+  ./launch.sh compile configs/wmt.py:big --tpu v5e-32     (big's slice: TPU v5e, 32 chips)
 
 Variants (first arg; then key=value,...: steps=N, runlocal=True):
   base  Table 3 "base" on tfds wmt14_translate/de-en, EN->DE, newstest2014
