@@ -60,6 +60,8 @@ def parse_arg(arg, **defaults):
     except (ValueError, SyntaxError):
       value = text
     want = type(defaults[key])
+    if want is str:  # variant=50 is the string "50"
+      value = text
     if want is float and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
     if not isinstance(value, want):
@@ -106,7 +108,11 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
       name="adam", schedule="cosine", b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0, wd_schedule="constant", weight_decay_end=0.0,
       # per-parameter rules (attnlab/optim.py): ((regex, multiplier), ...)
-      lr_mults=(), wd_mults=NO_DECAY, frozen=()))
+      lr_mults=(), wd_mults=NO_DECAY, frozen=(),
+      # The dtype of Adam's first moment (SGD's momentum): bfloat16 halves
+      # it, as big_vision's recipes keep it; the second moment and the
+      # parameters stay float32.
+      mu_dtype="float32"))
   c.optim.update(optim)
   # A short run (steps=N) warms up for at most a quarter of its steps, so
   # its learning rate always peaks and decays.
@@ -150,6 +156,9 @@ def validate_common(config, device_count):
         "the learning rate would still be rising when training ends",
         f"set --config.optim.warmup_steps below {config.total_steps}, e.g. "
         f"{config.total_steps // 10}")
+  check(config.optim.get("mu_dtype", "float32") in ("float32", "bfloat16"), "optim.mu_dtype",
+        f"{config.optim.get('mu_dtype')!r} is not float32 or bfloat16",
+        "set --config.optim.mu_dtype=bfloat16 (half the first moment's memory) or float32")
   check(config.optim.clip_norm >= 0, "optim.clip_norm", "must be >= 0",
         "set --config.optim.clip_norm=0 to disable clipping")
   check(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0",

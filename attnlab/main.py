@@ -25,6 +25,7 @@
 Every config problem is one line on stderr and exit code 2, before any
 compile.
 """
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -200,6 +201,8 @@ def load_run(workdir):
     # Runs made before per-parameter rules: weight decay on every parameter.
     config.optim.update(dict(lr_mults=(), wd_mults=(), frozen=(),
                              wd_schedule="constant", weight_decay_end=0.0))
+  if "optim" in config and "mu_dtype" not in config.optim:  # runs made before it was a choice
+    config.optim.mu_dtype = "float32"
   if "mesh_subset" not in config:  # runs made before sub-meshes were opt-in
     config.mesh_subset = False
   if "prng_impl" not in config:  # runs made before it was a choice
@@ -656,6 +659,37 @@ def compile_for_tpu(config, slice_name, slices=1):
   return compile_step(config, chips, tpu_slice)
 
 
+@contextlib.contextmanager
+def abstract_step(module, config, devices=None):
+  """(trainer, experiment, jitted train step, its abstract arguments) of a
+  validated config, for `devices` (default this machine's) without data or
+  memory: what `compile` lowers, and what benchmarks compare with a peer's
+  step. No data is read: text experiments take a vocabulary size
+  (character models have none: a byte's worth of ids stands in), image
+  ones read their classes and channels from the dataset's description."""
+  import inspect
+  import tempfile
+  import jax
+  from attnlab import sharding as sharding_lib
+  if "vocab_size" in inspect.signature(module.Experiment).parameters:
+    exp = module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
+  else:
+    exp = module.Experiment(config, None, read_data=False)
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = make_trainer(config, exp, workdir, devices)
+    abstract, shardings = trainer.abstract_state()
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=sharding_lib.batch_sharding(trainer.mesh)),
+        exp.abstract_batch(config.batch_size))
+    step = jax.jit(trainer.step_fn(), donate_argnums=(0,),
+                   out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
+    try:
+      yield trainer, exp, step, (abstract, batch)
+    finally:
+      trainer.writer.close()
+
+
 def compile_step(config, devices, tpu_slice=None):
   """Lowers and compiles the trainer's step for `devices` (a count of fake
   CPU devices, or a TPU slice's abstract chips) and prints what a user
@@ -671,33 +705,14 @@ def compile_step(config, devices, tpu_slice=None):
   jax.config.update("jax_enable_compilation_cache", False)
   count = len(devices) if on_tpu else devices
   module = validate(config, jax, count)
-  import tempfile
-  from attnlab import sharding as sharding_lib
   from attnlab import train
-  # No data is read: text experiments take a vocabulary size (character
-  # models have none: a byte's worth of ids stands in), image ones read
-  # their classes and channels from the dataset's description.
-  import inspect
-  if "vocab_size" in inspect.signature(module.Experiment).parameters:
-    exp = module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
-  else:
-    exp = module.Experiment(config, None, read_data=False)
-  with tempfile.TemporaryDirectory() as workdir:
-    trainer = make_trainer(config, exp, workdir, devices if on_tpu else None)
-    abstract, shardings = trainer.abstract_state()
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=sharding_lib.batch_sharding(trainer.mesh)),
-        exp.abstract_batch(config.batch_size))
-    step = jax.jit(trainer.step_fn(),
-                   donate_argnums=(0,),
-                   out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
+  with abstract_step(module, config, devices if on_tpu else None) as (trainer, exp, step, args):
     where = f"TPU {tpu_slice.name} ({tpu_slice.topology_name})" if on_tpu else f"{count} CPU devices"
     print(f"compiling the train step for {where}...", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
       with jax.set_mesh(trainer.mesh):
-        compiled = step.lower(abstract, batch).compile()
+        compiled = step.lower(*args).compile()
     except jax.errors.JaxRuntimeError as e:
       if not (on_tpu and "RESOURCE_EXHAUSTED" in str(e)):
         raise
@@ -708,7 +723,7 @@ def compile_step(config, devices, tpu_slice=None):
             f"{time.perf_counter() - start:.1f} s)")
       return dict(fits=False, verdict=words, devices=count)
     compile_s = time.perf_counter() - start
-    trainer.writer.close()
+  abstract = args[0]
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30
   analytic = train.analytic_flops(exp, config.batch_size)
@@ -744,7 +759,6 @@ def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
   """The verdict against the chip's HBM and the compiler's step-time
   estimate, with the roofline beside it."""
   from attnlab import tpu
-  from attnlab import train
   chip = tpu_slice.chip
   fits, words = tpu.verdict(tpu.memory_total(mem), chip)
   print(f"HBM per chip: {words}")
@@ -760,11 +774,15 @@ def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
         f"none overlapped)")
   print(f"  -> {items / est.step_s:,.0f} {item_name}/s, MFU {100 * mfu:.1f}% of "
         f"{chip.peak_bf16 / 1e12:g} TFLOP/s per chip" if est.step_s else "  (no estimate)")
-  bytes_accessed = train.xla_cost(compiled, "bytes accessed")
-  roof = max(per_chip / chip.peak_bf16, bytes_accessed / (chip.hbm_gbs * 1e9))
+  # The least HBM traffic a step can have: its inputs (state, batch) read
+  # once and its outputs written once. (XLA's "bytes accessed" counts every
+  # fusion's operands and overshoots the compiler's own estimate.)
+  least_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes
+  roof = max(per_chip / chip.peak_bf16, least_bytes / (chip.hbm_gbs * 1e9))
   print(f"roofline bound: {1e3 * roof:.2f} ms (FLOPs at the bf16 peak: "
-        f"{1e3 * per_chip / chip.peak_bf16:.2f} ms; XLA's {gib_text(bytes_accessed)} accessed at "
-        f"{chip.hbm_gbs:g} GB/s: {1e3 * bytes_accessed / chip.hbm_gbs / 1e9:.2f} ms)")
+        f"{1e3 * per_chip / chip.peak_bf16:.2f} ms; the state and batch read once and the "
+        f"new state written once, {gib_text(least_bytes)} at {chip.hbm_gbs:g} GB/s: "
+        f"{1e3 * least_bytes / chip.hbm_gbs / 1e9:.2f} ms)")
   if est.unknown_loops:
     print(f"note: {len(est.unknown_loops)} loop(s) without a countable trip count are counted "
           f"once: {', '.join(est.unknown_loops[:3])}")

@@ -67,13 +67,14 @@ def _scaled(value, m):
 def _group(optim, lr, wd, lr_mult, wd_mult):
   """The optimizer of one group of parameters (equal multipliers)."""
   lr, wd = _scaled(lr, lr_mult), _scaled(wd, wd_mult)
+  mu_dtype = jnp.dtype(optim.get("mu_dtype", "float32"))
   if optim.name == "adamw":
     return optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                       weight_decay=wd)
+                       weight_decay=wd, mu_dtype=mu_dtype)
   if optim.name == "adam":
-    opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    opt = optax.adam(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, mu_dtype=mu_dtype)
   else:
-    opt = optax.sgd(lr, momentum=optim.b1 or None)
+    opt = optax.sgd(lr, momentum=optim.b1 or None, accumulator_dtype=mu_dtype)
   # sgd and adam: weight decay is L2 on the gradient (torch.optim's meaning).
   return opt if wd == 0.0 else optax.chain(optax.add_decayed_weights(wd), opt)
 

@@ -169,7 +169,7 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
         bad_step=jnp.where((state["bad_step"] < 0) & ~finite, state["step"],
                            state["bad_step"]))
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
-               "param_norm": optax.tree.norm(new_params),
+               "param_norm": optax.tree.norm(params),
                **{k: f(state["step"]) for k, f in schedules.items()}}
     return new_state, metrics
   return step_fn

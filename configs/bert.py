@@ -58,9 +58,11 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       d_model=d_model, num_heads=heads, d_ff=4 * d_model, num_layers=layers,
       dropout=0.1, implementation="xla",
-      scan=False, remat="none"))  # nn.scan over layers; remat none | full | dots
+      scan=False, remat="none",  # nn.scan over layers; remat none | full | dots
+      dtype="float32"))  # activations and matmul inputs; bfloat16 on TPUs
   if arg.pod:
     c.batch_size = 256
+    c.model.dtype = "bfloat16"  # bfloat16 compute, float32 state
     c.data.update(vocab_size=30_522, seq_len=512)
   if arg.runlocal:
     c.total_steps = 4

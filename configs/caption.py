@@ -91,6 +91,8 @@ def get_config(arg=None):
       pp_train="decode|resize(224)|value_range(-1, 1)",
       pp_eval="decode|resize(224)|value_range(-1, 1)"))
   c.decode = ml_collections.ConfigDict(dict(beam=3, alpha=0.0, max_len=32, num_samples=20))
+  if not embedded:
+    c.model.dtype = "bfloat16"  # pods: the encoder in bfloat16, float32 state
   if embedded:
     c.data.update(source=task, workers=2, vocab_size=5000, max_len=24,
                   pp_train="decode|resize(32)|inception_crop(32, 0.8, 1.0)|value_range(-1, 1)",

@@ -82,6 +82,8 @@ def get_config(arg=None):
       zero_shot_sets=(), zero_shot_rows=2000,
       pp_train="decode|inception_crop(224, 0.9, 1.0)|value_range(-1, 1)",
       pp_eval="decode|resize_small(224)|central_crop(224)|value_range(-1, 1)"))
+  if not embedded:
+    c.model.dtype = "bfloat16"  # pods: bfloat16 compute, float32 state
   if embedded:
     c.data.update(source=task, workers=2, vocab_size=2000, context=24,
                   zero_shot_sets=ZERO_SHOT_SETS.get(task, ()),

@@ -108,6 +108,7 @@ def get_config(arg=None):
       pp_decode="decode", pp_global=pp_global, pp_local=pp_local,
       pp_eval="decode|resize_small(256)|central_crop(224)|normalize"))
   if task == "i1k":
+    c.model.dtype = "bfloat16"  # pods: bfloat16 compute, float32 state
     c.data.train_split = "train[:99%]"
     if epochs >= 300:  # the authors' longer runs: a warmer teacher
       c.dino.update(teacher_temp=0.07, warmup_teacher_temp_epochs=30.0)

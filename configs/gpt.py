@@ -41,9 +41,11 @@ def get_config(arg=None):
       name="gpt", d_model=d_model, num_heads=heads, d_ff=4 * d_model,
       num_layers=layers, max_len=512, dropout=0.1,
       implementation="xla",  # naive | xla | chunked (memory-efficient)
-      scan=False, remat="none"))  # nn.scan over layers; remat none | full | dots
+      scan=False, remat="none",  # nn.scan over layers; remat none | full | dots
+      dtype="float32"))  # activations and matmul inputs; bfloat16 on TPUs
   if arg.pod:
     c.batch_size, c.data.seq_len, c.model.max_len = 512, 1024, 1024
+    c.model.dtype = "bfloat16"  # bfloat16 compute, float32 state
   # prompt "": the first line of the held-out text, whatever the data is
   c.sample = ml_collections.ConfigDict(dict(prompt="", length=400, temperature=0.8))
   if arg.runlocal:

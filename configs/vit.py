@@ -79,6 +79,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       source="imagenet2012", folder="", data_dir="", train_split="train",
       eval_split="validation", test_split="test", holdout=0.1, mixup=0.0, workers=4,
+      num_classes=0,  # 0: from the dataset; > 0 lets `compile` build a model without it
       probe_rows=50_000,  # training images the linear probe fits on (at most)
       knn_rows=50_000,    # and in the k-NN bank
       pp_train="decode|inception_crop(224)|flip_lr|value_range(-1, 1)",
@@ -101,7 +102,7 @@ def get_config(arg=None):
     c.model.update(head_bias=-6.9,
                    representation_size=vit.parse_variant(c.model.variant)["width"])
   elif task == "i21k":
-    c.data.update(source="imagenet21k", train_split="train[:98%]",
+    c.data.update(source="imagenet21k", num_classes=21_843, train_split="train[:98%]",
                   eval_split="train[98%:99%]", test_split="train[99%:]")
     c.optim.update(schedule="linear", wd_mults=(("(.*/)?(bias|scale)", 0.0),))
     c.model.representation_size = vit.parse_variant(c.model.variant)["width"]
@@ -140,6 +141,12 @@ def get_config(arg=None):
                     pp_train="decode|resize(32)|flip_lr|value_range(-1, 1)",
                     pp_eval="decode|resize(32)|value_range(-1, 1)")
       c.model.image_size = 32
+  if task in ("i1k", "i21k", "ft384"):
+    # Pods: activations and matmul inputs in bfloat16, parameters and
+    # optimizer state float32 (README "Mixed precision").
+    c.model.dtype = "bfloat16"
+  if task == "i1k":
+    c.optim.mu_dtype = "bfloat16"  # Adam's first moment, as big_vision keeps it
   if arg.probe:
     # A linear probe of --config.init_from's frozen features: one step that
     # trains nothing but the (unused) head, then the probe at evaluation.

@@ -72,6 +72,8 @@ def get_config(arg=None):
   c.decode = ml_collections.ConfigDict(dict(
       beam=4, alpha=0.6, extra_len=50, batch_tokens=2048, num_bleu=200, num_plots=2,
       buckets=(0, 10, 20, 30, 40, 50, 60, 1000)))
+  if wmt:
+    c.model.dtype = "bfloat16"  # pods: bfloat16 compute, float32 state
   if arg.runlocal:
     c.total_steps = 4
     c.batch_size = 8

@@ -66,6 +66,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks import peers  # noqa: E402  (the peers' steps, shared with benchmarks/)
 
 
 def header():
@@ -681,30 +683,6 @@ def decode_speed(new_tokens=128, batch=8, src_len=32, rounds=3):
   print(f"same tokens: {100 * same:.1f}%")
 
 
-def import_flax_wmt(flax_dir):
-  """google/flax's examples/wmt `models` and `train` modules, imported from
-  a checkout at run time (never copied). Its train.py imports TensorFlow
-  and its input pipeline at the top, for data no benchmark here uses:
-  stand-ins let its real train_step and predict_step run."""
-  import types
-  if not os.path.exists(os.path.join(flax_dir, "train.py")):
-    sys.exit(f"{flax_dir} has no train.py: pass the examples/wmt directory of "
-             "a google/flax checkout")
-  from flax.training import checkpoints  # noqa: F401  (probes for TF: before)
-  stand_ins = [n for n in ("tensorflow", "input_pipeline", "clu.metric_writers",
-                           "clu.periodic_actions") if n not in sys.modules]
-  for name in stand_ins:
-    sys.modules[name] = types.ModuleType(name)
-  if "tensorflow" in stand_ins:  # a type annotation in train.py
-    sys.modules["tensorflow"].data = types.SimpleNamespace(Dataset=object)
-  sys.path.insert(0, flax_dir)
-  import models as flax_models
-  import train as flax_train
-  for name in stand_ins:
-    del sys.modules[name]
-  return flax_models, flax_train
-
-
 def gpt_sampling(lengths=(128, 1024), batch=1, rounds=3, temperature=1.0):
   """Sampling `lengths` new tokens from a GPT (configs/gpt.py's small dims,
   random weights) three ways, timed in alternating windows: the cache grown
@@ -773,7 +751,7 @@ def flax_decode(flax_dir, batch=8, src_len=32, new_tokens=63, beams=(4, 1), roun
   from attnlab import main as main_lib
   from experiments import translate
 
-  flax_models, flax_train = import_flax_wmt(flax_dir)
+  flax_models, flax_train = peers.import_flax_wmt(flax_dir)
   vocab, d, heads, d_ff, layers = 8192, 256, 4, 1024, 3
   src = jax.random.randint(jax.random.PRNGKey(0), (batch, src_len), 4, vocab)
 
@@ -847,7 +825,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   from attnlab.nn import attention as att
   from experiments import translate
 
-  flax_models, flax_train = import_flax_wmt(flax_dir)
+  flax_models, flax_train = peers.import_flax_wmt(flax_dir)
   vocab, d, heads, d_ff, layers = 32000, 512, 8, 2048, 6
   rng = jax.random.PRNGKey(0)
   tokens = jax.random.randint(rng, (2, batch, length), 4, vocab)
@@ -965,34 +943,10 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
   gradient/parameter/update norms kept. MFU from XLA's FLOPs of our
   compiled step against a matmul peak measured in this run."""
   import functools
-  import importlib.util
-  import types
   import jax
   import jax.numpy as jnp
   import numpy as np
-  import optax
   from attnlab import train as train_lib
-
-  if not os.path.isdir(os.path.join(bv_dir, "big_vision", "models")):
-    sys.exit(f"{bv_dir} has no big_vision/models: pass the root of a "
-             "google-research/big_vision checkout")
-  # Its utils import TensorFlow for gfile only (checkpoint files, unused
-  # here): a stand-in, after flax's own probe for TensorFlow has run.
-  from flax.training import checkpoints  # noqa: F401
-  stand_ins = {}
-  if importlib.util.find_spec("tensorflow") is None:
-    tf = types.ModuleType("tensorflow")
-    tf.io = types.ModuleType("tensorflow.io")
-    tf.io.gfile = types.ModuleType("tensorflow.io.gfile")
-    stand_ins = {"tensorflow": tf, "tensorflow.io": tf.io, "tensorflow.io.gfile": tf.io.gfile}
-  sys.modules.update(stand_ins)
-  sys.path.insert(0, bv_dir)
-  import big_vision.optax as bv_optax
-  import big_vision.utils as bv_utils
-  from big_vision.configs import vit_i1k
-  from big_vision.models import vit as bv_vit
-  for name in stand_ins:  # others (tfds, etils) probe for the real one
-    del sys.modules[name]
 
   rng = jax.random.PRNGKey(0)
   images = jax.random.uniform(rng, (batch, 224, 224, 3), jnp.float32, -1, 1)
@@ -1010,31 +964,12 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
     contenders = {"attnlab": ours}
 
     # Theirs: its model, optimizer (bv_optax.make) and loss from its config.
-    bv = vit_i1k.get_config(f"variant={variant}")
-    model = bv_vit.Model(num_classes=bv.num_classes, **bv.model)
-    params = jax.jit(lambda r: model.init(r, images[:1])["params"])(rng)
-    params["head"]["bias"] = jnp.full_like(params["head"]["bias"], bv.init_head_bias)
-    tx, _ = bv_optax.make(bv, params, sched_kw=dict(
-        total_steps=93_750, batch_size=bv.input.batch_size, data_size=1_281_167))
-    loss_name = bv.get("loss", "sigmoid_xent")
-
-    def update_fn(train_state, batch_, rng_model):
-      def loss_fn(p):
-        logits, _ = model.apply({"params": p}, batch_["image"], train=True,
-                                rngs={"dropout": rng_model})
-        return getattr(bv_utils, loss_name)(logits=logits, labels=batch_["labels"])
-      p, opt = train_state["params"], train_state["opt"]
-      loss, grads = jax.value_and_grad(loss_fn)(p)
-      updates, opt = tx.update(grads, opt, p)
-      p = optax.apply_updates(p, updates)
-      norm = lambda t: jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(t)))
-      return {"params": p, "opt": opt}, {"training_loss": loss, "l2_grads": norm(grads),
-                                          "l2_params": norm(p), "l2_updates": norm(updates)}
+    init, update_fn = peers.big_vision_vit_step(bv_dir, variant)
+    state = jax.jit(init)(rng, images)
+    params = state["params"]
     their_step = jax.jit(update_fn, donate_argnums=(0,))
     their_batch = {"image": images, "labels": jax.nn.one_hot(labels, 1000)}
-    contenders["big_vision"] = Stepper(
-        lambda s, b: their_step(s, b, rng), {"params": params, "opt": tx.init(params)},
-        their_batch)
+    contenders["big_vision"] = Stepper(lambda s, b: their_step(s, b, rng), state, their_batch)
     their_count = sum(x.size for x in jax.tree.leaves(params))
 
     times = interleaved({k: functools.partial(c.window, window)

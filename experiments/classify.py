@@ -323,7 +323,10 @@ class Experiment(ImageFeatures):
     the dataset's tfds description, no image read."""
     self.config, self.workdir = config, workdir
     data = config.data
-    self.classes = images.class_names(data)
+    # A source that is not a registered tfds dataset here (imagenet21k)
+    # gives its class count in the config, for compile.
+    self.classes = (images.class_names(data) if read_data or not data.get("num_classes")
+                    else [str(i) for i in range(data.num_classes)])
     m = config.model
     self.model = self.vit = make_model(m, len(self.classes))
     # BatchNorm statistics are the model's state; its loss needs the batch whole.
@@ -392,12 +395,14 @@ class Experiment(ImageFeatures):
     evaluation and updated (from this global batch) in training."""
     variables = {"params": params, **state["model_state"]}
     rngs = {"dropout": rng} if train and rng is not None else {}
+    # Logits in float32 whatever the model computes in (model.dtype): the
+    # loss and its softmax or sigmoid are not bfloat16's business.
     if train and self.batch_norm:
       (logits, aux), updates = self.model.apply(variables, images, train=True, rngs=rngs,
                                                 mutable=["batch_stats"])
-      return logits, aux, dict(updates)
+      return logits.astype(jnp.float32), aux, dict(updates)
     logits, aux = self.model.apply(variables, images, train=train, rngs=rngs)
-    return logits, aux, state["model_state"]
+    return logits.astype(jnp.float32), aux, state["model_state"]
 
   def pretrained(self, params, model_state):
     """Every parameter but the head (and BatchNorm's statistics) from

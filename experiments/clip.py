@@ -319,6 +319,9 @@ class Experiment:
     c = self.config.clip
     x, y, temp = self.model.apply({"params": params}, batch["image"], batch["tokens"],
                                   train=True, rngs={"dropout": ctx.rng})
+    # The similarities and their softmax in float32, whatever the towers
+    # compute in.
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
     local = c.loss_form == "local"
     metrics = {"scale": jnp.exp(temp["log_scale"])}
     if c.loss == "sigmoid":

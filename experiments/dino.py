@@ -258,7 +258,10 @@ class Experiment(classify.ImageFeatures):
     t_out = jax.lax.stop_gradient(views_first(self.network.apply({"params": teacher}, glob), 2))
     temp = teacher_temperature(ctx.step, d.warmup_teacher_temp_epochs * self.steps_per_epoch(),
                                d.warmup_teacher_temp, d.teacher_temp)
-    loss, monitors = dino_loss(student, t_out, center, d.student_temp, temp)
+    # Softmaxes at temperature 0.04 over 65,536 outputs: float32, whatever
+    # the network computes in.
+    f32 = lambda x: x.astype(jnp.float32)
+    loss, monitors = dino_loss(f32(student), f32(t_out), center, d.student_temp, temp)
     new_center = update_center(center, t_out, d.center_momentum)
     monitors.update(center_norm=jnp.linalg.norm(new_center), teacher_temp=temp,
                     momentum=self.momentum(ctx.step))

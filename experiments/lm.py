@@ -91,7 +91,8 @@ class Experiment:
       self.model = gpt.GPT(len(self.vocab), d_model=m.d_model, num_heads=m.num_heads,
                            d_ff=m.d_ff, num_layers=m.num_layers, max_len=m.max_len,
                            dropout=m.dropout, implementation=m.implementation,
-                           scan=m.scan, remat=m.remat)
+                           scan=m.scan, remat=m.remat,
+                           dtype=jnp.dtype(m.get("dtype", "float32")))
     self._eval_step = self._sample_fn = None
     self._eval_windows = {}  # split -> the same windows at every evaluation
     self._cells_fn = None
@@ -162,7 +163,7 @@ class Experiment:
       logits, _ = self.model.apply({"params": params}, batch["inputs"], train=True,
                                    rngs={"dropout": rng})
       nll = optax.softmax_cross_entropy_with_integer_labels(
-          logits, batch["targets"]).mean()
+          logits.astype(jnp.float32), batch["targets"]).mean()  # bfloat16 models too
       return nll, ({"bits_per_char": nll / jnp.log(2.0)}, state)
     if not self.config.data.stateful:
       carry = jax.tree.map(jnp.zeros_like, carry)
@@ -171,7 +172,7 @@ class Experiment:
     logits, aux = self.model.apply({"params": params}, batch["inputs"], carry,
                                    train=True, rngs={"dropout": rng})
     nll = optax.softmax_cross_entropy_with_integer_labels(
-        logits, batch["targets"]).mean()
+        logits.astype(jnp.float32), batch["targets"]).mean()
     return nll, ({"bits_per_char": nll / jnp.log(2.0)}, dict(state, carry=aux["carry"]))
 
   # --- evaluation ---------------------------------------------------------

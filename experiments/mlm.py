@@ -92,7 +92,8 @@ class Experiment:
         self.mask_id + 1, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
         num_layers=m.num_layers, max_len=data.seq_len, dropout=m.dropout,
         num_classes=len(shakespeare.GENRES) if self.classify else 0,
-        implementation=m.implementation, scan=m.scan, remat=m.remat)
+        implementation=m.implementation, scan=m.scan, remat=m.remat,
+        dtype=jnp.dtype(m.get("dtype", "float32")))
     self._splits = {}
     self._guess_fn = None
 
@@ -165,7 +166,7 @@ class Experiment:
     if self.classify:
       _, aux = self.model.apply({"params": params}, tokens, valid, train=train,
                                 rngs={"dropout": rng} if train else {})
-      logits = aux["classes"]
+      logits = aux["classes"].astype(jnp.float32)  # bfloat16 models too
       nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       return nll, (logits.argmax(-1) == labels), jnp.ones_like(nll)
     mask_rng, drop_rng = jax.random.split(rng)
@@ -173,6 +174,7 @@ class Experiment:
                                       self.mask_id, FIRST_REGULAR, self.config.mask_rate)
     logits, _ = self.model.apply({"params": params}, inputs, valid, train=train,
                                  rngs={"dropout": drop_rng} if train else {})
+    logits = logits.astype(jnp.float32)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
     return nll, (logits.argmax(-1) == tokens), chosen.astype(jnp.float32)
 

@@ -1,0 +1,96 @@
+"""The peers' own train steps, imported from their checkouts at run time
+(fetched, never copied into this repository): big_vision's ViT and the flax
+examples' WMT Transformer. Used by the CPU speed benchmarks
+(experiments/bench.py) and by the TPU compiler's side-by-side
+(benchmarks/tpu_peers.py), so both time the same peer program.
+"""
+import os
+import sys
+import types
+
+
+def import_big_vision(bv_dir):
+  """big_vision's (optax, utils, configs.vit_i1k, models.vit) from a
+  checkout. Its utils import TensorFlow for gfile only (checkpoint files,
+  unused here): a stand-in, after flax's own probe for TensorFlow."""
+  import importlib.util
+  if not os.path.isdir(os.path.join(bv_dir, "big_vision", "models")):
+    sys.exit(f"{bv_dir} has no big_vision/models: pass the root of a "
+             "google-research/big_vision checkout")
+  from flax.training import checkpoints  # noqa: F401
+  stand_ins = {}
+  if importlib.util.find_spec("tensorflow") is None:
+    tf = types.ModuleType("tensorflow")
+    tf.io = types.ModuleType("tensorflow.io")
+    tf.io.gfile = types.ModuleType("tensorflow.io.gfile")
+    stand_ins = {"tensorflow": tf, "tensorflow.io": tf.io, "tensorflow.io.gfile": tf.io.gfile}
+  sys.modules.update(stand_ins)
+  sys.path.insert(0, bv_dir)
+  import big_vision.optax as bv_optax
+  import big_vision.utils as bv_utils
+  from big_vision.configs import vit_i1k
+  from big_vision.models import vit as bv_vit
+  for name in stand_ins:  # others (tfds, etils) probe for the real one
+    del sys.modules[name]
+  return bv_optax, bv_utils, vit_i1k, bv_vit
+
+
+def big_vision_vit_step(bv_dir, variant):
+  """big_vision's ViT training on ImageNet-1k as its configs/vit_i1k.py
+  sets it up: (init(rng, images) -> state, update_fn(state, batch, rng) ->
+  (state, metrics)). The update is its train.py update_fn without mixup
+  (attnlab mixes in the input pipeline), with its gradient, parameter and
+  update norms; labels are one-hot as its pipeline gives them."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  bv_optax, bv_utils, vit_i1k, bv_vit = import_big_vision(bv_dir)
+  bv = vit_i1k.get_config(f"variant={variant}")
+  model = bv_vit.Model(num_classes=bv.num_classes, **bv.model)
+  loss_name = bv.get("loss", "sigmoid_xent")
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, 224, 224, 3)))["params"])
+  tx, _ = bv_optax.make(bv, shapes, sched_kw=dict(
+      total_steps=93_750, batch_size=bv.input.batch_size, data_size=1_281_167))
+
+  def init(rng, images):
+    params = model.init(rng, images[:1])["params"]
+    params["head"]["bias"] = jnp.full_like(params["head"]["bias"], bv.init_head_bias)
+    return {"params": params, "opt": tx.init(params)}
+
+  def update_fn(train_state, batch, rng_model):
+    def loss_fn(p):
+      logits, _ = model.apply({"params": p}, batch["image"], train=True,
+                              rngs={"dropout": rng_model})
+      return getattr(bv_utils, loss_name)(logits=logits, labels=batch["labels"])
+    p, opt = train_state["params"], train_state["opt"]
+    loss, grads = jax.value_and_grad(loss_fn)(p)
+    updates, opt = tx.update(grads, opt, p)
+    p = optax.apply_updates(p, updates)
+    norm = lambda t: jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(t)))
+    return {"params": p, "opt": opt}, {"training_loss": loss, "l2_grads": norm(grads),
+                                        "l2_params": norm(p), "l2_updates": norm(updates)}
+  return init, update_fn
+
+
+def import_flax_wmt(flax_dir):
+  """google/flax's examples/wmt `models` and `train` modules, imported from
+  a checkout at run time (never copied). Its train.py imports TensorFlow
+  and its input pipeline at the top, for data no benchmark here uses:
+  stand-ins let its real train_step and predict_step run."""
+  if not os.path.exists(os.path.join(flax_dir, "train.py")):
+    sys.exit(f"{flax_dir} has no train.py: pass the examples/wmt directory of "
+             "a google/flax checkout")
+  from flax.training import checkpoints  # noqa: F401  (probes for TF: before)
+  stand_ins = [n for n in ("tensorflow", "input_pipeline", "clu.metric_writers",
+                           "clu.periodic_actions") if n not in sys.modules]
+  for name in stand_ins:
+    sys.modules[name] = types.ModuleType(name)
+  if "tensorflow" in stand_ins:  # a type annotation in train.py
+    sys.modules["tensorflow"].data = types.SimpleNamespace(Dataset=object)
+  sys.path.insert(0, flax_dir)
+  import models as flax_models
+  import train as flax_train
+  for name in stand_ins:
+    del sys.modules[name]
+  return flax_models, flax_train

@@ -1,0 +1,184 @@
+"""attnlab's train step against a peer's, both compiled by the TPU compiler
+for the same slice at the same global batch: the compiler's estimated step
+time (summed per-operation cycle estimates, attnlab/tpu.py), HBM per chip,
+FLOPs per chip, and each program's top costs.
+
+  python -m benchmarks.tpu_peers vit BIG_VISION [--tpu v5e-16] [--batch 256] [--variant B/16]
+  python -m benchmarks.tpu_peers wmt FLAX/examples/wmt [--tpu v5e-16] [--batch 128] [--variant big]
+      [--config.KEY=VALUE ...]   overrides of attnlab's side
+
+vit: configs/vit.py:i1k against big_vision's configs/vit_i1k.py step
+(benchmarks/peers.py: its model, optimizer, sigmoid loss and norms). wmt:
+configs/wmt.py (base or big) against the flax examples' train_step at the
+same dims, under shard_map as its pmap runs it (each chip its rows, a pmean
+of the gradients). Peers are checkouts fetched at run time, never
+committed. Both sides float32 parameters; each its own default compute
+dtype unless --config.model.dtype says otherwise.
+"""
+import argparse
+import functools
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def start_tpu_compiler(slice_name):
+  from attnlab import tpu
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ["TPU_LIBRARY_PATH"] = tpu.ensure_libtpu()
+  import jax
+  jax.config.update("jax_enable_compilation_cache", False)
+  s = tpu.parse_slice(slice_name)
+  return s, tpu.devices(s)
+
+
+def compile_ours(spec, overrides, devices):
+  import jax
+  from attnlab import main as main_lib
+  from attnlab import train
+  config, _ = main_lib.parse_config(["--config", spec, *overrides])
+  module = main_lib.validate(config, jax, len(devices))
+  with main_lib.abstract_step(module, config, devices) as (trainer, exp, step, args):
+    t0 = time.perf_counter()
+    with jax.set_mesh(trainer.mesh):
+      compiled = step.lower(*args).compile()
+  return compiled, time.perf_counter() - t0, train.param_count(args[0]["params"])
+
+
+def compile_peer(fn, state_shapes, batch_shapes, extra, mesh):
+  """The peer's step jitted over `mesh`: its state replicated, its batch
+  split over the mesh's first axis, as its data-parallel trainer does."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  rep = NamedSharding(mesh, P())
+  shard = NamedSharding(mesh, P(mesh.axis_names[0]))
+  with_sharding = lambda tree, s: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree)
+  args = (with_sharding(state_shapes, rep), with_sharding(batch_shapes, shard),
+          *[with_sharding(e, rep) for e in extra])
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(fn, donate_argnums=(0,)).lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def big_vision_side(bv_dir, variant, batch, mesh):
+  import jax
+  import jax.numpy as jnp
+  from benchmarks import peers
+  init, update_fn = peers.big_vision_vit_step(bv_dir, variant)
+  images = jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.float32)
+  state = jax.eval_shape(init, jax.random.PRNGKey(0), images)
+  batch_shapes = {"image": images, "labels": jax.ShapeDtypeStruct((batch, 1000), jnp.float32)}
+  rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  compiled, secs = compile_peer(update_fn, state, batch_shapes, [rng], mesh)
+  return compiled, secs, sum(x.size for x in jax.tree.leaves(state["params"]))
+
+
+def flax_wmt_side(flax_dir, config, batch, mesh):
+  """flax examples/wmt's train_step at attnlab's dims (config.model), its
+  TrainState with optax.adamw as its train.py builds it, its batch of
+  `inputs`/`targets` of config.data.max_len tokens."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import linen as nn
+  from jax.sharding import PartitionSpec as P
+  from benchmarks import peers
+  flax_models, flax_train = peers.import_flax_wmt(flax_dir)
+  m, vocab, length = config.model, config.data.vocab_size, config.data.max_len
+  cfg = flax_models.TransformerConfig(
+      vocab_size=vocab, output_vocab_size=vocab, share_embeddings=True,
+      logits_via_embedding=True, dtype=jnp.dtype(m.dtype), emb_dim=m.d_model,
+      num_heads=m.num_heads, num_layers=m.enc_layers, qkv_dim=m.d_model, mlp_dim=m.d_ff,
+      max_len=256, dropout_rate=m.dropout, attention_dropout_rate=m.attention_dropout,
+      deterministic=False, decode=False, kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=nn.initializers.normal(stddev=1e-6))
+  model = flax_models.Transformer(cfg.replace(deterministic=True))
+  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+  lr = flax_train.create_learning_rate_schedule(0.0625, 4000)
+
+  def init(rng):
+    params = model.init(rng, jnp.zeros((1, length), jnp.int32),
+                        jnp.zeros((1, length), jnp.int32))["params"]
+    return flax_train.TrainState.create(
+        apply_fn=model.apply, params=params, dynamic_scale=None,
+        tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0))
+  state = jax.eval_shape(init, jax.random.PRNGKey(0))
+  step = functools.partial(flax_train.train_step, config=cfg, learning_rate_fn=lr,
+                           label_smoothing=0.1)
+  axis = mesh.axis_names[0]
+
+  def per_chip(state_, batch_, rng_):  # its pmap, as shard_map: "batch" = the mesh axis
+    return step(state_, batch_, dropout_rng=rng_)
+  sharded = jax.shard_map(per_chip, mesh=mesh, in_specs=(P(), P(axis), P()),
+                          out_specs=(P(), P()), check_vma=False)
+  rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  compiled, secs = compile_peer(sharded, state, {"inputs": tokens, "targets": tokens},
+                                [rng], mesh)
+  return compiled, secs, sum(x.size for x in jax.tree.leaves(state.params))
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("what", choices=["vit", "wmt"])
+  parser.add_argument("peer_dir")
+  parser.add_argument("--tpu", default="v5e-16")
+  parser.add_argument("--batch", type=int, default=0, help="global batch (default: "
+                      "16 per chip for vit, 8 rows of 64 tokens per chip for wmt)")
+  parser.add_argument("--variant", default="")
+  parser.add_argument("--top", type=int, default=12)
+  args, overrides = parser.parse_known_args()
+  print(f"$ python -m benchmarks.tpu_peers {' '.join(sys.argv[1:])}", flush=True)
+  s, devices = start_tpu_compiler(args.tpu)
+  import jax
+  from attnlab import main as main_lib
+  from attnlab import tpu
+  mesh = jax.make_mesh((len(devices),), ("batch",), devices=devices)
+  if args.what == "vit":
+    variant = args.variant or "B/16"
+    batch = args.batch or 16 * s.chips
+    spec = f"configs/vit.py:i1k,variant={variant}"
+    ours = compile_ours(spec, [f"--config.batch_size={batch}", *overrides], devices)
+    theirs = big_vision_side(args.peer_dir, variant, batch, mesh)
+    peer, unit = "big_vision", "images"
+  else:
+    variant = args.variant or "big"
+    batch = args.batch or 8 * s.chips
+    spec = f"configs/wmt.py:{variant}"
+    # Unpacked rows of max_len tokens, as the peer's batch.
+    more = [f"--config.batch_size={batch}", "--config.data.pack=False", *overrides]
+    ours = compile_ours(spec, more, devices)
+    config, _ = main_lib.parse_config(["--config", spec, *more])
+    theirs = flax_wmt_side(args.peer_dir, config, batch, mesh)
+    peer, unit = "flax examples/wmt", "rows"
+  print(f"TPU {s.name} ({s.topology_name}), global batch {batch} ({batch // s.chips} per chip), "
+        f"{variant}; the TPU compiler's estimates, not measurements")
+  print(f"{'':>20}{'params':>13}{'compile s':>10}{'step ms':>9}{'compute':>9}{'comm':>7}"
+        f"{'ops':>6}{'TFLOP/chip':>11}{'args GiB':>9}{'temp GiB':>9}{unit + '/s':>12}")
+  results = {}
+  for name, (compiled, secs, params) in (("attnlab", ours), (peer, theirs)):
+    est = tpu.estimate(compiled.as_text(), s)
+    mem = compiled.memory_analysis()
+    flops = compiled.cost_analysis()
+    flops = (flops[0] if isinstance(flops, (list, tuple)) else flops).get("flops", 0.0)
+    results[name] = est
+    print(f"{name:>20}{params:>13,}{secs:>10.0f}{1e3 * est.step_s:>9.2f}"
+          f"{1e3 * est.compute_s:>9.2f}{1e3 * est.comm_s:>7.2f}{len(est.ops):>6}"
+          f"{flops / 1e12:>11.3f}{mem.argument_size_in_bytes / 2 ** 30:>9.3f}"
+          f"{mem.temp_size_in_bytes / 2 ** 30:>9.3f}{batch / est.step_s:>12,.0f}")
+  ratio = results["attnlab"].step_s / results[peer].step_s
+  print(f"attnlab / {peer} estimated step time: {ratio:.3f}x "
+        f"({1 / ratio:.2f}x {'faster' if ratio < 1 else 'the speed'})")
+  for name, est in results.items():
+    print(f"\ntop costs, {name}:")
+    for line in tpu.top_costs(est, s.chip, args.top):
+      print("  " + line)
+
+
+if __name__ == "__main__":
+  main()
