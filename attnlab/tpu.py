@@ -349,13 +349,16 @@ def hlo_ops(hlo):
   how many times it runs per step: a while loop's body (a scanned layer
   stack, accumulated microbatches) counts its trip count times, found from
   its `i < N` condition; loops of another form count once and are named in
-  `unknown_loops`. Fusions are counted as one operation (their insides
+  `unknown_loops`. Of a conditional's branches only the dearest counts.
+  Fusions are counted as one operation (their insides
   carry no estimates of their own). Also returned: the targets of custom
   calls that carry no estimate (their time is missing from the sum)."""
   comps, entry = _computations(hlo)
-  ops, unknown, blind = [], [], []
+  unknown, blind = [], []
 
   def walk(name, runs, depth=0):
+    """The operations of computation `name`, run `runs` times."""
+    found = []
     for line in comps.get(name, ()):
       m = _INSTR.match(line)
       if not m:
@@ -370,23 +373,31 @@ def hlo_ops(hlo):
         if base == "reduce-scatter":  # its output is one of `group` shards
           op.comm_bytes *= op.group
       if op.cycles or op.comm_bytes:
-        ops.append(op)
+        found.append(op)
       elif kind == "custom-call":  # a Pallas kernel is tpu_custom_call
         target = re.search(r'custom_call_target="([^"]+)"', line)
         blind.append(target.group(1) if target else instr)
-      if kind == "while" and depth < 8:
+      if depth >= 8:
+        continue
+      if kind == "while":
         body = re.search(r"body=%?([\w.\-]+)", line).group(1)
         cond = re.search(r"condition=%?([\w.\-]+)", line).group(1)
         trips = _trip_count(comps.get(cond, ()))
         if trips is None:
           unknown.append(op.label or instr)
-        walk(body, runs * (trips or 1), depth + 1)
-      elif kind in ("call", "conditional", "async-start") and depth < 8:
-        for callee in re.findall(r"(?:to_apply|calls|branch_computations)=\{?%?([\w.\-, %]+)\}?",
-                                 line):
-          for c in re.split(r",\s*%?", callee):
-            walk(c.strip("% "), runs, depth + 1)
-  walk(entry, 1)
+        found += walk(body, runs * (trips or 1), depth + 1)
+      elif kind == "conditional":  # one branch runs: the dearest one counts
+        branches = re.search(r"branch_computations=\{([^}]*)\}", line)
+        names = (re.findall(r"%?([\w.\-]+)", branches.group(1)) if branches else
+                 re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", line))
+        costs = [walk(b, runs, depth + 1) for b in names]
+        found += max(costs, key=lambda ops_: sum(o.cycles * o.runs for o in ops_), default=[])
+      elif kind in ("call", "async-start"):
+        callee = re.search(r"(?:to_apply|calls)=%?([\w.\-]+)", line)
+        if callee:
+          found += walk(callee.group(1), runs, depth + 1)
+    return found
+  ops = walk(entry, 1)
   return ops, unknown, sorted(set(blind))
 
 

@@ -169,7 +169,6 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
         bad_step=jnp.where((state["bad_step"] < 0) & ~finite, state["step"],
                            state["bad_step"]))
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
-               "param_norm": optax.tree.norm(params),
                **{k: f(state["step"]) for k, f in schedules.items()}}
     return new_state, metrics
   return step_fn
@@ -378,6 +377,9 @@ class Trainer:
           log(f"note: {sps * flops / devices / 1e9:.1f} GFLOP/s/device achieved, above "
               f"the peak of {peak / 1e9:.1f}: MFU now counts against the achieved rate")
           peak = sps * flops / devices
+        # The parameters' norm, here rather than in the step: a pass over
+        # every parameter that only logging steps need.
+        metrics["param_norm"] = float(param_norm(state["params"]))
         scalars = {f"train/{k}": v for k, v in metrics.items()}
         scalars.update({
             "train/steps_per_sec": sps,
@@ -475,6 +477,9 @@ class Trainer:
     from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self._stop_requested))
     return bool(np.any(flags))
+
+
+param_norm = jax.jit(optax.tree.norm)
 
 
 def param_count(params):

@@ -6,6 +6,7 @@ FLOPs per chip, and each program's top costs.
   python -m benchmarks.tpu_peers vit BIG_VISION [--tpu v5e-16] [--batch 256] [--variant B/16]
   python -m benchmarks.tpu_peers wmt FLAX/examples/wmt [--tpu v5e-16] [--batch 128] [--variant big]
       [--config.KEY=VALUE ...]   overrides of attnlab's side
+      [--top N] [--hlo DIR]      N top costs of each; both compiled programs into DIR
 
 vit: configs/vit.py:i1k against big_vision's configs/vit_i1k.py step
 (benchmarks/peers.py: its model, optimizer, sigmoid loss and norms). wmt:
@@ -132,13 +133,16 @@ def main():
                       "16 per chip for vit, 8 rows of 64 tokens per chip for wmt)")
   parser.add_argument("--variant", default="")
   parser.add_argument("--top", type=int, default=12)
+  parser.add_argument("--hlo", default="", help="a folder: write both compiled programs there")
   args, overrides = parser.parse_known_args()
   print(f"$ python -m benchmarks.tpu_peers {' '.join(sys.argv[1:])}", flush=True)
   s, devices = start_tpu_compiler(args.tpu)
   import jax
   from attnlab import main as main_lib
   from attnlab import tpu
-  mesh = jax.make_mesh((len(devices),), ("batch",), devices=devices)
+  # Auto axes, as attnlab's mesh: the peers' code does not type shardings.
+  mesh = jax.make_mesh((len(devices),), ("batch",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
   if args.what == "vit":
     variant = args.variant or "B/16"
     batch = args.batch or 16 * s.chips
@@ -163,6 +167,10 @@ def main():
   results = {}
   for name, (compiled, secs, params) in (("attnlab", ours), (peer, theirs)):
     est = tpu.estimate(compiled.as_text(), s)
+    if args.hlo:
+      os.makedirs(args.hlo, exist_ok=True)
+      with open(os.path.join(args.hlo, name.replace(" ", "_").replace("/", "_") + ".hlo"), "w") as f:
+        f.write(compiled.as_text())
     mem = compiled.memory_analysis()
     flops = compiled.cost_analysis()
     flops = (flops[0] if isinstance(flops, (list, tuple)) else flops).get("flops", 0.0)
