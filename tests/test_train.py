@@ -30,6 +30,10 @@ def test_one_step_smoke_per_config(tmp_path, text_folder, cell):
   for key in ("train/loss", "train/lr", "train/grad_norm", "train/param_norm",
               "train/tokens_per_sec", "train/mfu", "eval/loss"):
     assert np.isfinite(rows[0][key]), key
+  # The logged parameter norm is that of the parameters the step produced.
+  norm = np.sqrt(sum(float(np.sum(np.square(x, dtype=np.float64)))
+                     for x in jax.tree.leaves(state["params"])))
+  assert rows[0]["train/param_norm"] == pytest.approx(norm, rel=1e-5)
   # An untrained model predicts ~uniformly: loss ~ log(vocab size).
   vocab = json.load(open(tmp_path / cell / "vocab.json"))["chars"]
   assert abs(rows[0]["train/loss"] - np.log(len(vocab))) < 0.25
