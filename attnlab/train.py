@@ -17,6 +17,8 @@ a dict:
                centre); sharded like params
   rng          base key; step s uses fold_in(rng, s)
   bad_step     first step whose loss or gradient was not finite, else -1
+               (the run stops at its next log, evaluation or save: nothing
+               after it is saved)
 
 An experiment object provides:
   init(rng, batch_size) -> {"params": ..., and any of "model_state",
@@ -156,16 +158,16 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
     if post_update is not None:
       new_params, extra = post_update(new_params, aux["extra"], state["step"])
       aux = dict(aux, extra=extra)
+    # NaN guard: the first step whose loss or gradient is not finite is
+    # remembered; the loop then stops at its next logging, evaluation or
+    # save, and no state from that step on is ever saved. (Keeping the old
+    # state instead, a select over every parameter and moment, made the
+    # update wait for a separate pass over the gradients for their norm:
+    # 14% of WMT big's step on the TPU compiler's estimate.)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # NaN guard: a non-finite step changes nothing, and remembers where.
-    keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = dict(
-        step=state["step"] + 1,
-        params=keep(new_params, params),
-        opt_state=keep(opt_state, state["opt_state"]),
-        **{k: keep(aux[k], state[k]) for k in STATE_KEYS},
-        rng=state["rng"],
+        step=state["step"] + 1, params=new_params, opt_state=opt_state,
+        **{k: aux[k] for k in STATE_KEYS}, rng=state["rng"],
         bad_step=jnp.where((state["bad_step"] < 0) & ~finite, state["step"],
                            state["bad_step"]))
     metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
@@ -400,6 +402,7 @@ class Trainer:
         window_t0, window_steps = time.time(), 0
       if config.eval_every and (step % config.eval_every == 0
                                 or step == config.total_steps):
+        self._check_finite(state, step)  # no evaluation of a broken state
         self.evaluate(state, step)
         window_t0, window_steps = time.time(), 0  # rates exclude evals
       # Across hosts the stop flag is an all-gather, a sync of every host:
