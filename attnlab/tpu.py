@@ -441,7 +441,10 @@ def top_costs(est, chip, n=12):
   jax's op name: the levers."""
   groups = {}
   for op in est.ops:
-    key = (op.label or op.name, op.kind if op.comm_bytes else "compute")
+    label = op.label or op.name
+    if not re.search(r"(^|/)_?[A-Z]", label):  # no flax module in its path
+      label += " (outside the model: optimizer update, norms, loss)"
+    key = (label, op.kind if op.comm_bytes else "compute")
     secs = op.runs * op.cycles / (chip.clock_ghz * 1e9)
     t, count = groups.get(key, (0.0, 0))
     groups[key] = (t + secs, count + op.runs)

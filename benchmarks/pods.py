@@ -34,6 +34,9 @@ RECIPES = {
     "GPT-2 medium": ("configs/gpt.py:size=medium,pod=True", "v5e-64", []),
     "BERT base": ("configs/bert.py:pretrain,size=base,pod=True", "v5e-32", []),
     # The precision policy's effect: the same recipes in float32 throughout.
+    # Before it was made to fit (the recipe scans and rematerialises):
+    "GPT-2 medium unscanned": ("configs/gpt.py:size=medium,pod=True", "v5e-64",
+                               ["--config.model.scan=False", "--config.model.remat=none"]),
     "ViT-B/16 i1k float32": ("configs/vit.py:i1k,variant=B/16", "v5e-256",
                              ["--config.model.dtype=float32", "--config.optim.mu_dtype=float32"]),
     "wmt big float32": ("configs/wmt.py:big", "v5e-32", ["--config.model.dtype=float32"]),

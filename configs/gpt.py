@@ -6,7 +6,7 @@ Command:
   ./launch.sh sample runs/gpt --prompt "ROMEO:" --temperature 0.8
 Variants: size=tiny|small|medium, steps=N, runlocal=True, pod=True.
 pod=True: GPT-2's training shape (Radford et al. 2019): 512 windows of 1,024
-tokens per step (0.5 M tokens), 1,024 learned positions; meant for
+tokens per step (0.5 M tokens), 1,024 learned positions, bfloat16 compute; meant for
 size=medium on a v5e-64:
   ./launch.sh compile configs/gpt.py:size=medium,pod=True --tpu v5e-64
 GPT-2's layout: pre-norm layers with GELU, learned positions, a final
@@ -44,7 +44,11 @@ def get_config(arg=None):
       scan=False, remat="none",  # nn.scan over layers; remat none | full | dots
       dtype="float32"))  # activations and matmul inputs; bfloat16 on TPUs
   if arg.pod:
-    c.batch_size, c.data.seq_len, c.model.max_len = 512, 1024, 1024
+    # windows of 1,024 tokens: 1,023 inputs, each predicting the next
+    c.batch_size, c.data.seq_len, c.model.max_len = 512, 1023, 1024
+    # Unscanned, the 24 layers' activations need 18.9 GiB of temporaries
+    # per v5e chip (16 GiB): one layer compiled, its activations recomputed.
+    c.model.update(scan=True, remat="full")
     c.model.dtype = "bfloat16"  # bfloat16 compute, float32 state
   # prompt "": the first line of the held-out text, whatever the data is
   c.sample = ml_collections.ConfigDict(dict(prompt="", length=400, temperature=0.8))

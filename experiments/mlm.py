@@ -78,14 +78,19 @@ def passages(tokenizer, documents, seq_len):
 class Experiment:
   item_name = "passages"
 
-  def __init__(self, config, workdir=None):
+  def __init__(self, config, workdir=None, vocab_size=None):
+    """vocab_size (`./launch.sh compile`): that many token ids, no text or
+    tokenizer read."""
     self.config, self.workdir = config, workdir
     data = config.data
-    # A fine-tuned run reads text with its pretrained run's ids.
-    self.tokenizer = tok_lib.for_run(
-        workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"), data.source,
-        self._train_lines, data.vocab_size, copy_from=config.init_from or None)
-    self.mask_id = len(self.tokenizer)
+    if vocab_size:
+      self.tokenizer, self.mask_id = None, vocab_size
+    else:
+      # A fine-tuned run reads text with its pretrained run's ids.
+      self.tokenizer = tok_lib.for_run(
+          workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"), data.source,
+          self._train_lines, data.vocab_size, copy_from=config.init_from or None)
+      self.mask_id = len(self.tokenizer)
     self.classify = config.task == "classify"
     m = config.model
     self.model = bert.BERT(
@@ -119,6 +124,11 @@ class Experiment:
     return self._splits[name]
 
   # --- what the trainer needs --------------------------------------------
+  def abstract_batch(self, batch_size):
+    """Shapes and dtypes of a training batch."""
+    return {"tokens": jax.ShapeDtypeStruct((batch_size, self.config.data.seq_len), jnp.int32),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+
   def items_per_step(self, batch_size):
     return batch_size
 
