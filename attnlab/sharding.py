@@ -56,10 +56,22 @@ def make_mesh(mesh_config, devices=None):
   devices = sorted(devices, key=lambda d: (d.process_index, d.id))[:used]
   if used < available:  # a sub-mesh (tests): in that order
     return Mesh(np.asarray(devices).reshape(sizes), names)
+  auto = (AxisType.Auto,) * len(names)
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices > 1:
+    # Several TPU slices joined by the data-centre network (DCN): the first
+    # axis (the batch's) spans the slices, every other axis stays on one
+    # slice's links, where its collectives are fast.
+    from jax.experimental import mesh_utils
+    if sizes[0] % slices:
+      raise ValueError(f"mesh axis {names[0]!r} of size {sizes[0]} cannot span {slices} slices")
+    grid = mesh_utils.create_hybrid_device_mesh(
+        [sizes[0] // slices] + sizes[1:], [slices] + [1] * (len(sizes) - 1), devices)
+    return Mesh(grid, names, axis_types=auto)
   # All devices: jax.make_mesh orders a TPU slice's chips by their links, so
   # that each mesh axis runs along the torus (elsewhere, the order above).
   # Auto axes: shardings are chosen by XLA, not typed into every array.
-  return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names),
+  return jax.make_mesh(tuple(sizes), names, axis_types=auto,
                        devices=devices)
 
 

@@ -137,6 +137,16 @@ def test_a_tiny_config_on_v5e_2x2_agrees_with_its_cpu_compile(libtpu):
   assert "MFU" in tpu_out and "roofline bound" in tpu_out
 
 
+def test_two_slices_over_dcn_compile_on_a_hybrid_mesh(libtpu):
+  """--slices 2: the batch axis spans the slices (a hybrid ICI x DCN mesh),
+  eight chips in all."""
+  code, out = run_cli("compile", "configs/wmt.py:ding,runlocal=True", "--tpu", "v5e-4",
+                      "--slices", "2", timeout=400)
+  assert code == 0, out
+  assert "2 x v5e-4: 8 x TPU v5 lite chips (v5e:2x2 x 2 slices" in out
+  assert "{'data': 8}" in out and "2 x v5e-4: fits:" in out
+
+
 def test_a_scanned_stack_is_estimated_like_the_unrolled_one(libtpu):
   """The scan's body runs `depth` times: counted so, four more layers add
   to the estimate of a scanned stack what they add to the same layers
