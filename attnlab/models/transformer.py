@@ -46,7 +46,9 @@ class Transformer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.embed = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype, name="embed",
+    # Rows looked up in float32 (as GPT's and BERT's): a bfloat16 lookup
+    # cast the whole table every step.
+    self.embed = nn.Embed(self.vocab_size, self.d_model, name="embed",
                           embedding_init=nn.initializers.normal(self.d_model ** -0.5))
     if self.learned_positions:
       self.pos_embed = nn.Embed(self.max_len, self.d_model, name="pos_embed")
