@@ -645,18 +645,24 @@ def compile_for_tpu(config, slice_name, slices=1):
   # The config must suit the slice (its mesh, its batch) before the
   # compiler is fetched or started.
   os.environ["JAX_PLATFORMS"] = "cpu"  # the host's own backend; the TPU is abstract
-  # No chip is opened, so several compiles (parallel tests) may load libtpu
-  # at once without its one-process-per-TPU lock.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   import jax
   validate(config, jax, tpu_slice.chips)
   try:
-    os.environ["TPU_LIBRARY_PATH"] = tpu.ensure_libtpu(
-        say=lambda m: print(m, file=sys.stderr, flush=True))
-    chips = tpu.devices(tpu_slice)
+    chips = tpu.abstract_chips(tpu_slice, say=lambda m: print(m, file=sys.stderr, flush=True))
   except tpu.SliceError as e:
     fail(str(e))
   return compile_step(config, chips, tpu_slice)
+
+
+def experiment_without_data(module, config):
+  """The experiment built without reading data: text experiments take a
+  vocabulary size (character models have none: a byte's worth of ids
+  stands in), image ones read their classes and channels from the
+  dataset's description."""
+  import inspect
+  if "vocab_size" in inspect.signature(module.Experiment).parameters:
+    return module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
+  return module.Experiment(config, None, read_data=False)
 
 
 @contextlib.contextmanager
@@ -664,17 +670,11 @@ def abstract_step(module, config, devices=None):
   """(trainer, experiment, jitted train step, its abstract arguments) of a
   validated config, for `devices` (default this machine's) without data or
   memory: what `compile` lowers, and what benchmarks compare with a peer's
-  step. No data is read: text experiments take a vocabulary size
-  (character models have none: a byte's worth of ids stands in), image
-  ones read their classes and channels from the dataset's description."""
-  import inspect
+  step."""
   import tempfile
   import jax
   from attnlab import sharding as sharding_lib
-  if "vocab_size" in inspect.signature(module.Experiment).parameters:
-    exp = module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
-  else:
-    exp = module.Experiment(config, None, read_data=False)
+  exp = experiment_without_data(module, config)
   with tempfile.TemporaryDirectory() as workdir:
     trainer = make_trainer(config, exp, workdir, devices)
     abstract, shardings = trainer.abstract_state()
@@ -693,7 +693,8 @@ def abstract_step(module, config, devices=None):
 def compile_step(config, devices, tpu_slice=None):
   """Lowers and compiles the trainer's step for `devices` (a count of fake
   CPU devices, or a TPU slice's abstract chips) and prints what a user
-  booking that hardware needs to know. Returns the numbers as a dict."""
+  booking that hardware needs to know. On a TPU slice, returns whether it
+  fits: {"fits": bool, "verdict": words}."""
   on_tpu = tpu_slice is not None
   if not on_tpu:
     # Before JAX starts: N CPU devices stand in for the accelerators.
@@ -721,7 +722,7 @@ def compile_step(config, devices, tpu_slice=None):
       words = tpu.out_of_memory(str(e))
       print(f"{tpu_slice.name}: {words} (the TPU compiler's own check; compiled in "
             f"{time.perf_counter() - start:.1f} s)")
-      return dict(fits=False, verdict=words, devices=count)
+      return dict(fits=False, verdict=words)
     compile_s = time.perf_counter() - start
   abstract = args[0]
   mem = compiled.memory_analysis()
@@ -729,10 +730,6 @@ def compile_step(config, devices, tpu_slice=None):
   analytic = train.analytic_flops(exp, config.batch_size)
   flops = analytic or train.step_flops(compiled) * count  # XLA counts one device's program
   params = train.param_count(abstract["params"])
-  report = dict(params=params, mesh=dict(trainer.mesh.shape), devices=count,
-                argument_bytes=mem.argument_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-                output_bytes=mem.output_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
-                flops=flops, compile_s=compile_s)
   unit = "chip" if on_tpu else "device"
   if on_tpu:
     chip = tpu_slice.chip
@@ -750,9 +747,7 @@ def compile_step(config, devices, tpu_slice=None):
   if not analytic and config.get("model", {}).get("scan"):
     print("note: XLA's cost analysis counts a scanned stack's loop body once, so this FLOP "
           "count leaves out all layers but one (compile with --config.model.scan=False to count them)")
-  if on_tpu:
-    report.update(_tpu_report(compiled, tpu_slice, exp, config, flops, mem))
-  return report
+  return _tpu_report(compiled, tpu_slice, exp, config, flops, mem) if on_tpu else {}
 
 
 def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
@@ -781,7 +776,7 @@ def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
   roof = max(per_chip / chip.peak_bf16, least_bytes / (chip.hbm_gbs * 1e9))
   print(f"roofline bound: {1e3 * roof:.2f} ms (FLOPs at the bf16 peak: "
         f"{1e3 * per_chip / chip.peak_bf16:.2f} ms; the state and batch read once and the "
-        f"new state written once, {gib_text(least_bytes)} at {chip.hbm_gbs:g} GB/s: "
+        f"new state written once, {least_bytes / 2 ** 30:.2f} GiB at {chip.hbm_gbs:g} GB/s: "
         f"{1e3 * least_bytes / chip.hbm_gbs / 1e9:.2f} ms)")
   if est.unknown_loops:
     print(f"note: {len(est.unknown_loops)} loop(s) without a countable trip count are counted "
@@ -793,13 +788,7 @@ def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
   for line in tpu.top_costs(est, chip):
     print("  " + line)
   print(f"{tpu_slice.name}: {words}")
-  return dict(fits=fits, verdict=words, step_s=est.step_s, compute_s=est.compute_s, comm_s=est.comm_s,
-              mfu=mfu, items_per_s=items / est.step_s if est.step_s else 0.0,
-              roofline_s=roof, total_bytes=tpu.memory_total(mem))
-
-
-def gib_text(b):
-  return f"{b / 2 ** 30:.2f} GiB"
+  return dict(fits=fits, verdict=words)
 
 
 def cmd_average(argv):

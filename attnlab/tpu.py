@@ -218,9 +218,19 @@ def ensure_libtpu(say=print):
   return library
 
 
+def abstract_chips(tpu_slice, say=print):
+  """The slice's abstract devices, libtpu installed first if need be (call
+  with JAX_PLATFORMS=cpu set before JAX starts: no chip is opened)."""
+  # No chip is opened, so several compiles (parallel tests) may load libtpu
+  # at once without its one-process-per-TPU lock.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ["TPU_LIBRARY_PATH"] = ensure_libtpu(say)
+  return devices(tpu_slice)
+
+
 def devices(tpu_slice):
   """The slice's abstract devices (one per chip; megacore chips are one
-  device). Needs TPU_LIBRARY_PATH set before JAX starts (`ensure_libtpu`)."""
+  device). Needs TPU_LIBRARY_PATH (`abstract_chips` sets it)."""
   from jax.experimental import topologies
   chip = tpu_slice.chip
   shape = tpu_slice.shape + (1,) * (3 - len(tpu_slice.shape))

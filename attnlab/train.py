@@ -498,17 +498,11 @@ def analytic_flops(exp, batch_size):
 def step_flops(compiled):
   """FLOPs of one device's part of a compiled step, from XLA's cost
   analysis (0 if unknown)."""
-  return xla_cost(compiled, "flops")
-
-
-def xla_cost(compiled, key):
-  """One figure of XLA's cost analysis of a compiled program ("flops",
-  "bytes accessed"), for one device's part; 0 where the backend has none."""
   try:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
       cost = cost[0]
-    return float(cost.get(key, 0.0))
+    return float(cost.get("flops", 0.0))
   except Exception:  # some backends do not implement it
     return 0.0
 

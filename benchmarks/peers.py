@@ -94,3 +94,35 @@ def import_flax_wmt(flax_dir):
   for name in stand_ins:
     del sys.modules[name]
   return flax_models, flax_train
+
+
+def flax_wmt_step(flax_dir, vocab, d_model, heads, d_ff, layers, dropout, attention_dropout,
+                  dtype, length):
+  """The flax examples' WMT training at these dims, as its train.py sets it
+  up: (init(rng) -> its TrainState with optax.adamw, train_step(state,
+  batch, dropout_rng=...) -> (state, metrics), label smoothing 0.1, to be
+  run under its pmap axis "batch"). Batches are `inputs`/`targets` of
+  `length` tokens."""
+  import functools
+  import jax.numpy as jnp
+  import optax
+  from flax import linen as nn
+  flax_models, flax_train = import_flax_wmt(flax_dir)
+  cfg = flax_models.TransformerConfig(
+      vocab_size=vocab, output_vocab_size=vocab, share_embeddings=True,
+      logits_via_embedding=True, dtype=jnp.dtype(dtype), emb_dim=d_model, num_heads=heads,
+      num_layers=layers, qkv_dim=d_model, mlp_dim=d_ff, max_len=256, dropout_rate=dropout,
+      attention_dropout_rate=attention_dropout, deterministic=False, decode=False,
+      kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=nn.initializers.normal(stddev=1e-6))
+  model = flax_models.Transformer(cfg.replace(deterministic=True))
+  lr = flax_train.create_learning_rate_schedule(0.0625, 4000)
+
+  def init(rng):
+    tokens = jnp.zeros((1, length), jnp.int32)
+    params = model.init(rng, tokens, tokens)["params"]
+    return flax_train.TrainState.create(
+        apply_fn=model.apply, params=params, dynamic_scale=None,
+        tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0))
+  return init, functools.partial(flax_train.train_step, config=cfg, learning_rate_fn=lr,
+                                 label_smoothing=0.1)

@@ -22,7 +22,6 @@ default, `use_mixed_precision`). --config.model.dtype=float32 compares
 like with like for the ViT.
 """
 import argparse
-import functools
 import os
 import sys
 import time
@@ -33,13 +32,11 @@ sys.path.insert(0, ROOT)
 
 def start_tpu_compiler(slice_name):
   from attnlab import tpu
-  os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  os.environ["TPU_LIBRARY_PATH"] = tpu.ensure_libtpu()
+  os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX starts; the TPU is abstract
   import jax
   jax.config.update("jax_enable_compilation_cache", False)
   s = tpu.parse_slice(slice_name)
-  return s, tpu.devices(s)
+  return s, tpu.abstract_chips(s)
 
 
 def compile_ours(spec, overrides, devices):
@@ -86,37 +83,19 @@ def big_vision_side(bv_dir, variant, batch, mesh):
 
 
 def flax_wmt_side(flax_dir, config, batch, mesh):
-  """flax examples/wmt's train_step at attnlab's dims (config.model), its
-  TrainState with optax.adamw as its train.py builds it, its batch of
-  `inputs`/`targets` of config.data.max_len tokens."""
+  """flax examples/wmt's train_step at attnlab's dims (config.model)
+  (benchmarks/peers.py), its batch of `inputs`/`targets` of
+  config.data.max_len tokens."""
   import jax
   import jax.numpy as jnp
-  import optax
-  from flax import linen as nn
   from jax.sharding import PartitionSpec as P
   from benchmarks import peers
-  flax_models, flax_train = peers.import_flax_wmt(flax_dir)
-  m, vocab, length = config.model, config.data.vocab_size, config.data.max_len
-  cfg = flax_models.TransformerConfig(
-      vocab_size=vocab, output_vocab_size=vocab, share_embeddings=True,
-      logits_via_embedding=True, dtype=jnp.dtype(m.dtype), emb_dim=m.d_model,
-      num_heads=m.num_heads, num_layers=m.enc_layers, qkv_dim=m.d_model, mlp_dim=m.d_ff,
-      max_len=256, dropout_rate=m.dropout, attention_dropout_rate=m.attention_dropout,
-      deterministic=False, decode=False, kernel_init=nn.initializers.xavier_uniform(),
-      bias_init=nn.initializers.normal(stddev=1e-6))
-  model = flax_models.Transformer(cfg.replace(deterministic=True))
-  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-  lr = flax_train.create_learning_rate_schedule(0.0625, 4000)
-
-  def init(rng):
-    params = model.init(rng, jnp.zeros((1, length), jnp.int32),
-                        jnp.zeros((1, length), jnp.int32))["params"]
-    return flax_train.TrainState.create(
-        apply_fn=model.apply, params=params, dynamic_scale=None,
-        tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0))
+  m, length = config.model, config.data.max_len
+  init, step = peers.flax_wmt_step(flax_dir, config.data.vocab_size, m.d_model, m.num_heads,
+                                   m.d_ff, m.enc_layers, m.dropout, m.attention_dropout,
+                                   m.dtype, length)
   state = jax.eval_shape(init, jax.random.PRNGKey(0))
-  step = functools.partial(flax_train.train_step, config=cfg, learning_rate_fn=lr,
-                           label_smoothing=0.1)
+  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   axis = mesh.axis_names[0]
 
   def per_chip(state_, batch_, rng_):  # its pmap, as shard_map: "batch" = the mesh axis

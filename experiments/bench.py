@@ -228,6 +228,11 @@ def compiled_step(spec, overrides=()):
               window=stepper.window)
 
 
+# The CPU comparisons with peers run both sides in float32: the pod recipes'
+# bfloat16 (compute, Adam's first moment) is a TPU setting.
+FLOAT32 = ["--config.model.dtype=float32", "--config.optim.mu_dtype=float32"]
+
+
 def synthetic_step(spec, overrides, batch):
   """The trainer's jitted step of `spec` on a given batch, without data
   (the experiment built as for `compile`): (Stepper, XLA's FLOPs of the
@@ -235,12 +240,8 @@ def synthetic_step(spec, overrides, batch):
   import jax
   from attnlab import main as main_lib
   from attnlab import train as train_lib
-  import inspect
   config, _ = main_lib.parse_config(["--config", spec, *overrides])
-  kind = main_lib.experiment_module(config).Experiment
-  exp = (kind(config, None, vocab_size=config.data.vocab_size)  # text: ids only
-         if "vocab_size" in inspect.signature(kind).parameters
-         else kind(config, None, read_data=False))
+  exp = main_lib.experiment_without_data(main_lib.experiment_module(config), config)
   workdir = tempfile.mkdtemp()
   trainer = train_lib.Trainer(config, exp, workdir)
   step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
@@ -816,16 +817,13 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   """
   import functools
   import jax
-  import jax.numpy as jnp
   import optax
   from flax import jax_utils
-  from flax import linen as nn
   from attnlab import main as main_lib
   from attnlab import train as train_lib
   from attnlab.nn import attention as att
   from experiments import translate
 
-  flax_models, flax_train = peers.import_flax_wmt(flax_dir)
   vocab, d, heads, d_ff, layers = 32000, 512, 8, 2048, 6
   rng = jax.random.PRNGKey(0)
   tokens = jax.random.randint(rng, (2, batch, length), 4, vocab)
@@ -863,25 +861,14 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   att.FUSED_QKV = not att.FUSED_QKV
 
   # Theirs: its own model, TrainState, optimizer and pmapped train_step.
-  cfg = flax_models.TransformerConfig(
-      vocab_size=vocab, output_vocab_size=vocab, share_embeddings=True,
-      logits_via_embedding=True, dtype=jnp.float32, emb_dim=d, num_heads=heads,
-      num_layers=layers, qkv_dim=d, mlp_dim=d_ff, max_len=256, dropout_rate=0.1,
-      attention_dropout_rate=0.1, deterministic=False, decode=False,
-      kernel_init=nn.initializers.xavier_uniform(),
-      bias_init=nn.initializers.normal(stddev=1e-6))
-  model = flax_models.Transformer(cfg.replace(deterministic=True))
-  params = jax.jit(model.init)(rng, src, tgt)["params"]
-  lr = flax_train.create_learning_rate_schedule(0.0625, 1000)
-  their_step = functools.partial(flax_train.train_step, config=cfg,
-                                 learning_rate_fn=lr, label_smoothing=0.1)
+  init, their_step = peers.flax_wmt_step(flax_dir, vocab, d, heads, d_ff, layers, 0.1, 0.1,
+                                         "float32", length)
+  their_start = jax.jit(init)(rng)
   rngs = jax.random.split(rng, 1)
   their_batch = {"inputs": src[None], "targets": tgt[None]}
 
   def their_state():
-    return jax_utils.replicate(flax_train.TrainState.create(
-        apply_fn=model.apply, params=params, dynamic_scale=None,
-        tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0)))
+    return jax_utils.replicate(their_start)
   pmapped = jax.pmap(their_step, axis_name="batch", donate_argnums=(0,))
   contenders["flax examples/wmt (its pmap)"] = Stepper(
       lambda s, b: pmapped(s, b, dropout_rng=rngs), their_state(), their_batch)
@@ -959,7 +946,7 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
   for variant in variants:
     # Ours: the trainer's own step on configs/vit.py:i1k.
     ours, flops, count, _ = synthetic_step(
-        f"configs/vit.py:i1k,variant={variant}", [f"--config.batch_size={batch}"],
+        f"configs/vit.py:i1k,variant={variant}", [f"--config.batch_size={batch}", *FLOAT32],
         {"image": images, "label": labels})
     contenders = {"attnlab": ours}
 
@@ -1022,7 +1009,8 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   # Ours: the trainer's own step on configs/dino.py:i1k.
   spec = f"configs/dino.py:i1k,variant={variant}"
   ours, flops, count, config = synthetic_step(
-      spec, [f"--config.batch_size={batch}", f"--config.dino.local_crops={local_crops}"],
+      spec, [f"--config.batch_size={batch}", f"--config.dino.local_crops={local_crops}",
+             *FLOAT32],
       {"global": glob, "local": local})
 
   # Theirs, as main_dino.train_dino builds it and train_one_epoch steps it.
@@ -1269,7 +1257,8 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
       "configs/clip.py:laion", [f"--config.model.variant={variant}",
                                 f"--config.batch_size={batch}",
                                 # as open_clip's step: layers unrolled, no remat
-                                "--config.model.scan=False", "--config.model.remat=none"],
+                                "--config.model.scan=False", "--config.model.remat=none",
+                                *FLOAT32],
       {"image": jax.numpy.asarray(images), "tokens": jax.numpy.asarray(ours_tokens)})
 
   model = open_clip.create_model(f"ViT-{variant.replace('/', '-')}", pretrained=None)
@@ -1370,7 +1359,7 @@ def timm_swin(variant="T", batch=8, rounds=5, window=1):
   labels = rng.integers(0, 1000, batch).astype(np.int32)
   peak = train_lib.measured_peak_flops()
   ours, flops, count, _ = synthetic_step(
-      f"configs/swin.py:i1k,variant={variant}", [f"--config.batch_size={batch}"],
+      f"configs/swin.py:i1k,variant={variant}", [f"--config.batch_size={batch}", *FLOAT32],
       {"image": jax.numpy.asarray(images), "label": jax.numpy.asarray(labels)})
 
   name = {"T": "swin_tiny_patch4_window7_224", "S": "swin_small_patch4_window7_224",
