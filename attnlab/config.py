@@ -96,6 +96,14 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   # multiply to the device count (a typo would silently idle chips).
   c.mesh_subset = False
   c.param_sharding = ()  # (regex, PartitionSpec tuple) rules; replicated
+  # ZeRO-3 with one gather per step: parameters (and so their optimizer
+  # state) stay split as param_sharding says, each step gathers them whole,
+  # kernels already cast to model.dtype (the cast every Dense and Conv
+  # makes anyway: bfloat16 gathers half the bytes), and the forward and
+  # backward pass run as data parallelism does; their gradients come back
+  # split, so each chip updates only its share. With the FSDP rule
+  # `(".*", ("data",))` it takes the optimizer's update off the step.
+  c.gather_params = False
   c.peak_flops = 0.0  # per device; 0 measures a matmul at start-up
   # Read data.test_split once when training ends. A tuning try sets it False
   # (choose on validation; read test later with `eval --split test`).
@@ -117,6 +125,19 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   # A short run (steps=N) warms up for at most a quarter of its steps, so
   # its learning rate always peaks and decays.
   c.optim.warmup_steps = min(c.optim.get("warmup_steps", 0), total_steps // 4)
+  return c
+
+
+def for_pods(c, rules=()):
+  """What every pod recipe sets: bfloat16 compute over float32 parameters
+  and optimizer state (README "Mixed precision"), and ZeRO-3 with one gather
+  per step: parameters and their optimizer state split over the batch axis
+  (`rules` first, for tables whose first dimension the slice does not
+  divide), gathered whole in bfloat16 at the start of each step, each chip
+  updating only its share."""
+  c.model.dtype = "bfloat16"
+  c.param_sharding = tuple(rules) + ((".*", ("data",)),)
+  c.gather_params = True
   return c
 
 

@@ -203,6 +203,8 @@ def load_run(workdir):
                              wd_schedule="constant", weight_decay_end=0.0))
   if "optim" in config and "mu_dtype" not in config.optim:  # runs made before it was a choice
     config.optim.mu_dtype = "float32"
+  if "gather_params" not in config:  # runs made before it was a choice
+    config.gather_params = False
   if "mesh_subset" not in config:  # runs made before sub-meshes were opt-in
     config.mesh_subset = False
   if "prng_impl" not in config:  # runs made before it was a choice

@@ -16,6 +16,7 @@ import os
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -124,6 +125,30 @@ def param_shardings(params_shape, mesh, rules):
         else None for d, axis in enumerate(spec))
     return NamedSharding(mesh, P(*spec))
   return jax.tree_util.tree_map_with_path(one, params_shape)
+
+
+def gather_whole(params, mesh, dtype):
+  """Every parameter whole on every device, each kernel cast to the compute
+  `dtype` before it is gathered (Dense and Conv cast their kernels to it
+  anyway, so the step computes the same numbers with half the bytes on the
+  links in bfloat16). The rest (biases, norms' scales, embedding tables the
+  models look up in float32) is gathered as it is."""
+  rep = replicated(mesh)
+
+  def one(path, p):
+    if rules_lib.path_name(path).endswith("kernel") and jnp.issubdtype(p.dtype, jnp.floating):
+      p = p.astype(dtype)
+    return jax.lax.with_sharding_constraint(p, rep)
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def split_like(grads, params, shardings):
+  """The gradients of `gather_whole`'s copy as the parameters are kept:
+  their dtype, split as `shardings` say (the sum over the batch arrives
+  reduce-scattered, each device with its share for its optimizer update)."""
+  return jax.tree.map(
+      lambda g, p, s: jax.lax.with_sharding_constraint(g.astype(p.dtype), s),
+      grads, params, shardings)
 
 
 def check_rules(rules, variables, mesh):

@@ -361,10 +361,36 @@ def hlo_ops(hlo):
   its `i < N` condition; loops of another form count once and are named in
   `unknown_loops`. Of a conditional's branches only the dearest counts.
   Fusions are counted as one operation (their insides
-  carry no estimates of their own). Also returned: the targets of custom
+  carry no estimates of their own), but the collectives a fusion holds (an
+  async all-gather's start, an all-reduce fused with its slice) count
+  as collectives. Also returned: the targets of custom
   calls that carry no estimate (their time is missing from the sum)."""
   comps, entry = _computations(hlo)
   unknown, blind = [], []
+
+  def fused_collectives(name, runs, label, depth=0):
+    """The collectives inside fusion computation `name` (an async
+    collective's start holds its all-gather; its done holds a copy, not
+    counted again)."""
+    lines = comps.get(name, ())
+    if depth > 4 or any("AsyncCollectiveDone" in l for l in lines if "ROOT" in l):
+      return []
+    found = []
+    for line in lines:
+      m = _INSTR.match(line)
+      if not m:
+        continue
+      instr, shape, kind = m.groups()
+      if kind in COLLECTIVES:
+        op = Op(instr, kind, _label(line) or label, runs, 0,
+                _shape_bytes(shape), _group_size(line))
+        if kind == "reduce-scatter":
+          op.comm_bytes *= op.group
+        found.append(op)
+      elif kind == "fusion":
+        callee = re.search(r"calls=%?([\w.\-]+)", line)
+        found += fused_collectives(callee.group(1) if callee else "", runs, label, depth + 1)
+    return found
 
   def walk(name, runs, depth=0):
     """The operations of computation `name`, run `runs` times."""
@@ -382,6 +408,9 @@ def hlo_ops(hlo):
         op.comm_bytes = _shape_bytes(shape)
         if base == "reduce-scatter":  # its output is one of `group` shards
           op.comm_bytes *= op.group
+      if kind == "fusion":  # async collectives and all-reduce fusions hold theirs inside
+        callee = re.search(r"calls=%?([\w.\-]+)", line)
+        found += fused_collectives(callee.group(1) if callee else "", runs, op.label)
       if op.cycles or op.comm_bytes:
         found.append(op)
       elif kind == "custom-call":  # a Pallas kernel is tpu_custom_call

@@ -51,6 +51,7 @@ An experiment object provides:
 """
 import collections
 import dataclasses
+import functools
 import json
 import signal
 import time
@@ -111,20 +112,24 @@ class StepContext:
 STATE_KEYS = ("model_state", "carry", "extra")  # what a loss reads and returns
 
 
-def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
+def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None,
+                    gather=None):
   """jit-able `(state, batch) -> (state, metrics)`.
 
   `loss_fn(params, state, batch, ctx) -> (loss, (metrics, state))` is the
   experiment's objective on one (micro)batch; `schedules` ({"lr": fn of
   the step, ...}) are logged; `post_update(params, extra, step) -> (params, extra)`
-  runs after the optimizer update.
+  runs after the optimizer update. `gather` (`config.gather_params`): a
+  pair `(whole, split)`: the loss sees `whole(params)`, its gradients go
+  to the optimizer as `split(grads, params)`.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     ctx = lambda key: StepContext(key, state["step"], mesh, sharding_lib.batch_axes(mesh))
-    params = state["params"]
+    kept_params = state["params"]
+    params = gather[0](kept_params) if gather else kept_params
     aux = {k: state[k] for k in STATE_KEYS}
     if grad_accum == 1:
       (loss, (metrics, aux)), grads = grad_fn(params, aux, batch, ctx(rng))
@@ -142,7 +147,7 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
         grads_sum = jax.tree.map(lambda a, b: a + w * b, grads_sum, g)
         kept = {k: out[k] for k in ("model_state", "extra")}
         return (grads_sum, weight_sum + w, kept, i + 1), (l * w, w, m, out["carry"])
-      zeros = jax.tree.map(jnp.zeros_like, params)
+      zeros = jax.tree.map(jnp.zeros_like, kept_params)
       kept = {k: aux[k] for k in ("model_state", "extra")}
       (grads, weight, kept, _), (losses, weights, metrics, carry) = jax.lax.scan(
           one, (zeros, jnp.zeros((), jnp.float32), kept, 0),
@@ -152,9 +157,11 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None):
       metrics = {k: v.sum(0) if k == "loss_weight" else
                  jnp.tensordot(weights, v, 1) / weight for k, v in metrics.items()}
       aux = dict(kept, carry=_unmicrobatch(carry))
+    if gather:
+      grads = gather[1](grads, kept_params)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
+    updates, opt_state = tx.update(grads, state["opt_state"], kept_params)
+    new_params = optax.apply_updates(kept_params, updates)
     if post_update is not None:
       new_params, extra = post_update(new_params, aux["extra"], state["step"])
       aux = dict(aux, extra=extra)
@@ -289,9 +296,15 @@ class Trainer:
     return self.ckpt.restore(step, abstract)
 
   def step_fn(self):
+    gather = None
+    if self.config.gather_params:
+      kept = self.abstract_state()[1]["params"]
+      dtype = self.config.get("model", {}).get("dtype", "float32")
+      gather = (functools.partial(sharding_lib.gather_whole, mesh=self.mesh, dtype=dtype),
+                functools.partial(sharding_lib.split_like, shardings=kept))
     return make_train_step(self.exp.loss, self.tx, self.schedules,
                            self.config.grad_accum, self.mesh,
-                           getattr(self.exp, "post_update", None))
+                           getattr(self.exp, "post_update", None), gather)
 
   # --- loop --------------------------------------------------------------
   def train(self):

@@ -19,6 +19,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+DATA_PARALLEL = ["--config.param_sharding=()", "--config.gather_params=False"]
+
 # name: (config, slice, overrides). The slices are those the configs'
 # docstrings name.
 RECIPES = {
@@ -40,6 +42,10 @@ RECIPES = {
     "ViT-B/16 i1k float32": ("configs/vit.py:i1k,variant=B/16", "v5e-256",
                              ["--config.model.dtype=float32", "--config.optim.mu_dtype=float32"]),
     "wmt big float32": ("configs/wmt.py:big", "v5e-32", ["--config.model.dtype=float32"]),
+    # ZeRO-3 with one gather per step (`config.for_pods`) against plain data
+    # parallelism: every chip keeping and updating all parameters.
+    "ViT-B/16 i1k data parallel": ("configs/vit.py:i1k,variant=B/16", "v5e-256", DATA_PARALLEL),
+    "wmt big data parallel": ("configs/wmt.py:big", "v5e-32", DATA_PARALLEL),
 }
 
 

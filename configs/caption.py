@@ -41,7 +41,7 @@ runlocal=True):
 """
 import ml_collections
 
-from attnlab.config import common, parse_arg, parse_variant
+from attnlab.config import common, for_pods, parse_arg, parse_variant
 
 TASKS = ("emoji", "openclipart", "folder", "coco", "flickr8k")
 EMBEDDED = ("emoji", "openclipart", "folder")
@@ -92,7 +92,7 @@ def get_config(arg=None):
       pp_eval="decode|resize(224)|value_range(-1, 1)"))
   c.decode = ml_collections.ConfigDict(dict(beam=3, alpha=0.0, max_len=32, num_samples=20))
   if not embedded:
-    c.model.dtype = "bfloat16"  # pods: the encoder in bfloat16, float32 state
+    for_pods(c)  # bfloat16 compute, float32 state split over the chips
   if embedded:
     c.data.update(source=task, workers=2, vocab_size=5000, max_len=24,
                   pp_train="decode|resize(32)|inception_crop(32, 0.8, 1.0)|value_range(-1, 1)",

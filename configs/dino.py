@@ -44,7 +44,7 @@ steps=N, runlocal=True):
 """
 import ml_collections
 
-from attnlab.config import common, parse_arg, parse_variant
+from attnlab.config import common, for_pods, parse_arg, parse_variant
 
 TASKS = ("fmnist", "emoji", "folder", "i1k")
 
@@ -108,7 +108,7 @@ def get_config(arg=None):
       pp_decode="decode", pp_global=pp_global, pp_local=pp_local,
       pp_eval="decode|resize_small(256)|central_crop(224)|normalize"))
   if task == "i1k":
-    c.model.dtype = "bfloat16"  # pods: bfloat16 compute, float32 state
+    for_pods(c)  # bfloat16 compute, float32 state split over the chips
     c.data.train_split = "train[:99%]"
     if epochs >= 300:  # the authors' longer runs: a warmer teacher
       c.dino.update(teacher_temp=0.07, warmup_teacher_temp_epochs=30.0)

@@ -51,6 +51,10 @@ def get_config(arg=None):
                  spatial="local" if opts.attention == "local" else "conv",
                  local_kernel=7, local_heads=8 if task == "i1k" else 4)
   if task == "i1k":
+    # Convolution kernels (kh, kw, in, out) split over their output
+    # channels; the ViT recipe's rule would try their first, 1 x 1 or 3 x 3.
+    c.param_sharding = ((".*(Conv_\\d+|conv)/kernel", (None, None, None, "data")),
+                        *c.param_sharding)
     c.batch_size = 1024
     c.loss, c.label_smoothing = "softmax", 0.1
     c.data.mixup = 0.0

@@ -49,7 +49,7 @@ run's frozen features on this variant's data, nothing else trained):
 """
 import ml_collections
 
-from attnlab.config import common, parse_arg, parse_variant
+from attnlab.config import common, for_pods, parse_arg, parse_variant
 from attnlab.models import vit
 
 TASKS = {"fmnist": 800, "pixels": 800, "emoji": 600, "folder": 800, "i1k": 93_750, "i21k": 300_000, "ft384": 20_000}
@@ -142,9 +142,7 @@ def get_config(arg=None):
                     pp_eval="decode|resize(32)|value_range(-1, 1)")
       c.model.image_size = 32
   if task in ("i1k", "i21k", "ft384"):
-    # Pods: activations and matmul inputs in bfloat16, parameters and
-    # optimizer state float32 (README "Mixed precision").
-    c.model.dtype = "bfloat16"
+    for_pods(c)  # bfloat16 compute, float32 state split over the chips
   if task == "i1k":
     c.optim.mu_dtype = "bfloat16"  # Adam's first moment, as big_vision keeps it
   if arg.probe:

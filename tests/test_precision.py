@@ -95,3 +95,44 @@ def test_an_unknown_moment_dtype_is_one_line():
   code, out = run_cli("compile", "configs/wmt.py:ding,runlocal=True", "--devices", "1",
                       "--config.optim.mu_dtype=float16")
   assert code == 2 and "optim.mu_dtype" in out and out.strip().count("\n") == 0, out
+
+
+@pytest.mark.parametrize("spec", ["configs/vit.py:i1k,variant=Ti/16,runlocal=True",
+                                  "configs/wmt.py:ding,runlocal=True"])
+def test_gathered_parameters_compute_what_the_layers_compute(spec):
+  """`gather_params`' copy has its kernels cast to bfloat16 before the
+  gather; every Dense and Conv casts them to its bfloat16 compute dtype
+  anyway, so the loss and gradients are those of the float32 parameters,
+  on 8 devices with the parameters split over them (FSDP rule)."""
+  config, exp = experiment(spec, "--config.model.dtype=bfloat16")
+  mesh = sharding.make_mesh((("data", 8),))
+  variables = exp.init(jax.random.PRNGKey(0), config.batch_size)
+  params = variables["params"]
+  shardings = sharding.param_shardings(params, mesh, [(".*", ("data",))])
+  assert any("data" in tuple(s.spec) for s in jax.tree.leaves(shardings))
+  params = jax.device_put(params, shardings)
+  state = {k: variables.get(k, {}) for k in train.STATE_KEYS}
+  batch = batch_for(config, exp, jax.random.PRNGKey(1))
+
+  def loss_and_grad(params, gather):
+    ctx = train.StepContext(jax.random.PRNGKey(2), jnp.zeros((), jnp.int32), mesh)
+    if not gather:
+      return jax.value_and_grad(exp.loss, has_aux=True)(params, state, batch, ctx)
+    whole = sharding.gather_whole(params, mesh, jnp.bfloat16)
+    (loss, aux), grads = jax.value_and_grad(exp.loss, has_aux=True)(whole, state, batch, ctx)
+    return (loss, aux), sharding.split_like(grads, params, shardings)
+  with jax.set_mesh(mesh):
+    (l0, _), g0 = jax.jit(loss_and_grad, static_argnums=1)(params, False)
+    (l1, _), g1 = jax.jit(loss_and_grad, static_argnums=1)(params, True)
+  kernels = [x for p, x in jax.tree_util.tree_leaves_with_path(
+      sharding.gather_whole(params, mesh, jnp.bfloat16)) if "kernel" in jax.tree_util.keystr(p)]
+  assert kernels and all(k.dtype == jnp.bfloat16 for k in kernels)
+  assert float(l1) == pytest.approx(float(l0), rel=1e-6)
+  for a, b, s in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), jax.tree.leaves(shardings)):
+    assert a.dtype == b.dtype == jnp.float32 and b.sharding.is_equivalent_to(s, b.ndim)
+    # At most a bfloat16 rounding of each gradient (2^-9 relative): the
+    # gradient of a bfloat16 copy is bfloat16, where XLA may fold the
+    # layer's own cast into its matmul and keep float32 (ViT's head, here:
+    # 0.22%; every other leaf is equal).
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.linalg.norm(b - a) <= 2 ** -8 * np.linalg.norm(a), a.shape

@@ -71,6 +71,19 @@ HloModule step, is_scheduled=true
   ROOT %f.2 = f32[8]{0} fusion(%x.2), kind=kLoop, calls=%fused_body, backend_config={"estimated_cycles":"70"}
 }
 
+%gather_start (q: bf16[256]) -> (bf16[256], bf16[1024]) {
+  %q = bf16[256]{0} parameter(0)
+  %all-gather.7 = bf16[1024]{0} all-gather(%q), replica_groups={{0,1,2,3}}, dimensions={0}
+  ROOT %cs = (bf16[256]{0}, bf16[1024]{0}) custom-call(%all-gather.7), custom_call_target="AsyncCollectiveStart"
+}
+
+%gather_done (r: bf16[256], s: bf16[1024]) -> bf16[1024] {
+  %r = bf16[256]{0} parameter(0)
+  %s = bf16[1024]{0} parameter(1)
+  %all-gather.8 = bf16[1024]{0} all-gather(%r), replica_groups={{0,1,2,3}}, dimensions={0}
+  ROOT %cd = bf16[1024]{0} custom-call(%all-gather.8, %s), custom_call_target="AsyncCollectiveDone"
+}
+
 ENTRY %main (a: f32[1024]) -> f32[1024] {
   %a = f32[1024]{0} parameter(0)
   %fusion.1 = f32[1024]{0} fusion(%a), kind=kLoop, calls=%fused_body, metadata={op_name="jit(step)/transpose(jvp(Model))/head/dot_general"}, backend_config={"estimated_cycles":"3000"}
@@ -78,6 +91,11 @@ ENTRY %main (a: f32[1024]) -> f32[1024] {
   %c = f32[8]{0} conditional(%pred, %a, %a), true_computation=%cheap, false_computation=%dear
   %all-reduce.1 = f32[1024]{0} all-reduce(%fusion.1), replica_groups=[1,4]<=[4], to_apply=%add
   %reduce-scatter.1 = f32[256]{0} reduce-scatter(%fusion.1), replica_groups={{0,1,2,3}}, dimensions={0}
+  %h = bf16[256]{0} parameter(1)
+  %start = (bf16[256]{0}, bf16[1024]{0}) fusion(%h), kind=kCustom, calls=%gather_start
+  %g0 = bf16[256]{0} get-tuple-element(%start), index=0
+  %g1 = bf16[1024]{0} get-tuple-element(%start), index=1
+  %done = bf16[1024]{0} fusion(%g0, %g1), kind=kCustom, calls=%gather_done
   ROOT %cc = f32[1024]{0} custom-call(%all-reduce.1), custom_call_target="tpu_custom_call"
 }
 """
@@ -87,14 +105,16 @@ def test_the_estimate_counts_loop_bodies_by_trip_count_and_collectives_by_bytes(
   """A hand-made compiled HLO: 3000 cycles in the entry + a fusion of 100
   cycles in a loop of 5 trips (the fused computation's own 999 is inside a
   fusion: not counted again) + a conditional whose dearer branch costs 70
-  (of 10 and 70: one branch runs); an all-reduce of 4 KiB and a reduce-scatter
-  of 256 floats out of 1024 over 4 chips; a Pallas-like custom call without
-  an estimate is named."""
+  (of 10 and 70: one branch runs); an all-reduce of 4 KiB, a reduce-scatter
+  of 256 floats out of 1024 over 4 chips, and an all-gather of 1024
+  bfloat16 held inside an async collective's start fusion (its done fusion
+  holds a copy: counted once); a Pallas-like custom call without an
+  estimate is named."""
   s = tpu.parse_slice("v5e-4")
   est = tpu.estimate(HLO, s)
   chip = s.chip
   assert est.compute_s == pytest.approx((3000 + 5 * 100 + 70) / (chip.clock_ghz * 1e9))
-  comm = (4096 + 0.5 * 4096) / (chip.allreduce_gbs * 1e9)
+  comm = (4096 + 0.5 * 4096 + 0.5 * 2048) / (chip.allreduce_gbs * 1e9)
   assert est.comm_s == pytest.approx(comm)
   assert est.custom_calls == ["tpu_custom_call"] and not est.unknown_loops
   labels = {op.label: op.runs for op in est.ops}
