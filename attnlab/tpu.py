@@ -299,6 +299,10 @@ def _group_size(line):
   m = re.search(r"replica_groups=\{\{([\d,]*)\}", line)
   if m:
     return len(m.group(1).split(","))
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", line)  # named mesh axes
+  if m:
+    sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
+    return math.prod(int(sizes.get(a, 1)) for a in re.findall(r"'(\w+)'", m.group(2)))
   m = re.search(r"source_target_pairs=", line)
   return 2 if m else 1
 

@@ -62,7 +62,7 @@ def get_config(arg=None):
       dtype="float32"))  # activations and matmul inputs; bfloat16 on TPUs
   if arg.pod:
     c.batch_size = 256
-    for_pods(c, [("embed/embedding", (None, "data"))])  # 30,522 rows: split its columns
+    for_pods(c)  # bfloat16 compute, float32 state split over the chips
     c.data.update(vocab_size=30_522, seq_len=512)
   if arg.runlocal:
     c.total_steps = 4

@@ -73,7 +73,7 @@ HloModule step, is_scheduled=true
 
 %gather_start (q: bf16[256]) -> (bf16[256], bf16[1024]) {
   %q = bf16[256]{0} parameter(0)
-  %all-gather.7 = bf16[1024]{0} all-gather(%q), replica_groups={{0,1,2,3}}, dimensions={0}
+  %all-gather.7 = bf16[1024]{0} all-gather(%q), replica_groups=mesh['axis_0'=4,'axis_1'=1] {'axis_0'}, dimensions={0}
   ROOT %cs = (bf16[256]{0}, bf16[1024]{0}) custom-call(%all-gather.7), custom_call_target="AsyncCollectiveStart"
 }
 
@@ -117,6 +117,7 @@ def test_the_estimate_counts_loop_bodies_by_trip_count_and_collectives_by_bytes(
   comm = (4096 + 0.5 * 4096 + 0.5 * 2048) / (chip.allreduce_gbs * 1e9)
   assert est.comm_s == pytest.approx(comm)
   assert est.custom_calls == ["tpu_custom_call"] and not est.unknown_loops
+  assert sorted(op.group for op in est.ops if op.comm_bytes) == [4, 4, 4]
   labels = {op.label: op.runs for op in est.ops}
   assert labels["Model/layer/exp"] == 5 and labels["Model/head/dot_general"] == 1
 
