@@ -73,7 +73,7 @@ def parse_arg(arg, **defaults):
 
 def common(experiment, total_steps, batch_size, log_every, eval_every,
            ckpt_every, optim):
-  """The keys every config has (DESIGN.md), with the usual defaults."""
+  """The keys every config has (docs/design.md), with the usual defaults."""
   c = ml_collections.ConfigDict()
   c.experiment = experiment
   c.seed = 0
@@ -128,18 +128,25 @@ def common(experiment, total_steps, batch_size, log_every, eval_every,
   return c
 
 
-def for_pods(c, rules=()):
-  """What every pod recipe sets: bfloat16 compute over float32 parameters
-  and optimizer state (README "Mixed precision"), and ZeRO-3 with one gather
-  per step: parameters and their optimizer state split over the batch axis
-  (`rules` first), gathered whole in bfloat16 at the start of each step, each chip
-  updating only its share."""
+# Embedding tables split by columns for the pods: split by rows (the
+# vocabulary), the gradient's scatter-add was partitioned into 98 gathers
+# of WMT's whole table (the TPU compiler's program); a vocabulary the slice
+# does not divide (GPT-2's 50,257) would stay whole.
+EMBEDDINGS_BY_COLUMNS = ((".*embedding", (None, "data")),)
+
+
+def for_pods(c, rules=(), split=True):
+  """What the pod recipes set: bfloat16 compute over float32 parameters and
+  optimizer state (README "Mixed precision"), and with `split` ZeRO-3 with
+  one gather per step (`gather_params`): parameters and their optimizer
+  state split over the batch axis (`rules` first), gathered whole in
+  bfloat16 at the start of each step, each chip updating only its share.
+  Recipes whose program the TPU compiler made slower that way (a layer
+  applied in a loop or once per crop: the compiler gathered its parameters
+  at each application) stay data parallel: `split=False`."""
   c.model.dtype = "bfloat16"
-  # Embedding tables by columns: split by rows (the vocabulary), the
-  # gradient's scatter-add was partitioned into 98 gathers of WMT's whole
-  # table (the TPU compiler's program).
-  c.param_sharding = tuple(rules) + ((".*embedding", (None, "data")), (".*", ("data",)))
-  c.gather_params = True
+  c.param_sharding = (tuple(rules) + ((".*", ("data",)),)) if split else ()
+  c.gather_params = split
   return c
 
 
@@ -157,7 +164,7 @@ def check_choice(config, key, choices):
 
 
 def validate_common(config, device_count):
-  """Checks the keys every experiment shares (DESIGN.md)."""
+  """Checks the keys every experiment shares (docs/design.md)."""
   for key in ("seed", "total_steps", "batch_size", "log_every", "eval_every",
               "ckpt_every", "keep_ckpts", "grad_accum"):
     check(key in config, key, "missing", "every config must define it")

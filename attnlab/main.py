@@ -184,7 +184,7 @@ def validate(config, jax, device_count=None):
   module = experiment_module(config)
   try:
     config_lib.validate_common(config, device_count or jax.device_count())
-    module.validate(config)
+    module.Experiment.validate(config)
   except config_lib.ConfigError as e:
     fail(str(e))
   return module
@@ -364,11 +364,11 @@ def cmd_sample(argv):
   workdir = _workdir_arg(argv, values)
   config = load_run(workdir)
   kind = experiment_module(config).Experiment
-  if hasattr(kind, "translate"):
+  if "translate" in kind.capabilities:
     if not (values.text or "").strip() or values.prompt is not None:
       fail(f"{workdir} is a translation run: give the source text to translate, "
            "e.g. ./launch.sh sample WORKDIR --text 'Wie geht es dir?'")
-  elif not hasattr(kind, "sample"):
+  elif "sample" not in kind.capabilities:
     fail(f"{workdir} is a {config.experiment} run, which has nothing to sample: "
          f"./launch.sh eval {workdir} shows its held-out results")
   elif values.text is not None:
@@ -441,7 +441,7 @@ def cmd_attend(argv):
   """attend WORKDIR IMAGE...: the run's attention maps of your images."""
   workdir, pictures = _workdir_and_pictures(argv, "attend", "a ViT run")
   config = load_run(workdir)
-  if not hasattr(experiment_module(config).Experiment, "attend"):
+  if "attend" not in experiment_module(config).Experiment.capabilities:
     fail(f"{workdir} is a {config.experiment} run, which has no attention maps of images")
   _, exp, trainer, state = _restore(workdir)
   try:
@@ -459,7 +459,7 @@ def cmd_caption(argv):
   the attention of each of its words (a PNG in plots/)."""
   workdir, pictures = _workdir_and_pictures(argv, "caption", "a captioning run")
   config = load_run(workdir)
-  if not hasattr(experiment_module(config).Experiment, "caption_images"):
+  if "caption" not in experiment_module(config).Experiment.capabilities:
     fail(f"{workdir} is a {config.experiment} run: captions need a run of configs/caption.py")
   _, exp, trainer, state = _restore(workdir)
   found = exp.caption_images(state, pictures, storage.path(workdir) / "plots", trainer.mesh,
@@ -486,7 +486,7 @@ def cmd_retrieve(argv):
   if values.top < 1:
     fail(f"--top={values.top}: give a positive count")
   config = load_run(workdir)
-  if not hasattr(experiment_module(config).Experiment, "retrieve"):
+  if "retrieve" not in experiment_module(config).Experiment.capabilities:
     fail(f"{workdir} is a {config.experiment} run: retrieval needs a CLIP run")
   image = None
   if values.image is not None:
@@ -661,9 +661,6 @@ def experiment_without_data(module, config):
   vocabulary size (character models have none: a byte's worth of ids
   stands in), image ones read their classes and channels from the
   dataset's description."""
-  import inspect
-  if "vocab_size" in inspect.signature(module.Experiment).parameters:
-    return module.Experiment(config, None, vocab_size=config.data.get("vocab_size", 256))
   return module.Experiment(config, None, read_data=False)
 
 
@@ -729,7 +726,7 @@ def compile_step(config, devices, tpu_slice=None):
   abstract = args[0]
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30
-  analytic = train.analytic_flops(exp, config.batch_size)
+  analytic = exp.flops_per_step(config.batch_size)
   flops = analytic or train.step_flops(compiled) * count  # XLA counts one device's program
   params = train.param_count(abstract["params"])
   unit = "chip" if on_tpu else "device"
@@ -761,8 +758,7 @@ def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
   print(f"HBM per chip: {words}")
   est = tpu.estimate(compiled.as_text(), tpu_slice)
   per_chip = flops / tpu_slice.chips
-  items = exp.items_per_step(config.batch_size) if hasattr(exp, "items_per_step") else 0
-  item_name = getattr(exp, "item_name", "examples")
+  items, item_name = exp.items_per_step(config.batch_size), exp.item_name
   mfu = per_chip / est.step_s / chip.peak_bf16 if est.step_s else 0.0
   print(f"estimated step (the TPU compiler's per-operation cycle estimates at "
         f"{chip.clock_ghz:g} GHz, {len(est.ops)} operations, not a measurement): "

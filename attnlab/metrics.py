@@ -1,7 +1,7 @@
 """Metrics out of a run: TensorBoard events, `metrics.jsonl`, a progress line.
 
 clu's metric writers import TensorFlow, which attnlab does not depend on
-(DESIGN.md), so TensorBoard event records are framed by tensorboard's own
+(docs/design.md), so TensorBoard event records are framed by tensorboard's own
 TF-free record writer. Both files go through `Appender`, which also works
 where files cannot be appended to (gs://, s3://: objects are immutable).
 """

@@ -20,34 +20,7 @@ a dict:
                (the run stops at its next log, evaluation or save: nothing
                after it is saved)
 
-An experiment object provides:
-  init(rng, batch_size) -> {"params": ..., and any of "model_state",
-      "carry", "extra"} (missing ones are {})
-  loss(params, state, batch, ctx) -> (loss, (metrics, state)): `state` is
-      {"model_state", "carry", "extra"} in and out; `ctx` a `StepContext`
-      (rng, step, mesh, batch_axis). A loss that is a mean over a count
-      that varies between batches (target tokens) returns the count as
-      metrics["loss_weight"], so accumulated microbatches average exactly.
-  whole_batch, optional: a sentence saying why the loss depends on the
-      whole batch at once (contrastive negatives, BatchNorm statistics);
-      grad_accum > 1 is then refused
-  post_update(params, extra, step) -> (params, extra), optional: called
-      with the updated params inside the step; returns them (changed where
-      a parameter has bounds: CLIP's clamped temperature) and the new extra
-      state (an EMA teacher of the updated student)
-  train_iter(local_batch, process_index, process_count) -> grain iterator of
-      this process's rows (dicts of numpy arrays)
-  evaluate(state, mesh, step, writer) -> {"eval/...": float} on the
-      validation split (`config.data.eval_split`), during training
-  finish(state, mesh, writer) -> {"test/...": float}, optional: the test
-      split (`config.data.test_split`), read once after training (and by
-      `eval --split test`): the numbers a run reports, and its figures
-  items_per_step(batch_size), item_name ("tokens", "examples", ...)
-  pretrained(params, model_state) -> (params, model_state, source),
-      optional: a new run's variables with some taken from a pretrained run
-      (source None: none taken)
-  flops_per_step(batch_size), optional: when XLA's count is wrong (scans);
-      None for a model it does not count
+What an experiment provides, and its defaults: attnlab/experiment.py.
 """
 import collections
 import dataclasses
@@ -235,7 +208,7 @@ class Trainer:
     self.config, self.exp, self.workdir = config, experiment, workdir
     self.mesh = sharding_lib.make_mesh(config.mesh, devices)
     self.local_batch = sharding_lib.local_batch_size(config.batch_size, self.mesh)
-    if config.grad_accum > 1 and getattr(experiment, "whole_batch", None):
+    if config.grad_accum > 1 and experiment.whole_batch:
       raise config_lib.ConfigError(
           "grad_accum", f"{config.grad_accum} would split a loss over the whole batch "
           f"({experiment.whole_batch})", "set --config.grad_accum=1 (lower "
@@ -304,7 +277,7 @@ class Trainer:
                 functools.partial(sharding_lib.split_like, shardings=kept))
     return make_train_step(self.exp.loss, self.tx, self.schedules,
                            self.config.grad_accum, self.mesh,
-                           getattr(self.exp, "post_update", None), gather)
+                           self.exp.post_update, gather)
 
   # --- loop --------------------------------------------------------------
   def train(self):
@@ -328,15 +301,14 @@ class Trainer:
     state = self.ckpt.restore_newest(abstract, data)
     if state is None:
       state = self.create_state()
-      if hasattr(exp, "pretrained"):  # fine-tuning: start from another run
-        params, model_state, source = exp.pretrained(state["params"],
-                                                     state["model_state"])
-        if source:
-          params = jax.device_put(params, shardings["params"])
-          state = dict(state, params=params, opt_state=jax.jit(
-              self.tx.init, out_shardings=shardings["opt_state"])(params),
-              model_state=jax.device_put(model_state, shardings["model_state"]))
-          log(f"parameters from {source}")
+      # fine-tuning: some parameters from another run
+      params, model_state, source = exp.pretrained(state["params"], state["model_state"])
+      if source:
+        params = jax.device_put(params, shardings["params"])
+        state = dict(state, params=params, opt_state=jax.jit(
+            self.tx.init, out_shardings=shardings["opt_state"])(params),
+            model_state=jax.device_put(model_state, shardings["model_state"]))
+        log(f"parameters from {source}")
       log(f"initialised new run in {self.workdir}")
     else:
       log(f"resumed from checkpoint at step {int(state['step'])}")
@@ -357,7 +329,7 @@ class Trainer:
     # XLA's count is of one device's partitioned program: the step's is that
     # times the devices (an experiment's analytic count is the whole step's).
     flops, how = step_flops(compiled) * devices, "XLA cost analysis"
-    analytic = analytic_flops(exp, config.batch_size)
+    analytic = exp.flops_per_step(config.batch_size)
     if analytic:
       flops, how = analytic, "analytic"
     elif config.get("model", {}).get("scan"):
@@ -448,8 +420,6 @@ class Trainer:
   def finish(self, state):
     """The test split, read once after training: written as test/... rows
     in metrics.jsonl and workdir/test.json."""
-    if not hasattr(self.exp, "finish"):
-      return {}
     t0, step = time.time(), int(state["step"])
     results = self.exp.finish(state, self.mesh, self.writer) or {}
     if results:
@@ -500,12 +470,6 @@ param_norm = jax.jit(optax.tree.norm)
 
 def param_count(params):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-
-
-def analytic_flops(exp, batch_size):
-  """The experiment's own count of a step's FLOPs, or None where it has
-  none (for this model) and XLA's count stands."""
-  return exp.flops_per_step(batch_size) if hasattr(exp, "flops_per_step") else None
 
 
 def step_flops(compiled):

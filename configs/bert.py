@@ -24,7 +24,7 @@ No next-sentence prediction: RoBERTa (Liu et al. 2019) found it does not help.
 """
 import ml_collections
 
-from attnlab.config import check, common, for_pods, parse_arg, parse_variant
+from attnlab.config import EMBEDDINGS_BY_COLUMNS, check, common, for_pods, parse_arg, parse_variant
 
 # d_ff = 4 d_model
 SIZES = {"tiny": dict(d_model=128, heads=2, layers=2),
@@ -62,7 +62,7 @@ def get_config(arg=None):
       dtype="float32"))  # activations and matmul inputs; bfloat16 on TPUs
   if arg.pod:
     c.batch_size = 256
-    for_pods(c)  # bfloat16 compute, float32 state split over the chips
+    for_pods(c, EMBEDDINGS_BY_COLUMNS)  # bfloat16 compute, float32 state split
     c.data.update(vocab_size=30_522, seq_len=512)
   if arg.runlocal:
     c.total_steps = 4

@@ -92,7 +92,10 @@ def get_config(arg=None):
       pp_eval="decode|resize(224)|value_range(-1, 1)"))
   c.decode = ml_collections.ConfigDict(dict(beam=3, alpha=0.0, max_len=32, num_samples=20))
   if not embedded:
-    for_pods(c)  # bfloat16 compute, float32 state split over the chips
+    # bfloat16 compute; data parallel: with the parameters split, the TPU
+    # compiler's program gathered the decoder's in its loop over the words
+    # (12.1 ms of collectives, 32.8 ms per step against 30.4).
+    for_pods(c, split=False)
   if embedded:
     c.data.update(source=task, workers=2, vocab_size=5000, max_len=24,
                   pp_train="decode|resize(32)|inception_crop(32, 0.8, 1.0)|value_range(-1, 1)",

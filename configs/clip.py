@@ -39,7 +39,7 @@ tower, steps=N, runlocal=True):
 """
 import ml_collections
 
-from attnlab.config import common, for_pods, parse_arg, parse_variant
+from attnlab.config import EMBEDDINGS_BY_COLUMNS, common, for_pods, parse_arg, parse_variant
 
 TASKS = ("emoji", "openclipart", "folder", "laion")
 ZERO_SHOT_SETS = {"emoji": ("fmnist",), "openclipart": ("emoji", "fmnist")}
@@ -83,7 +83,7 @@ def get_config(arg=None):
       pp_train="decode|inception_crop(224, 0.9, 1.0)|value_range(-1, 1)",
       pp_eval="decode|resize_small(224)|central_crop(224)|value_range(-1, 1)"))
   if not embedded:
-    for_pods(c)  # bfloat16 compute, float32 state split over the chips
+    for_pods(c, EMBEDDINGS_BY_COLUMNS)  # bfloat16 compute, float32 state split
   if embedded:
     c.data.update(source=task, workers=2, vocab_size=2000, context=24,
                   zero_shot_sets=ZERO_SHOT_SETS.get(task, ()),

@@ -87,7 +87,7 @@ def get_config(arg=None):
       local_crops=10, local_size=96, student_temp=0.1, teacher_temp=0.04,
       warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0.0,
       center_momentum=0.9, momentum_teacher=0.996, freeze_last_layer_epochs=1.0))
-  # The teacher's frozen features, evaluated (experiments/classify.py's
+  # The teacher's frozen features, evaluated (attnlab/evals/features.py's
   # ImageFeatures): weighted k-NN at every evaluation, the linear probe at
   # the end (and at every evaluation with linear_probe).
   c.knn_k, c.knn_temperature, c.linear_probe = 20, 0.07, False
@@ -108,12 +108,11 @@ def get_config(arg=None):
       pp_decode="decode", pp_global=pp_global, pp_local=pp_local,
       pp_eval="decode|resize_small(256)|central_crop(224)|normalize"))
   if task == "i1k":
-    for_pods(c)  # bfloat16 compute
-    # ... but data parallel: with the student split (and its EMA teacher,
-    # kept like it), the TPU compiler's program gathered the parameters
-    # once per crop (S/16 on v5e-64: 24.5 ms of collectives, 55.3 ms per
-    # step against 32.3 data parallel).
-    c.param_sharding, c.gather_params = (), False
+    # bfloat16 compute; data parallel: with the student split (and its EMA
+    # teacher, kept like it), the TPU compiler's program gathered the
+    # parameters once per crop (S/16 on v5e-64: 24.5 ms of collectives,
+    # 55.3 ms per step against 32.3 data parallel).
+    for_pods(c, split=False)
     c.data.train_split = "train[:99%]"
     if epochs >= 300:  # the authors' longer runs: a warmer teacher
       c.dino.update(teacher_temp=0.07, warmup_teacher_temp_epochs=30.0)

@@ -15,7 +15,7 @@ Each training window (seq_len characters) is its own context.
 """
 import ml_collections
 
-from attnlab.config import check, common, for_pods, parse_arg
+from attnlab.config import EMBEDDINGS_BY_COLUMNS, check, common, for_pods, parse_arg
 
 # "medium" is GPT-2 medium's stack (24 layers, d_model 1024), for pods and
 # for `./launch.sh compile` of a deep model (memory with model.scan/remat).
@@ -49,7 +49,7 @@ def get_config(arg=None):
     # Unscanned, the 24 layers' activations need 18.9 GiB of temporaries
     # per v5e chip (16 GiB): one layer compiled, its activations recomputed.
     c.model.update(scan=True, remat="full")
-    for_pods(c)  # bfloat16 compute, float32 state split over the chips
+    for_pods(c, EMBEDDINGS_BY_COLUMNS)  # bfloat16 compute, float32 state split
   # prompt "": the first line of the held-out text, whatever the data is
   c.sample = ml_collections.ConfigDict(dict(prompt="", length=400, temperature=0.8))
   if arg.runlocal:

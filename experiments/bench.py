@@ -760,7 +760,8 @@ def flax_decode(flax_dir, batch=8, src_len=32, new_tokens=63, beams=(4, 1), roun
   config.model.update(d_model=d, num_heads=heads, d_ff=d_ff, enc_layers=layers,
                       dec_layers=layers, dropout=0.0)
   config.decode.extra_len = new_tokens - src_len  # max_len = source + extra
-  exp = translate.Experiment(config, None, vocab_size=vocab)
+  config.data.vocab_size = vocab
+  exp = translate.Experiment(config, None, read_data=False)
   params = jax.jit(exp.init, static_argnums=1)(jax.random.PRNGKey(1), batch)["params"]
 
   cfg = flax_models.TransformerConfig(
@@ -839,7 +840,8 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   def ours(name, dtype="float32", prng="threefry2x32"):
     config.model.dtype = dtype
     jax.config.update("jax_default_prng_impl", prng)  # read when traced
-    exp = translate.Experiment(config, None, vocab_size=vocab)
+    config.data.vocab_size = vocab
+    exp = translate.Experiment(config, None, read_data=False)
     workdir = tempfile.mkdtemp()
     trainer = train_lib.Trainer(config, exp, workdir)
     step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
@@ -1195,7 +1197,7 @@ def clip_memory(spec="configs/clip.py:emoji", per_device=32, devices=(1, 2, 4, 8
       config, _ = main_lib.parse_config([
           "--config", spec, f"--config.mesh=((\"data\", {n}),)", "--config.mesh_subset=True",
           f"--config.batch_size={per_device * n}", f"--config.clip.loss_form={form}"])
-      exp = clip.Experiment(config, None, vocab_size=config.data.vocab_size)
+      exp = clip.Experiment(config, None, read_data=False)
       workdir = tempfile.mkdtemp()
       trainer = train_lib.Trainer(config, exp, workdir)
       rng = np.random.default_rng(0)

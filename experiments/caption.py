@@ -36,22 +36,23 @@ import optax
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
 from attnlab import decode
+from attnlab import experiment as experiment_lib
 from attnlab import storage
 from attnlab import viz
 from attnlab.data import catalog, image_ops, images, pairs
 from attnlab.data import tokenizer as tok_lib
 from attnlab.evals import bleu, sharded
+from attnlab.models import backbone as backbone_lib
 from attnlab.models import show_attend_tell as sat
 from attnlab.models import vit
 from attnlab.nn import attention as att
-from experiments import classify
 
 ORDERS = (1, 2, 3, 4)  # BLEU-1..4
 
 
 def make_model(config, vocab_size):
   m = config.model
-  return sat.ShowAttendTell(vocab_size, classify.make_model(m, 0), embed=m.embed,
+  return sat.ShowAttendTell(vocab_size, backbone_lib.make(m, 0), embed=m.embed,
                             hidden=m.hidden, attention_dim=m.attention_dim,
                             attention=config.caption.attention,
                             expected_prob=config.caption.expected_prob,
@@ -62,7 +63,7 @@ def annotation_shape(config):
   """(L, D): the locations and width of the encoder's annotations at
   model.image_size, from shapes alone (nothing runs or compiles; neither
   depends on the image's channels)."""
-  backbone = classify.make_model(config.model, 0)
+  backbone = backbone_lib.make(config.model, 0)
   s = config.model.image_size
   def grid(x):
     (_, aux), _ = backbone.init_with_output(jax.random.PRNGKey(0), x)
@@ -75,7 +76,7 @@ def validate(config):
   c = config
   for key in ("pp_train", "pp_eval"):
     image_ops.build(c.data[key], f"data.{key}")
-  classify.validate_backbone(c)  # an image size the encoder can take
+  backbone_lib.validate(c)  # an image size the encoder can take
   locations, _ = annotation_shape(c)
   m = c.model
   config_lib.check(locations >= 2, "model.image_size",
@@ -145,14 +146,15 @@ class _CaptionRows:
             "tokens": self.tokenize([pair["captions"][j]])[0]}
 
 
-class Experiment:
+class Experiment(experiment_lib.Experiment):
   item_name = "captions"
+  capabilities = frozenset({"caption"})
+  validate = staticmethod(validate)
 
-  def __init__(self, config, workdir=None, vocab_size=None):
-    """`vocab_size` instead of the vocabulary: shapes only (`compile`)."""
-    self.config, self.workdir = config, workdir
+  def __init__(self, config, workdir=None, read_data=True):
+    super().__init__(config, workdir)
     data, m = config.data, config.model
-    shapes_only = vocab_size is not None
+    shapes_only, vocab_size = not read_data, data.vocab_size
     if not shapes_only:
       if data.source == "folder":  # here, not in validate: `compile` reads no data
         pairs.check_folder(data)  # a missing image, an empty caption: one line each
@@ -206,9 +208,6 @@ class Experiment:
     return {"image": jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32),
             "tokens": jax.ShapeDtypeStruct((batch_size, self.config.data.max_len), jnp.int32)}
 
-  def items_per_step(self, batch_size):
-    return batch_size
-
   def flops_per_step(self, batch_size):
     """3x the forward's matmul FLOPs (the backward costs 2x): a ViT
     encoder's and the decoder's words (XLA counts the scan over words
@@ -251,11 +250,11 @@ class Experiment:
 
   def pretrained(self, params, model_state):
     """The encoder's variables from the classification run `init_from`
-    (classify.pretrained_backbone); the decoder starts afresh."""
+    (backbone_lib.pretrained); the decoder starts afresh."""
     if not self.config.init_from:
       return params, model_state, None
     inner = {k: v["backbone"] for k, v in model_state.items() if "backbone" in v}
-    backbone, inner = classify.pretrained_backbone(self.config, self.model.backbone,
+    backbone, inner = backbone_lib.pretrained(self.config, self.model.backbone,
                                                    params["backbone"], inner)
     model_state = {k: dict(v, backbone=inner[k]) if k in inner else v
                    for k, v in model_state.items()}

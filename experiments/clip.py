@@ -44,12 +44,13 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from attnlab import config as config_lib
+from attnlab import experiment as experiment_lib
 from attnlab import viz
 from attnlab.data import catalog, image_ops, images, pairs
 from attnlab.data import tokenizer as tok_lib
 from attnlab.evals import retrieval, sharded, zero_shot
+from attnlab.models import backbone
 from attnlab.models import clip as clip_lib
-from experiments import classify
 
 MAX_LOG_SCALE = math.log(100.0)
 TEMPLATES = ("{}", "an emoji of {}.", "a picture of {}.", "a drawing of {}.", "an icon of {}.")
@@ -187,7 +188,7 @@ def text_fields(m):
 
 def make_model(config, vocab_size):
   m = config.model
-  image = classify.make_model(m, 0)
+  image = backbone.make(m, 0)
   text = clip_lib.TextTower(vocab_size, **text_fields(m), context=config.data.context,
                             dropout=m.dropout, implementation=m.implementation,
                             scan=m.scan, remat=m.remat, dtype=jnp.dtype(m.dtype))
@@ -201,7 +202,7 @@ def validate(config):
     image_ops.build(c.data[key], f"data.{key}")
   config_lib.check_choice(c, "model.name", {"vit"})
   try:
-    fields = classify.model_fields(m)
+    fields = backbone.model_fields(m)
   except ValueError as e:
     raise config_lib.ConfigError("model.variant", str(e), "e.g. B/32") from None
   config_lib.check(m.image_size % fields["patch"] == 0, "model.image_size",
@@ -225,14 +226,16 @@ def validate(config):
 # --- the experiment ---------------------------------------------------------------
 
 
-class Experiment:
+class Experiment(experiment_lib.Experiment):
   item_name = "pairs"
   whole_batch = "the contrastive loss takes every other pair of the batch as a negative"
+  capabilities = frozenset({"retrieve"})
+  validate = staticmethod(validate)
 
-  def __init__(self, config, workdir=None, vocab_size=None):
-    """`vocab_size` instead of the tokenizer: shapes only (`compile`)."""
-    self.config, self.workdir = config, workdir
+  def __init__(self, config, workdir=None, read_data=True):
+    super().__init__(config, workdir)
     data = config.data
+    vocab_size = None if read_data else data.vocab_size
     self.context = data.context
     self.classes = pairs.class_names(data) if vocab_size is None else []
     # Other labelled image sets classified zero-shot by their class names
@@ -291,9 +294,6 @@ class Experiment:
             "tokens": jax.ShapeDtypeStruct((batch_size, self.context), jnp.int32)}
 
   # --- what the trainer needs ----------------------------------------------
-  def items_per_step(self, batch_size):
-    return batch_size
-
   def flops_per_step(self, batch_size):
     """Matmul FLOPs of a step, 3x the forward (the backward costs 2x): both
     towers per pair and the [B, B] logits (XLA's count of a scanned tower
@@ -376,7 +376,7 @@ class Experiment:
     if key not in self._eval:
       src = images.source(self.zero_shot_data(name), split)
       rows = min(self.config.data.zero_shot_rows, len(src))
-      src = classify._Subset(src, np.linspace(0, len(src) - 1, rows).astype(int))
+      src = images.Subset(src, np.linspace(0, len(src) - 1, rows).astype(int))
       self._eval[key] = images.Preprocessed(src, self.config.data.pp_eval)
     return self._eval[key]
 

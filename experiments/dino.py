@@ -28,33 +28,31 @@ test at the end, where a linear probe (attnlab/evals/linear_probe.py) and
 the teacher's last-layer class-token attention maps of test images are
 added; `./launch.sh attend` draws them for any image.
 """
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from attnlab import config as config_lib
 from attnlab.data import image_ops, images
-from attnlab.models import dino_head, vit
-from experiments import classify
+from attnlab.evals import features
+from attnlab.models import backbone, dino_head, vit
 
 # --- the method's formulas -------------------------------------------------
 
 
 def cosine(start, end, step, total):
   """From `start` at step 0 to `end` at `total` on a half cosine (DINO's
-  schedules of the teacher momentum and of the weight decay)."""
-  t = jnp.clip(step / max(total, 1), 0.0, 1.0)
-  return end + (start - end) * 0.5 * (1.0 + jnp.cos(math.pi * t))
+  schedule of the teacher momentum)."""
+  return end + (start - end) * optax.cosine_decay_schedule(1.0, max(total, 1))(step)
 
 
 def teacher_temperature(step, warmup_steps, start, end):
   """Linear warm-up of the teacher's temperature, then constant."""
   if warmup_steps <= 0:
     return jnp.asarray(end, jnp.float32)
-  return start + (end - start) * jnp.clip(step / warmup_steps, 0.0, 1.0)
+  return optax.linear_schedule(start, end, max(round(warmup_steps), 1))(step)
 
 
 def dino_loss(student, teacher, center, student_temp, teacher_temp):
@@ -67,7 +65,7 @@ def dino_loss(student, teacher, center, student_temp, teacher_temp):
   views = student.shape[0]
   pairs = 1.0 - jnp.eye(2, views)  # teacher view q against student view v != q
   loss = jnp.sum(ce * pairs) / jnp.sum(pairs)
-  entropy = -jnp.sum(p_t * jnp.log(jnp.maximum(p_t, 1e-30)), -1).mean()
+  entropy = jnp.sum(jax.scipy.special.entr(p_t), -1).mean()
   # KL(P_t || P_s) over the same pairs: cross-entropy minus the teacher's entropy.
   return loss, {"teacher_entropy": entropy, "kl": loss - entropy}
 
@@ -82,7 +80,7 @@ def update_center(center, teacher, momentum):
 
 
 def ema(teacher, student, momentum):
-  return jax.tree.map(lambda t, s: momentum * t + (1.0 - momentum) * s, teacher, student)
+  return optax.incremental_update(student, teacher, 1.0 - momentum)
 
 
 # --- the network -------------------------------------------------------------
@@ -132,7 +130,7 @@ def make_network(m):
   """The classification experiment's ViT without its classifier, and the head."""
   head = dino_head.DINOHead(out_dim=m.out_dim, hidden=m.head_hidden, bottleneck=m.bottleneck,
                             norm_last_layer=m.norm_last_layer, dtype=jnp.dtype(m.dtype))
-  return Network(classify.make_model(m, 0), head)
+  return Network(backbone.make(m, 0), head)
 
 
 def multicrop(data, num_local):
@@ -151,11 +149,12 @@ def multicrop(data, num_local):
   return fn
 
 
-class Experiment(classify.ImageFeatures):
+class Experiment(features.ImageFeatures):
   item_name = "images"
+  validate = staticmethod(validate)
 
   def __init__(self, config, workdir=None, read_data=True):
-    self.config, self.workdir = config, workdir
+    super().__init__(config, workdir)
     self.classes = images.class_names(config.data)
     self.network = make_network(config.model)
     self.vit = self.network.backbone
@@ -195,9 +194,6 @@ class Experiment(classify.ImageFeatures):
     return out
 
   # --- what the trainer needs --------------------------------------------
-  def items_per_step(self, batch_size):
-    return batch_size
-
   def flops_per_step(self, batch_size):
     """Matmul FLOPs of a step (XLA's count of a scanned encoder counts one
     layer): the student's forward and backward (3x) over the 2 global and

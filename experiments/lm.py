@@ -17,6 +17,7 @@ import optax
 
 from attnlab import config as config_lib
 from attnlab import decode
+from attnlab import experiment as experiment_lib
 from attnlab import sharding as sharding_lib
 from attnlab import storage
 from attnlab import viz
@@ -66,14 +67,15 @@ def validate(config):
                    "must be >= 0", "use 0 for greedy, ~0.8 for samples")
 
 
-class Experiment:
+class Experiment(experiment_lib.Experiment):
   item_name = "tokens"
+  capabilities = frozenset({"sample"})
+  validate = staticmethod(validate)
 
-  def __init__(self, config, workdir=None, vocab_size=None):
-    """`vocab_size` instead of the text: shapes only (ahead-of-time
-    compiles without the data)."""
-    self.config, self.workdir = config, workdir
+  def __init__(self, config, workdir=None, read_data=True):
+    super().__init__(config, workdir)
     data = config.data
+    vocab_size = None if read_data else data.get("vocab_size", 256)
     vocab_path = os.path.join(workdir, "vocab.json") if workdir else None
     if vocab_size:
       self.vocab = text_lib.CharVocab([chr(32 + i) for i in range(vocab_size - 1)])

@@ -26,7 +26,7 @@ import optax
 
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
-from attnlab import storage
+from attnlab import experiment as experiment_lib
 from attnlab import viz
 from attnlab.data import catalog
 from attnlab.data import shakespeare
@@ -75,14 +75,14 @@ def passages(tokenizer, documents, seq_len):
   return tok_lib.pad_batch(rows, seq_len), np.asarray(doc)
 
 
-class Experiment:
+class Experiment(experiment_lib.Experiment):
   item_name = "passages"
+  validate = staticmethod(validate)
 
-  def __init__(self, config, workdir=None, vocab_size=None):
-    """vocab_size (`./launch.sh compile`): that many token ids, no text or
-    tokenizer read."""
-    self.config, self.workdir = config, workdir
+  def __init__(self, config, workdir=None, read_data=True):
+    super().__init__(config, workdir)
     data = config.data
+    vocab_size = None if read_data else data.vocab_size
     if vocab_size:
       self.tokenizer, self.mask_id = None, vocab_size
     else:

@@ -17,6 +17,7 @@ import numpy as np
 
 from attnlab import config as config_lib
 from attnlab import decode
+from attnlab import experiment as experiment_lib
 from attnlab import sharding as sharding_lib
 from attnlab import storage
 from attnlab import viz
@@ -108,14 +109,14 @@ def padded_length(n):
   return max(1, -(-n // LENGTH_QUANTUM)) * LENGTH_QUANTUM
 
 
-class Experiment:
-  item_name = "examples"
+class Experiment(experiment_lib.Experiment):
+  capabilities = frozenset({"translate"})
+  validate = staticmethod(validate)
 
-  def __init__(self, config, workdir=None, vocab_size=None):
-    """`vocab_size` instead of the tokenizer: shapes only (ahead-of-time
-    compiles without the data)."""
-    self.config, self.workdir = config, workdir
+  def __init__(self, config, workdir=None, read_data=True):
+    super().__init__(config, workdir)
     data = config.data
+    vocab_size = None if read_data else data.vocab_size
     if data.get("pack", False):
       self.item_name = "rows"  # packed: each row holds several sentence pairs
     if vocab_size is None:

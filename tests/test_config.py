@@ -229,3 +229,20 @@ def test_exit_code_2_from_the_command_line():
                     "--config.optim.lr=-3")
   assert rc == 2
   assert out.strip().splitlines()[-1].startswith("error: config.optim.lr")
+
+
+def test_every_pod_recipes_sharding_rules_fit_its_parameters():
+  """Each pod recipe's param_sharding (config.for_pods and the recipe's own
+  rules) names parameters the model has: checked on its shapes, before a
+  TPU compile would take minutes to say so."""
+  import jax
+  from attnlab import main as main_lib
+  from attnlab import sharding
+  from benchmarks import pods
+  mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+  for name, (spec, _, overrides) in pods.RECIPES.items():
+    config, _ = main_lib.parse_config(["--config", spec, *overrides])
+    exp = main_lib.experiment_without_data(main_lib.experiment_module(config), config)
+    variables = jax.eval_shape(lambda r: exp.init(r, 2), jax.random.PRNGKey(0))
+    sharding.check_rules(config.param_sharding, variables, mesh)  # raises ConfigError
+    assert config.model.dtype == ("float32" if "float32" in name else "bfloat16"), name

@@ -30,7 +30,8 @@ def experiment(spec, scale, **model):
   config, _ = main_lib.parse_config(["--config", spec])
   config.model.update(model)
   config.decode.update(beam=4, alpha=0.6, extra_len=30)  # outputs up to 38: 3 buckets
-  exp = translate.Experiment(config, None, vocab_size=V)
+  config.data.vocab_size = V
+  exp = translate.Experiment(config, None, read_data=False)
   params = jax.jit(exp.init, static_argnums=1)(jax.random.PRNGKey(1), 2)["params"]
   # Weights scaled (chosen so that some hypotheses end early, some late and
   # some never): peaked, unequal next-token distributions.

@@ -1,4 +1,4 @@
-"""The library's import graph (DESIGN.md): attnlab/ never imports
+"""The library's import graph (docs/design.md): attnlab/ never imports
 experiments/ or configs/, and no attnlab module imports itself back through
 others, at module level or inside functions (a hidden circle)."""
 import ast
@@ -53,3 +53,36 @@ def test_no_import_circles_in_the_library():
     if m not in state:
       visit(m, [m])
   assert not circle, circle
+
+
+def test_no_experiment_imports_another():
+  """What two objectives share lives in attnlab/ (the image backbones,
+  frozen-feature evaluations), never in a sibling experiment; bench.py and
+  tables.py, which read experiments, are no experiments."""
+  folder = os.path.join(ROOT, "experiments")
+  bad = {}
+  for f in sorted(os.listdir(folder)):
+    if f.endswith(".py") and f not in ("__init__.py", "bench.py", "tables.py"):
+      siblings = sorted(m for m in imports_of(os.path.join(folder, f))
+                        if m.startswith("experiments"))
+      if siblings:
+        bad[f] = siblings
+  assert not bad, bad
+
+
+def test_every_experiment_is_built_on_the_contract():
+  """Each experiments/<name>.py subclasses attnlab.experiment.Experiment and
+  writes the methods the contract leaves to it."""
+  import importlib
+  from attnlab import experiment
+  required = ("init", "loss", "abstract_batch", "train_iter", "evaluate")
+  folder = os.path.join(ROOT, "experiments")
+  names = [f[:-3] for f in sorted(os.listdir(folder))
+           if f.endswith(".py") and f not in ("__init__.py", "bench.py", "tables.py")]
+  assert len(names) >= 7, names
+  for name in names:
+    cls = importlib.import_module(f"experiments.{name}").Experiment
+    assert issubclass(cls, experiment.Experiment), name
+    missing = [m for m in required if getattr(cls, m) is getattr(experiment.Experiment, m)]
+    assert not missing, (name, missing)
+    assert cls.capabilities <= {"sample", "translate", "attend", "caption", "retrieve"}, name

@@ -21,10 +21,7 @@ GRAD_NORM_RTOL = 0.05
 
 def experiment(spec, *overrides):
   config, _ = main_lib.parse_config(["--config", spec, *overrides])
-  module = main_lib.experiment_module(config)
-  if config.experiment == "translate":
-    return config, module.Experiment(config, None, vocab_size=config.data.vocab_size)
-  return config, module.Experiment(config, None, read_data=False)
+  return config, main_lib.experiment_module(config).Experiment(config, None, read_data=False)
 
 
 def batch_for(config, exp, rng):

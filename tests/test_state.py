@@ -150,7 +150,7 @@ def test_accumulation_averages_tokens_exactly(tmp_path):
       "--config.optim.b1=0.0", "--config.optim.schedule=constant",
       "--config.optim.warmup_steps=0", "--config.optim.clip_norm=0.0",
       "--config.optim.lr=1.0", "--config.model.dropout=0.0", "--config.batch_size=8"])
-  exp = translate.Experiment(config, None, vocab_size=config.data.vocab_size)
+  exp = translate.Experiment(config, None, read_data=False)
   trainer = train_lib.Trainer(config, exp, str(tmp_path))
   rng = np.random.default_rng(0)
   L = config.data.max_len

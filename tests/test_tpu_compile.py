@@ -6,7 +6,6 @@ same config, the estimate's arithmetic against hand-made HLO, and bad input
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 

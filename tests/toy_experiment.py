@@ -11,12 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnlab import checkpoint as ckpt_lib
+from attnlab import experiment as experiment_lib
 
 ROWS, FEATURES = 512, 4
-
-
-def validate(config):
-  del config
 
 
 def data(seed):
@@ -35,16 +32,17 @@ class Net(nn.Module):
     return nn.Dense(1)(nn.relu(x))
 
 
-class Experiment:
-  item_name = "examples"
+class Experiment(experiment_lib.Experiment):
   whole_batch = "BatchNorm normalises over the batch"
 
-  def __init__(self, config, workdir=None):
-    self.config, self.model = config, Net()
+  def __init__(self, config, workdir=None, read_data=True):
+    super().__init__(config, workdir)
+    self.model = Net()
     self.x, self.y = data(0)
 
-  def items_per_step(self, batch_size):
-    return batch_size
+  def abstract_batch(self, batch_size):
+    return {"x": jax.ShapeDtypeStruct((batch_size, FEATURES), jnp.float32),
+            "y": jax.ShapeDtypeStruct((batch_size, 1), jnp.float32)}
 
   def train_iter(self, local_batch, process_index, process_count):
     epochs = self.config.total_steps * self.config.batch_size // ROWS + 2

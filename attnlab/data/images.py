@@ -216,3 +216,15 @@ class Preprocessed:
 
   def __getitem__(self, i):
     return self.fn(self.src[i], np.random.default_rng(i))
+
+class Subset:
+  """Rows `index` of a random-access source."""
+
+  def __init__(self, src, index):
+    self.src, self.index = src, index
+
+  def __len__(self):
+    return len(self.index)
+
+  def __getitem__(self, i):
+    return self.src[int(self.index[i])]

@@ -787,7 +787,9 @@ def hard_attention(rng, weights, values):
 
 def attention_entropy(weights):
   """-sum_k w_k log w_k over the last axis of attention weights [..., Tk]:
-  log Tk for uniform attention, 0 for one location."""
+  log Tk for uniform attention, 0 for one location. (Not
+  jax.scipy.special.entr: its gradient is infinite at a weight that
+  underflowed to 0, and the captioner's entropy bonus is differentiated.)"""
   return -jnp.sum(weights * jnp.log(jnp.maximum(weights, 1e-30)), -1)
 
 
