@@ -132,7 +132,8 @@ def gather_whole(params, mesh, dtype):
   `dtype` before it is gathered (Dense and Conv cast their kernels to it
   anyway, so the step computes the same numbers with half the bytes on the
   links in bfloat16). The rest (biases, norms' scales, embedding tables the
-  models look up in float32) is gathered as it is."""
+  models look up in float32) is gathered as it is. Differentiated through,
+  the gradients come back in the parameters' dtype, split like them."""
   rep = replicated(mesh)
 
   def one(path, p):
@@ -140,15 +141,6 @@ def gather_whole(params, mesh, dtype):
       p = p.astype(dtype)
     return jax.lax.with_sharding_constraint(p, rep)
   return jax.tree_util.tree_map_with_path(one, params)
-
-
-def split_like(grads, params, shardings):
-  """The gradients of `gather_whole`'s copy as the parameters are kept:
-  their dtype, split as `shardings` say (the sum over the batch arrives
-  reduce-scattered, each device with its share for its optimizer update)."""
-  return jax.tree.map(
-      lambda g, p, s: jax.lax.with_sharding_constraint(g.astype(p.dtype), s),
-      grads, params, shardings)
 
 
 def check_rules(rules, variables, mesh):

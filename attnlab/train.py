@@ -92,17 +92,21 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None,
   `loss_fn(params, state, batch, ctx) -> (loss, (metrics, state))` is the
   experiment's objective on one (micro)batch; `schedules` ({"lr": fn of
   the step, ...}) are logged; `post_update(params, extra, step) -> (params, extra)`
-  runs after the optimizer update. `gather` (`config.gather_params`): a
-  pair `(whole, split)`: the loss sees `whole(params)`, its gradients go
-  to the optimizer as `split(grads, params)`.
+  runs after the optimizer update. `gather` (`config.gather_params`):
+  the loss sees `gather(params)`, differentiated through (the gradients
+  come back in the parameters' dtype and split like them; taking them
+  of the gathered copy and splitting them after, the compiler fused the
+  split into the weight gradients' matmuls, 23.45 ms estimated for
+  ViT-B/16 on v5e-4 against 17.57). With gradient accumulation each
+  microbatch gathers again.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  objective = loss_fn if gather is None else lambda p, *a: loss_fn(gather(p), *a)
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     ctx = lambda key: StepContext(key, state["step"], mesh, sharding_lib.batch_axes(mesh))
-    kept_params = state["params"]
-    params = gather[0](kept_params) if gather else kept_params
+    params = state["params"]
     aux = {k: state[k] for k in STATE_KEYS}
     if grad_accum == 1:
       (loss, (metrics, aux)), grads = grad_fn(params, aux, batch, ctx(rng))
@@ -120,7 +124,7 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None,
         grads_sum = jax.tree.map(lambda a, b: a + w * b, grads_sum, g)
         kept = {k: out[k] for k in ("model_state", "extra")}
         return (grads_sum, weight_sum + w, kept, i + 1), (l * w, w, m, out["carry"])
-      zeros = jax.tree.map(jnp.zeros_like, kept_params)
+      zeros = jax.tree.map(jnp.zeros_like, params)
       kept = {k: aux[k] for k in ("model_state", "extra")}
       (grads, weight, kept, _), (losses, weights, metrics, carry) = jax.lax.scan(
           one, (zeros, jnp.zeros((), jnp.float32), kept, 0),
@@ -130,11 +134,9 @@ def make_train_step(loss_fn, tx, schedules, grad_accum, mesh, post_update=None,
       metrics = {k: v.sum(0) if k == "loss_weight" else
                  jnp.tensordot(weights, v, 1) / weight for k, v in metrics.items()}
       aux = dict(kept, carry=_unmicrobatch(carry))
-    if gather:
-      grads = gather[1](grads, kept_params)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], kept_params)
-    new_params = optax.apply_updates(kept_params, updates)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
     if post_update is not None:
       new_params, extra = post_update(new_params, aux["extra"], state["step"])
       aux = dict(aux, extra=extra)
@@ -271,10 +273,8 @@ class Trainer:
   def step_fn(self):
     gather = None
     if self.config.gather_params:
-      kept = self.abstract_state()[1]["params"]
       dtype = self.config.get("model", {}).get("dtype", "float32")
-      gather = (functools.partial(sharding_lib.gather_whole, mesh=self.mesh, dtype=dtype),
-                functools.partial(sharding_lib.split_like, shardings=kept))
+      gather = functools.partial(sharding_lib.gather_whole, mesh=self.mesh, dtype=dtype)
     return make_train_step(self.exp.loss, self.tx, self.schedules,
                            self.config.grad_accum, self.mesh,
                            self.exp.post_update, gather)

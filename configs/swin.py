@@ -23,7 +23,7 @@ variant=T|S|B|L, steps=N, runlocal=True):
           Swin-S 83.0%, Swin-B 83.5% ImageNet top-1. Needs imagenet2012
           prepared as a tfds dataset.
 """
-from attnlab.config import parse_arg, parse_variant
+from attnlab.config import for_pods, parse_arg, parse_variant
 from configs import vit as vit_config
 
 STEPS = {"fmnist": 800, "emoji": 600, "folder": 800, "i1k": 300 * 1251}
@@ -41,6 +41,10 @@ def get_config(arg=None):
   c.model.update(name="swin", variant=opts.variant, width=0, depths=(), num_heads=(),
                  patch=4, window=7, drop_path=DROP_PATH.get(opts.variant, 0.2))
   if task == "i1k":
+    # Data parallel: split and gathered once per step (`config.for_pods`,
+    # the ViT recipe's) the TPU compiler estimated 25.24 ms per step on
+    # v5e-64 against 25.06 (its windows' small matmuls dominate either way).
+    for_pods(c, split=False)
     c.batch_size = 1024
     c.loss, c.label_smoothing = "softmax", 0.1
     c.data.update(mixup=0.8, pp_train="decode|inception_crop(224)|flip_lr|randaug(2, 9)|"
