@@ -54,7 +54,8 @@ def get_config(arg=None):
     # Data parallel: 25.6 M parameters make a small optimizer update, and
     # with bfloat16 kernels gathered (`config.for_pods`) the stem
     # convolution's weight gradient took 6.9 ms of a 14.8 ms step on the TPU
-    # compiler's estimate (7.99 ms in all without).
+    # compiler's estimate (7.99 ms in all without; the gather's first
+    # version, which split the gradients after taking them).
     c.param_sharding, c.gather_params = (), False
     c.batch_size = 1024
     c.loss, c.label_smoothing = "softmax", 0.1
