@@ -13,9 +13,12 @@ vit: configs/vit.py:i1k against big_vision's configs/vit_i1k.py step
 configs/wmt.py (base or big) against the flax examples' train_step at the
 same dims, under shard_map as its pmap runs it (each chip its rows, a pmean
 of the gradients). Peers are checkouts fetched at run time, never
-committed. Both sides keep float32 parameters. Compute dtypes are each
-side's TPU default: attnlab's pod recipes bfloat16 (ViT i1k also keeps
-Adam's first moment in bfloat16, as big_vision does); big_vision's ViT
+committed. Both sides keep float32 parameters. Each side runs its own
+recipe: attnlab's ViT i1k splits its parameters and optimizer state over
+the chips and gathers them once per step (`--config.param_sharding="()"
+--config.gather_params=False`: data parallel, as the peers are); compute
+dtypes are each side's TPU default: attnlab's pod recipes bfloat16 (ViT
+i1k also keeps Adam's first moment in bfloat16, as big_vision does); big_vision's ViT
 float32 (its matmuls run as bfloat16 passes at default precision); the flax
 example the dtype of attnlab's config, bfloat16 by default (its own TPU
 default, `use_mixed_precision`). --config.model.dtype=float32 compares
