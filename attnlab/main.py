@@ -656,14 +656,6 @@ def compile_for_tpu(config, slice_name, slices=1):
   return compile_step(config, chips, tpu_slice)
 
 
-def experiment_without_data(module, config):
-  """The experiment built without reading data: text experiments take a
-  vocabulary size (character models have none: a byte's worth of ids
-  stands in), image ones read their classes and channels from the
-  dataset's description."""
-  return module.Experiment(config, None, read_data=False)
-
-
 @contextlib.contextmanager
 def abstract_step(module, config, devices=None):
   """(trainer, experiment, jitted train step, its abstract arguments) of a
@@ -673,7 +665,7 @@ def abstract_step(module, config, devices=None):
   import tempfile
   import jax
   from attnlab import sharding as sharding_lib
-  exp = experiment_without_data(module, config)
+  exp = module.Experiment(config, None, read_data=False)  # shapes only
   with tempfile.TemporaryDirectory() as workdir:
     trainer = make_trainer(config, exp, workdir, devices)
     abstract, shardings = trainer.abstract_state()

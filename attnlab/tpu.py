@@ -318,6 +318,15 @@ class Op:
   group: int = 1      # devices in a collective's group
 
 
+def _as_collective(op, kind, shape, line):
+  """`op` as the collective `kind`: its group and its data per chip per run."""
+  op.kind, op.group = kind, _group_size(line)
+  op.comm_bytes = _shape_bytes(shape)
+  if kind == "reduce-scatter":  # its output is one of `group` shards
+    op.comm_bytes *= op.group
+  return op
+
+
 def _computations(hlo):
   comps, entry, name = {}, None, None
   for line in hlo.splitlines():
@@ -386,11 +395,8 @@ def hlo_ops(hlo):
         continue
       instr, shape, kind = m.groups()
       if kind in COLLECTIVES:
-        op = Op(instr, kind, _label(line) or label, runs, 0,
-                _shape_bytes(shape), _group_size(line))
-        if kind == "reduce-scatter":
-          op.comm_bytes *= op.group
-        found.append(op)
+        found.append(_as_collective(Op(instr, kind, _label(line) or label, runs),
+                                    kind, shape, line))
       elif kind == "fusion":
         callee = re.search(r"calls=%?([\w.\-]+)", line)
         found += fused_collectives(callee.group(1) if callee else "", runs, label, depth + 1)
@@ -408,10 +414,7 @@ def hlo_ops(hlo):
       op = Op(instr, kind, _label(line), runs, int(cycles.group(1)) if cycles else 0)
       base = kind.removesuffix("-start")
       if base in COLLECTIVES and not kind.endswith("-done"):
-        op.kind, op.group = base, _group_size(line)
-        op.comm_bytes = _shape_bytes(shape)
-        if base == "reduce-scatter":  # its output is one of `group` shards
-          op.comm_bytes *= op.group
+        _as_collective(op, base, shape, line)
       if kind == "fusion":  # async collectives and all-reduce fusions hold theirs inside
         callee = re.search(r"calls=%?([\w.\-]+)", line)
         found += fused_collectives(callee.group(1) if callee else "", runs, op.label)

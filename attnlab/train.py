@@ -422,10 +422,12 @@ class Trainer:
     in metrics.jsonl and workdir/test.json."""
     t0, step = time.time(), int(state["step"])
     results = self.exp.finish(state, self.mesh, self.writer) or {}
-    if results:
-      self.writer.write_scalars(step, results)
+    if not results:  # an objective with nothing to report on test
+      self.writer.close()
+      return results
+    self.writer.write_scalars(step, results)
     self.writer.close()
-    if jax.process_index() == 0 and results:
+    if jax.process_index() == 0:
       storage.write_atomic(storage.path(self.workdir) / "test.json", json.dumps(
           {"step": step, "split": self.config.data.test_split, **results}, indent=1))
     log(f"test ({self.config.data.test_split} split) at step {step}: " + ", ".join(

@@ -21,8 +21,8 @@ dtypes are each side's TPU default: attnlab's pod recipes bfloat16 (ViT
 i1k also keeps Adam's first moment in bfloat16, as big_vision does); big_vision's ViT
 float32 (its matmuls run as bfloat16 passes at default precision); the flax
 example the dtype of attnlab's config, bfloat16 by default (its own TPU
-default, `use_mixed_precision`). --config.model.dtype=float32 compares
-like with like for the ViT.
+default, `use_mixed_precision`). --config.model.dtype=float32 with the two
+data-parallel overrides above compares like with like for the ViT.
 """
 import argparse
 import os

@@ -29,7 +29,7 @@ attention=local: every 3 x 3 convolution of the blocks becomes 7 x 7 local
           full-attention ResNet-50, 18.0 M parameters; `./launch.sh tables
           vision`).
 """
-from attnlab.config import ConfigError, parse_arg, parse_variant
+from attnlab.config import ConfigError, for_pods, parse_arg, parse_variant
 from configs import vit as vit_config
 
 STEPS = {"fmnist": 800, "emoji": 600, "folder": 800, "i1k": 112_590}
@@ -56,7 +56,7 @@ def get_config(arg=None):
     # convolution's weight gradient took 6.9 ms of a 14.8 ms step on the TPU
     # compiler's estimate (7.99 ms in all without; the gather's first
     # version, which split the gradients after taking them).
-    c.param_sharding, c.gather_params = (), False
+    for_pods(c, split=False)
     c.batch_size = 1024
     c.loss, c.label_smoothing = "softmax", 0.1
     c.data.mixup = 0.0

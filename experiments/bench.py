@@ -241,7 +241,7 @@ def synthetic_step(spec, overrides, batch):
   from attnlab import main as main_lib
   from attnlab import train as train_lib
   config, _ = main_lib.parse_config(["--config", spec, *overrides])
-  exp = main_lib.experiment_without_data(main_lib.experiment_module(config), config)
+  exp = main_lib.experiment_module(config).Experiment(config, None, read_data=False)
   workdir = tempfile.mkdtemp()
   trainer = train_lib.Trainer(config, exp, workdir)
   step = jax.jit(trainer.step_fn(), donate_argnums=(0,))

@@ -154,8 +154,8 @@ class Experiment(experiment_lib.Experiment):
   def __init__(self, config, workdir=None, read_data=True):
     super().__init__(config, workdir)
     data, m = config.data, config.model
-    shapes_only, vocab_size = not read_data, data.vocab_size
-    if not shapes_only:
+    vocab_size = data.vocab_size
+    if read_data:
       if data.source == "folder":  # here, not in validate: `compile` reads no data
         pairs.check_folder(data)  # a missing image, an empty caption: one line each
       if data.tokens == "word":
@@ -177,7 +177,7 @@ class Experiment(experiment_lib.Experiment):
     channels = images.run_pipeline(image_ops.build(data.pp_eval, "data.pp_eval"), blank,
                                    "data.pp_eval")["image"].shape[-1]
     self.image_shape = (m.image_size, m.image_size, channels)
-    if shapes_only:
+    if not read_data:
       return
     first = {"image": pairs.source(data, data.train_split)[0]["image"]}
     for key in ("pp_eval", "pp_train"):

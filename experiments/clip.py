@@ -235,16 +235,16 @@ class Experiment(experiment_lib.Experiment):
   def __init__(self, config, workdir=None, read_data=True):
     super().__init__(config, workdir)
     data = config.data
-    vocab_size = None if read_data else data.vocab_size
     self.context = data.context
-    self.classes = pairs.class_names(data) if vocab_size is None else []
+    self.classes = pairs.class_names(data) if read_data else []
     # Other labelled image sets classified zero-shot by their class names
     # (fetched and prepared like the training data, once).
     self.zero_shot_sets = {}
-    for name in data.get("zero_shot_sets", ()) if vocab_size is None else ():
+    for name in data.get("zero_shot_sets", ()) if read_data else ():
       catalog.prepare(self.zero_shot_data(name))
       self.zero_shot_sets[name] = images.class_names(self.zero_shot_data(name))
-    if vocab_size is None:
+    vocab_size = data.vocab_size
+    if read_data:
       if data.source == "folder":  # here, not in validate: `compile` reads no data
         pairs.check_folder(data)
       self.tokenizer = tok_lib.for_run(

@@ -75,13 +75,13 @@ class Experiment(experiment_lib.Experiment):
   def __init__(self, config, workdir=None, read_data=True):
     super().__init__(config, workdir)
     data = config.data
-    vocab_size = None if read_data else data.get("vocab_size", 256)
-    vocab_path = os.path.join(workdir, "vocab.json") if workdir else None
-    if vocab_size:
-      self.vocab = text_lib.CharVocab([chr(32 + i) for i in range(vocab_size - 1)])
-    else:
+    if read_data:
+      vocab_path = os.path.join(workdir, "vocab.json") if workdir else None
       self.vocab = text_lib.CharVocab.load_or_build(
           vocab_path, lambda: text_lib.load_text(data, data.train_split))
+    else:  # shapes only: a byte's worth of ids where the config names no vocabulary
+      self.vocab = text_lib.CharVocab(
+          [chr(32 + i) for i in range(data.get("vocab_size", 256) - 1)])
     m = config.model
     self.recurrent = m.name == "rnn_lm"
     if self.recurrent:
@@ -98,7 +98,7 @@ class Experiment(experiment_lib.Experiment):
     self._eval_step = self._sample_fn = None
     self._eval_windows = {}  # split -> the same windows at every evaluation
     self._cells_fn = None
-    if vocab_size:
+    if not read_data:
       return
     unknown = self.unknown_chars(config.sample.prompt)
     config_lib.check(not unknown, "sample.prompt", f"has characters the training "

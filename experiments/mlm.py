@@ -82,15 +82,14 @@ class Experiment(experiment_lib.Experiment):
   def __init__(self, config, workdir=None, read_data=True):
     super().__init__(config, workdir)
     data = config.data
-    vocab_size = None if read_data else data.vocab_size
-    if vocab_size:
-      self.tokenizer, self.mask_id = None, vocab_size
-    else:
+    if read_data:
       # A fine-tuned run reads text with its pretrained run's ids.
       self.tokenizer = tok_lib.for_run(
           workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"), data.source,
           self._train_lines, data.vocab_size, copy_from=config.init_from or None)
       self.mask_id = len(self.tokenizer)
+    else:
+      self.tokenizer, self.mask_id = None, data.vocab_size
     self.classify = config.task == "classify"
     m = config.model
     self.model = bert.BERT(

@@ -116,10 +116,10 @@ class Experiment(experiment_lib.Experiment):
   def __init__(self, config, workdir=None, read_data=True):
     super().__init__(config, workdir)
     data = config.data
-    vocab_size = None if read_data else data.vocab_size
     if data.get("pack", False):
       self.item_name = "rows"  # packed: each row holds several sentence pairs
-    if vocab_size is None:
+    vocab_size = data.vocab_size
+    if read_data:
       self.tokenizer = tok_lib.for_run(
           workdir, os.path.join(catalog.data_dir(data), "attnlab_spm"),
           data.source.replace("/", "_"), self._train_text, data.vocab_size)
@@ -132,9 +132,6 @@ class Experiment(experiment_lib.Experiment):
     for s, t in translation.load_pairs(self.config.data, self.config.data.train_split):
       yield s
       yield t
-
-  def items_per_step(self, batch_size):
-    return batch_size
 
   def flops_per_step(self, batch_size):
     """Matmul FLOPs of a train step: 3x the forward (the backward costs 2x)."""

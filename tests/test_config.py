@@ -242,7 +242,7 @@ def test_every_pod_recipes_sharding_rules_fit_its_parameters():
   mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
   for name, (spec, _, overrides) in pods.RECIPES.items():
     config, _ = main_lib.parse_config(["--config", spec, *overrides])
-    exp = main_lib.experiment_without_data(main_lib.experiment_module(config), config)
+    exp = main_lib.experiment_module(config).Experiment(config, None, read_data=False)
     variables = jax.eval_shape(lambda r: exp.init(r, 2), jax.random.PRNGKey(0))
     sharding.check_rules(config.param_sharding, variables, mesh)  # raises ConfigError
     assert config.model.dtype == ("float32" if "float32" in name else "bfloat16"), name
