@@ -80,7 +80,7 @@ def beam_search(step, state, bos, eos, beam, max_len, alpha=0.6, grow=None, fixe
   (an encoder's output) goes in `fixed` instead: tiled to the beams once,
   never reordered, and passed as `step(state, tokens, fixed)`; `reorder(state,
   rows) -> state` replaces gathering every leaf of `state` by `rows` (a
-  model's cheaper way, transformer.Stack.decode's beam slots). With `grow`
+  model's cheaper way, blocks.Stack.decode's beam slots). With `grow`
   the state holds a cache that the search grows in length buckets (module
   docstring): pass it with room for no tokens.
   A hypothesis ends at EOS; the search stops when no live hypothesis can

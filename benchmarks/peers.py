@@ -1,8 +1,12 @@
 """The peers' own train steps, imported from their checkouts at run time
 (fetched, never copied into this repository): big_vision's ViT and the flax
 examples' WMT Transformer. Used by the CPU speed benchmarks
-(experiments/bench.py) and by the TPU compiler's side-by-side
-(benchmarks/tpu_peers.py), so both time the same peer program.
+(vs_big_vision, vs_flax_wmt) and by the TPU compiler's side-by-side
+(tpu_peers), so both time the same peer program.
+
+The peers import packages for work no benchmark here does (TensorFlow for
+gfile and input pipelines, torchvision for transforms): the stand-ins for
+them are made here, in one place, and only when the package is missing.
 """
 import os
 import sys
@@ -126,3 +130,46 @@ def flax_wmt_step(flax_dir, vocab, d_model, heads, d_ff, layers, dropout, attent
         tx=optax.adamw(lr, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0))
   return init, functools.partial(flax_train.train_step, config=cfg, learning_rate_fn=lr,
                                  label_smoothing=0.1)
+
+
+def torchvision_stand_in():
+  """When torchvision cannot be imported (its wheel must match torch's
+  build exactly), stand-in modules for every torchvision.* name, whose
+  attributes are placeholder classes: a peer that imports torchvision only
+  for data loading or optional layers (timm, the DINO code) then imports."""
+  import importlib.abc
+  import importlib.machinery
+  import types
+  try:
+    import torchvision  # noqa: F401
+    return
+  except (ImportError, RuntimeError):
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+
+  class Placeholder(type):  # any class attribute is another placeholder
+    def __getattr__(cls, attr):
+      if attr.startswith("__"):
+        raise AttributeError(attr)
+      return Placeholder(attr, (), {"__init__": lambda self, *a, **k: None})
+
+  class StandIn(types.ModuleType):
+    def __getattr__(self, attr):
+      if attr.startswith("__"):
+        raise AttributeError(attr)
+      return Placeholder(attr, (), {"__init__": lambda self, *a, **k: None})
+
+  class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+      if name == "torchvision" or name.startswith("torchvision."):
+        return importlib.machinery.ModuleSpec(name, self, is_package=True)
+      return None
+
+    def create_module(self, spec):
+      module = StandIn(spec.name)
+      module.__path__ = []
+      return module
+
+    def exec_module(self, module):
+      pass
+  sys.meta_path.insert(0, Finder())

@@ -67,7 +67,7 @@ def get_config(arg=None):
       model="transformer", d_model=d_model, num_heads=heads, d_ff=d_ff,
       enc_layers=layers, dec_layers=layers, dropout=dropout, attention_dropout=0.0,
       pre_norm=variant == "ding", learned_positions=False, implementation="xla",
-      scan=False, remat="none",  # attnlab/nn/transformer.Stack: deep stacks' memory
+      scan=False, remat="none",  # attnlab/nn/blocks.Stack: deep stacks' memory
       dtype="float32"))
   c.decode = ml_collections.ConfigDict(dict(
       beam=4, alpha=0.6, extra_len=50, batch_tokens=2048, num_bleu=200, num_plots=2,

@@ -45,7 +45,8 @@ from attnlab.evals import bleu, sharded
 from attnlab.models import backbone as backbone_lib
 from attnlab.models import show_attend_tell as sat
 from attnlab.models import vit
-from attnlab.nn import attention as att
+from attnlab.nn import analysis
+from attnlab.nn import hard
 
 ORDERS = (1, 2, 3, 4)  # BLEU-1..4
 
@@ -298,7 +299,7 @@ class Experiment(experiment_lib.Experiment):
       reward = -c.reward_weight * caption_nll / jnp.maximum(mask.sum(1), 1)
       weights = jnp.where(mask[..., None], aux["attention"],
                           jax.lax.stop_gradient(aux["attention"]))
-      surrogate, baseline = att.reinforce_surrogate(
+      surrogate, baseline = hard.reinforce_surrogate(
           aux["log_prob"] * mask, reward, extra["baseline"], weights, c.entropy_weight,
           c.baseline_decay)
       # Only its gradient: train/loss stays the captions' NLL + penalty.
@@ -365,7 +366,7 @@ class Experiment(experiment_lib.Experiment):
     """Per caption: its NLL, its words, and the entropy of each word's
     attention summed (log L for uniform attention, 0 for one location)."""
     nll, mask, aux, _ = self._forward(*variables, batch, False)
-    entropy = att.attention_entropy(aux["attention"])
+    entropy = analysis.attention_entropy(aux["attention"])
     return {"nll": jnp.sum(nll * mask, 1), "words": jnp.sum(mask, 1),
             "entropy": jnp.sum(entropy * mask, 1)}
 

@@ -25,7 +25,7 @@ from attnlab.data import text as text_lib
 from attnlab.models import gpt
 from attnlab.models import rnn_lm
 from attnlab.nn import rnn as rnn_lib
-from attnlab.nn import transformer as blocks
+from attnlab.nn import blocks
 
 
 def validate(config):

@@ -34,7 +34,7 @@ from attnlab.data import text as text_lib
 from attnlab.data import tokenizer as tok_lib
 from attnlab.evals import sharded
 from attnlab.models import bert
-from attnlab.nn import transformer as blocks
+from attnlab.nn import blocks
 
 CLS, SEP = tok_lib.BOS, tok_lib.EOS
 FIRST_REGULAR = tok_lib.UNK + 1

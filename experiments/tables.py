@@ -1,4 +1,4 @@
-"""Paper tables reproduced from our code: `./launch.sh tables NAME`.
+"""Paper tables and reports of finished runs, from our code: `./launch.sh tables NAME`.
 
   complexity  Vaswani et al. (2017) Table 1, per-layer FLOPs of
               self-attention O(n^2 d), recurrent O(n d^2), convolutional
@@ -40,9 +40,15 @@
               (configs/vit.py:...,probe=True --config.init_from=SUPERVISED),
               each run's test split read once at its end; a table and
               features.png beside the DINO run.
+  compare WORKDIR...
+              finished char-LM runs, one row each: cell, size, parameters,
+              steps, wall minutes, tokens/s, MFU, held-out nats and bits/char.
+  curves WORKDIR... [--key K] [--x step|minutes] [--max_step N] [--out PNG]
+              one metric of several runs on one plot.
+  gradflow WORKDIR...
+              how far back gradients reach in trained char-LMs: |d loss_T /
+              d state_{T-d}| by distance d, a table and gradflow.png.
 """
-import contextlib
-import functools
 import json
 import os
 import re
@@ -52,24 +58,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab.nn import attention as att
+from attnlab.nn import kernels
 
 NS = (128, 256, 512, 1024)
 DS = (64, 128, 256, 512)
 K, R = 3, 32
-
-
-@contextlib.contextmanager
-def unrolled_scans():
-  """jax.lax.scan unrolled while tracing: XLA's cost analysis counts a
-  rolled loop's body once, an unrolled loop's every step (local
-  self-attention scans its k^2 offsets)."""
-  scan = jax.lax.scan
-  jax.lax.scan = functools.partial(scan, unroll=True)
-  try:
-    yield
-  finally:
-    jax.lax.scan = scan
 
 
 def flops(fn, *shapes):
@@ -85,12 +78,12 @@ def flops(fn, *shapes):
 def self_attention(x):
   """softmax(x x^T / sqrt(d)) x for one head, q = k = v = x [1, n, d]."""
   q = x[:, :, None]
-  return att.dot_product_attention(q, q, q, implementation="naive")
+  return kernels.dot_product_attention(q, q, q, implementation="naive")
 
 
 def restricted(x):
   q = x[:, :, None]
-  return att.dot_product_attention(q, q, q, att.Mask(window=R), implementation="banded")
+  return kernels.dot_product_attention(q, q, q, kernels.Mask(window=R), implementation="banded")
 
 
 def recurrent(x, w):
@@ -221,8 +214,10 @@ def vision():
           ("ResNet-50 (v1.5)", resnet.ResNet(depth=50), 25.5e6, 4.1),
           ("ResNet-50, non-local after stages 2, 3", resnet.ResNet(
               depth=50, nonlocal_stages=(2, 3)), None, None),
+          # Its k^2 offsets unrolled: XLA's cost analysis counts a rolled
+          # loop's body once.
           ("ResNet-50 layout, 7 x 7 local attention (SASA)",
-           resnet.ResNet(depth=50, spatial="local"), 18.0e6, None),
+           resnet.ResNet(depth=50, spatial="local", local_unroll=True), 18.0e6, None),
           ("LR-Net-50 (Hu et al.; the lectures)", None, 23.3e6, None)]
   print("| model | published params | ours | gap | published GMACs | ours: XLA GFLOP / 2 | gap |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -232,8 +227,7 @@ def vision():
       continue
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), image)
     count = sum(x.size for x in jax.tree.leaves(variables["params"]))
-    with unrolled_scans():
-      ours = flops(lambda v, x: model.apply(v, x), variables, image) / 2e9
+    ours = flops(lambda v, x: model.apply(v, x), variables, image) / 2e9
     gap = f"{100 * (ours / gmacs - 1):+.1f}%" if gmacs else ""
     gap_params = f"{100 * (count / published - 1):+.1f}%" if published else ""
     print(f"| {name} | {f'{published / 1e6:,.1f} M' if published else ''} | "
@@ -490,9 +484,124 @@ def caption_baselines(workdir=None):
             + f" | {scores['distinct_bleu4']:.2f} |")
 
 
+def compare(*workdirs):
+  """Finished char-LM runs, one row each, from config.json and metrics.jsonl."""
+  import json
+  import jax
+  from attnlab import metrics as metrics_lib
+  from experiments import lm
+  print(f"{'run':<22}{'cell':<6}{'hidden':>7}{'params':>10}{'steps':>7}"
+        f"{'wall min':>10}{'tok/s':>8}{'MFU':>6}{'held-out nats/char':>20}"
+        f"{'bits/char':>10}")
+  for wd in workdirs:
+    config = json.load(open(os.path.join(wd, "config.json")))
+    rows = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+    last = lambda key: [r[key] for r in rows if key in r][-1]
+    speeds = [r["train/tokens_per_sec"] for r in rows if "train/tokens_per_sec" in r]
+    mfus = [r["train/mfu"] for r in rows if "train/mfu" in r]
+    m = config["model"]
+    vocab = len(json.load(open(os.path.join(wd, "vocab.json")))["chars"])
+    model = lm.rnn_lm.RNNLM(vocab_size=vocab, cell=m["cell"], hidden=m["hidden"],
+                            num_layers=m["num_layers"], embed=m["embed"])
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jax.numpy.zeros((1, 2), "int32"),
+        model.zero_carry(1)))
+    params = sum(x.size for x in jax.tree.leaves(shapes))
+    print(f"{os.path.basename(wd.rstrip('/')):<22}{m['cell']:<6}{m['hidden']:>7}"
+          f"{params:>10,}{rows[-1]['step']:>7}"
+          f"{last('time/wall_sec') / 60:>10.1f}"
+          f"{sorted(speeds)[len(speeds) // 2]:>8,.0f}"
+          f"{100 * sorted(mfus)[len(mfus) // 2]:>5.0f}%"
+          f"{last('eval/loss'):>20.3f}{last('eval/bits_per_char'):>10.3f}")
+
+
+def curves(*args):
+  """`key` of several runs on one plot (PNG), against steps or minutes."""
+  import argparse
+  from attnlab import metrics as metrics_lib
+  from attnlab import viz
+  parser = argparse.ArgumentParser(prog="./launch.sh tables curves")
+  parser.add_argument("runs", nargs="+")
+  parser.add_argument("--key", default="train/loss")
+  parser.add_argument("--x", choices=("step", "minutes"), default="step")
+  parser.add_argument("--out", default="runs/curves.png")
+  parser.add_argument("--max_step", type=int, default=0, help="0: all")
+  a = parser.parse_args(args)
+  runs = {os.path.basename(wd.rstrip("/")):
+          [r for r in metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+           if not a.max_step or r["step"] <= a.max_step] for wd in a.runs}
+  viz.compare_runs(runs, a.key, a.out, a.x)
+  for label, rows in runs.items():
+    pts = [(r["step"], r[a.key]) for r in rows if a.key in r]
+    if pts:
+      print(f"{label:<24} {a.key} at step {pts[-1][0]}: {pts[-1][1]:.4f}")
+  print(f"wrote {a.out}")
+
+
+def gradflow(*workdirs, distances=(1, 2, 4, 8, 16, 32, 64, 100), windows=8):
+  """Norm of the gradient of the loss at the last character with respect to
+  the recurrent state d characters earlier (Bengio et al. 1994; Pascanu et
+  al. 2013): it vanishes geometrically in a vanilla RNN."""
+  import json
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+  import optax
+  from attnlab import train as train_lib
+  from attnlab.data import text as text_lib
+  from experiments import lm
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  print(f"{'run':<16}" + "".join(f"{'d=' + str(d):>10}" for d in distances))
+  for wd in workdirs:
+    config = ml_collections.ConfigDict(json.load(open(os.path.join(wd, "config.json"))))
+    exp = lm.Experiment(config, wd)
+    params = train_lib.Trainer(config, exp, wd).restore_params()["params"]
+    params = jax.device_get(params)
+    text = text_lib.load_text(config.data, config.data.eval_split)
+    model = exp.model
+
+    @jax.jit
+    def grad_norm(carry, tokens, target):
+      def loss(c):
+        logits, _ = model.apply({"params": params}, tokens, c)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits[:, -1], target).sum()
+      g = jax.grad(loss)(carry)
+      return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(g)))
+
+    norms = []
+    for d in distances:
+      vals = []
+      for w in range(windows):
+        start = 5000 + w * 1000
+        ids = jnp.asarray(exp.vocab.encode(text[start:start + 200 + d + 1]))[None]
+        _, aux = model.apply({"params": params}, ids[:, :200], model.zero_carry(1))
+        vals.append(float(grad_norm(aux["carry"], ids[:, 200:200 + d],
+                                    ids[:, 200 + d])))
+      norms.append(np.mean(vals))
+    name = f"{config.model.cell} ({os.path.basename(wd.rstrip('/'))})"
+    print(f"{config.model.cell:<16}" + "".join(f"{n:>10.2e}" for n in norms))
+    ax.semilogy(distances, norms, marker="o", label=name)
+  ax.set_xlabel("distance d (characters)")
+  ax.set_ylabel("|d loss_T / d state_{T-d}|")
+  ax.set_title("How far back the gradient reaches")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  out = os.path.join(os.path.dirname(workdirs[0].rstrip("/")), "gradflow.png")
+  fig.savefig(out, dpi=100)
+  print(f"plot: {out}")
+
+
 TABLES = {"complexity": complexity, "params": params, "bleu_by_length": bleu_by_length,
           "vision": vision, "data_efficiency": data_efficiency, "equal_time": equal_time, "features": features,
-          "soft_vs_hard": soft_vs_hard, "caption_baselines": caption_baselines}
+          "soft_vs_hard": soft_vs_hard, "caption_baselines": caption_baselines,
+          "compare": compare, "curves": curves, "gradflow": gradflow}
 
 
 def main():

@@ -28,7 +28,7 @@ from attnlab.evals import bleu, sharded
 from attnlab.models import seq2seq
 from attnlab.models import transformer
 from attnlab.nn import rnn as rnn_lib
-from attnlab.nn import transformer as blocks
+from attnlab.nn import blocks
 
 
 def validate(config):
@@ -214,7 +214,7 @@ class Experiment(experiment_lib.Experiment):
                               method=self.model.encode)
     # The Transformer's cache grows in length buckets and its rows are beam
     # slots, never copied when hypotheses change parents (attnlab/decode.py,
-    # nn/transformer.Stack.decode); the encoder's output and keys/values are
+    # nn/blocks.Stack.decode); the encoder's output and keys/values are
     # tiled to the beams once and never reordered. A recurrent state has none
     # of this: it is one small vector per hypothesis.
     grow = getattr(self.model, "grow_state", None)

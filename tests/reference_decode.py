@@ -3,7 +3,7 @@ buckets and kept fixed inputs out of the reordered state (commit aa7c71e):
 every step runs over a state sized for the longest output, and every leaf
 of it (caches, encoder output) is gathered to follow its hypotheses. The
 fast search must return what this returns (tests/test_decode.py), and
-`python -m experiments.bench beam --reference` times it beside the fast one.
+`python -m benchmarks beam --reference` times it beside the fast one.
 """
 import jax
 import jax.numpy as jnp

@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attnlab.nn import attention as att
+from attnlab.nn import analysis
+from attnlab.nn import hard
+from attnlab.nn import kernels
+from attnlab.nn import multihead
+from attnlab.nn import scores
+from attnlab.nn import vision
 
 B, T, H, D = 2, 13, 2, 4
 
@@ -38,16 +43,16 @@ def masks():
   valid = jnp.arange(T)[None, :] < jnp.array([[T], [9]])
   seg = jnp.array([[0] * 5 + [1] * 8, [0] * 7 + [1] * 6])
   return {
-      "none": att.Mask(),
-      "padding": att.Mask(kv_valid=valid),
-      "causal": att.Mask(causal=True),
-      "causal_padding": att.Mask(causal=True, kv_valid=valid),
-      "window": att.Mask(window=2),
+      "none": kernels.Mask(),
+      "padding": kernels.Mask(kv_valid=valid),
+      "causal": kernels.Mask(causal=True),
+      "causal_padding": kernels.Mask(causal=True, kv_valid=valid),
+      "window": kernels.Mask(window=2),
       # padding as lengths (0: a row with no key at all): the structured xla path
-      "lengths": att.Mask(kv_lengths=jnp.array([T, 0])),
-      "causal_lengths": att.Mask(causal=True, kv_lengths=jnp.array([9, T])),
-      "causal_window": att.Mask(causal=True, window=3),
-      "segments": att.Mask(q_segments=seg, kv_segments=seg, causal=True),
+      "lengths": kernels.Mask(kv_lengths=jnp.array([T, 0])),
+      "causal_lengths": kernels.Mask(causal=True, kv_lengths=jnp.array([9, T])),
+      "causal_window": kernels.Mask(causal=True, window=3),
+      "segments": kernels.Mask(q_segments=seg, kv_segments=seg, causal=True),
   }
 
 
@@ -57,7 +62,7 @@ def test_implementations_match_a_loop_reference(name, impl):
   mask = masks()[name]
   q, k, v = qkv()
   allowed = np.broadcast_to(np.asarray(mask.dense(T, T))[:, 0], (B, T, T))
-  out = att.dot_product_attention(q, k, v, mask, implementation=impl,
+  out = kernels.dot_product_attention(q, k, v, mask, implementation=impl,
                                   q_chunk=4, kv_chunk=5)
   np.testing.assert_allclose(out, naive_reference(q, k, v, allowed),
                              rtol=1e-5, atol=1e-5)
@@ -70,7 +75,7 @@ def test_chunked_gradients_equal_naive(name):
   w = jax.random.normal(jax.random.PRNGKey(9), (B, T, H, D))
 
   def loss(impl):
-    return lambda q, k, v: jnp.sum(w * att.dot_product_attention(
+    return lambda q, k, v: jnp.sum(w * kernels.dot_product_attention(
         q, k, v, mask, implementation=impl, q_chunk=4, kv_chunk=3))
   g_naive = jax.grad(loss("naive"), argnums=(0, 1, 2))(q, k, v)
   g_chunk = jax.grad(loss("chunked"), argnums=(0, 1, 2))(q, k, v)
@@ -83,21 +88,21 @@ def test_chunked_gradients_equal_naive(name):
 def test_banded_restricted_attention_matches_naive(name):
   valid = jnp.arange(T)[None, :] < jnp.array([[T], [9]])
   seg = jnp.array([[0] * 5 + [1] * 8, [0] * 7 + [1] * 6])
-  mask = {"window": att.Mask(window=3),
-          "window_causal": att.Mask(window=3, causal=True),
-          "window_padding": att.Mask(window=2, kv_valid=valid),
-          "window_segments": att.Mask(window=4, q_segments=seg, kv_segments=seg)}[name]
+  mask = {"window": kernels.Mask(window=3),
+          "window_causal": kernels.Mask(window=3, causal=True),
+          "window_padding": kernels.Mask(window=2, kv_valid=valid),
+          "window_segments": kernels.Mask(window=4, q_segments=seg, kv_segments=seg)}[name]
   q, k, v = qkv(2)
   np.testing.assert_allclose(
-      att.dot_product_attention(q, k, v, mask, implementation="banded"),
-      att.dot_product_attention(q, k, v, mask, implementation="naive"),
+      kernels.dot_product_attention(q, k, v, mask, implementation="banded"),
+      kernels.dot_product_attention(q, k, v, mask, implementation="naive"),
       rtol=1e-5, atol=1e-5)
 
 
 def test_weights_rows_sum_to_one_and_masked_rows_to_zero():
   q, k, v = qkv()
   valid = jnp.arange(T)[None, :] < jnp.array([[T], [0]])  # batch 1: no keys
-  _, w = att.dot_product_attention(q, k, v, att.Mask(kv_valid=valid, causal=True),
+  _, w = kernels.dot_product_attention(q, k, v, kernels.Mask(kv_valid=valid, causal=True),
                                    return_weights=True)
   np.testing.assert_allclose(w[0].sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_array_equal(w[1], 0.0)
@@ -107,20 +112,20 @@ def test_weights_rows_sum_to_one_and_masked_rows_to_zero():
 def test_local_window_covering_everything_is_global():
   q, k, v = qkv()
   for impl in ("naive", "chunked"):
-    local = att.dot_product_attention(q, k, v, att.Mask(window=T), implementation=impl)
-    full = att.dot_product_attention(q, k, v, implementation=impl)
+    local = kernels.dot_product_attention(q, k, v, kernels.Mask(window=T), implementation=impl)
+    full = kernels.dot_product_attention(q, k, v, implementation=impl)
     np.testing.assert_allclose(local, full, rtol=1e-6, atol=1e-6)
 
 
 def mha_and_params(impl="xla", heads=2, dim=8):
   x = jax.random.normal(jax.random.PRNGKey(3), (B, T, dim))
-  model = att.MultiHeadAttention(num_heads=heads, implementation=impl)
+  model = multihead.MultiHeadAttention(num_heads=heads, implementation=impl)
   return x, model, model.init(jax.random.PRNGKey(0), x)
 
 
 def test_multi_head_equals_flax_module():
   x, model, params = mha_and_params()
-  mask = att.Mask(causal=True)
+  mask = kernels.Mask(causal=True)
   ours, _ = model.apply(params, x, mask=mask)
   flax_mha = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
   theirs = flax_mha.apply(params, x, x, mask=mask.dense(T, T))
@@ -142,11 +147,11 @@ def test_projections_equal_separate_dense_layers(fused):
        for n in ("query", "key", "value")]
   one_by_one = lambda w, x: [nn.DenseGeneral((2, 4)).apply(
       {"params": {"kernel": k, "bias": b}}, x) for k, b in w]
-  for got, want in zip(att.project_heads(x, w, fused=fused), one_by_one(w, x)):
+  for got, want in zip(multihead.project_heads(x, w, fused=fused), one_by_one(w, x)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   loss = lambda project: lambda w, x: sum(
       (i + 1) * jnp.sum(jnp.sin(y)) for i, y in enumerate(project(w, x)))
-  ours = jax.grad(loss(lambda w, x: att.project_heads(x, w, fused=fused)),
+  ours = jax.grad(loss(lambda w, x: multihead.project_heads(x, w, fused=fused)),
                   argnums=(0, 1))(w, x)
   separate = jax.grad(loss(one_by_one), argnums=(0, 1))(w, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
@@ -166,7 +171,7 @@ def test_self_attention_is_permutation_equivariant(impl):
 def test_causal_mask_blocks_gradient_from_the_future(impl):
   x, model, params = mha_and_params(impl)
   i = 5
-  jac = jax.grad(lambda x: model.apply(params, x, mask=att.Mask(causal=True))[0][:, i].sum())(x)
+  jac = jax.grad(lambda x: model.apply(params, x, mask=kernels.Mask(causal=True))[0][:, i].sum())(x)
   assert float(jnp.abs(jac[:, i + 1:]).max()) == 0.0
   assert float(jnp.abs(jac[:, :i + 1]).max()) > 0.0
 
@@ -175,7 +180,7 @@ def test_causal_mask_blocks_gradient_from_the_future(impl):
 def test_padding_never_changes_real_positions(impl):
   x, model, params = mha_and_params(impl)
   valid = jnp.arange(T)[None, :] < 9
-  mask = att.Mask(kv_valid=jnp.broadcast_to(valid, (B, T)))
+  mask = kernels.Mask(kv_valid=jnp.broadcast_to(valid, (B, T)))
   out, _ = model.apply(params, x, mask=mask)
   noisy = x.at[:, 9:].set(100.0)
   out2, _ = model.apply(params, noisy, mask=mask)
@@ -185,7 +190,7 @@ def test_padding_never_changes_real_positions(impl):
 def test_additive_score_is_bahdanau_eq6():
   q = jax.random.normal(jax.random.PRNGKey(0), (B, 3, 5))
   k = jax.random.normal(jax.random.PRNGKey(1), (B, 4, 6))
-  score = att.AdditiveScore(hidden=7)
+  score = scores.AdditiveScore(hidden=7)
   params = score.init(jax.random.PRNGKey(2), q, k)
   got = score.apply(params, q, k)
   p = jax.tree.map(np.asarray, params["params"])
@@ -203,14 +208,14 @@ def test_additive_score_is_bahdanau_eq6():
 def test_bilinear_and_dot_scores():
   q = jax.random.normal(jax.random.PRNGKey(0), (B, 3, 5))
   k = jax.random.normal(jax.random.PRNGKey(1), (B, 4, 5))
-  score = att.BilinearScore()
+  score = scores.BilinearScore()
   params = score.init(jax.random.PRNGKey(2), q, k)
   w = np.asarray(params["params"]["W"])
   np.testing.assert_allclose(score.apply(params, q, k),
                              np.einsum("bqd,de,bke->bqk", q, w, k), rtol=1e-5)
-  np.testing.assert_allclose(att.scaled_dot_score(q, k) * np.sqrt(5),
-                             att.dot_score(q, k), rtol=1e-5)
-  ctx, w = att.attend(att.dot_score(q, k), k)
+  np.testing.assert_allclose(scores.scaled_dot_score(q, k) * np.sqrt(5),
+                             scores.dot_score(q, k), rtol=1e-5)
+  ctx, w = scores.attend(scores.dot_score(q, k), k)
   np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(ctx, np.einsum("bqk,bkd->bqd", w, k), rtol=1e-5)
 
@@ -219,7 +224,7 @@ def test_graves_window_is_the_mixture_formula_and_moves_forward():
   K, U, Dm = 3, 9, 4
   h = jax.random.normal(jax.random.PRNGKey(0), (B, 5))
   memory = jax.random.normal(jax.random.PRNGKey(1), (B, U, Dm))
-  model = att.GravesAttention(num_components=K)
+  model = scores.GravesAttention(num_components=K)
   kappa0 = jnp.ones((B, K))
   params = model.init(jax.random.PRNGKey(2), h, kappa0, memory)
   w, kappa, phi = model.apply(params, h, kappa0, memory)
@@ -238,11 +243,11 @@ def test_graves_window_is_the_mixture_formula_and_moves_forward():
 def test_hard_attention_samples_follow_the_weights_and_average_to_soft():
   weights = jnp.broadcast_to(jnp.array([0.1, 0.6, 0.3]), (4000, 1, 3))
   values = jnp.broadcast_to(jnp.array([[1.0], [2.0], [3.0]]), (4000, 3, 1))
-  ctx, index, log_prob = att.hard_attention(jax.random.PRNGKey(0), weights, values)
+  ctx, index, log_prob = hard.hard_attention(jax.random.PRNGKey(0), weights, values)
   freq = np.bincount(np.asarray(index).ravel(), minlength=3) / 4000
   np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=0.025)
   np.testing.assert_allclose(log_prob, np.log(np.array([0.1, 0.6, 0.3]))[index], rtol=1e-5)
-  soft, _ = att.attend(jnp.log(weights), values)
+  soft, _ = scores.attend(jnp.log(weights), values)
   np.testing.assert_allclose(ctx.mean(), soft.mean(), atol=0.03)
 
 
@@ -254,9 +259,9 @@ def _surrogate_grad(n, baseline, entropy_weight=0.0, rng=jax.random.PRNGKey(1)):
   """d(-loss)/d theta of the surrogate over n samples, and the samples."""
   def surrogate(t):
     w = jax.nn.softmax(t)[None, None]
-    _, index, log_prob = att.hard_attention(rng, jnp.broadcast_to(w, (n, 1, 4)),
+    _, index, log_prob = hard.hard_attention(rng, jnp.broadcast_to(w, (n, 1, 4)),
                                             jnp.zeros((n, 4, 1)))
-    loss, new_baseline = att.reinforce_surrogate(
+    loss, new_baseline = hard.reinforce_surrogate(
         log_prob, REWARDS[index[:, 0]], baseline, w, entropy_weight=entropy_weight)
     return -loss, (index[:, 0], new_baseline)
   return jax.grad(surrogate, has_aux=True)(THETA)
@@ -300,7 +305,7 @@ def test_structured_masks_reach_jax_without_a_dense_mask(name, monkeypatch):
   monkeypatch.setattr(jax.nn, "dot_product_attention",
                       lambda *a, **kw: calls.append(kw) or real(*a, **kw))
   loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(
-      att.dot_product_attention(q, k, v, mask, implementation=impl)))
+      kernels.dot_product_attention(q, k, v, mask, implementation=impl)))
   fast = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
   assert calls and all(kw.get("mask") is None for kw in calls)
   dense = jax.value_and_grad(loss("naive"), argnums=(0, 1, 2))(q, k, v)
@@ -316,7 +321,7 @@ def test_additive_bias_is_added_to_the_scaled_scores(impl, name):
   mask = masks()[name]
   q, k, v = qkv(4)
   bias = jax.random.normal(jax.random.PRNGKey(5), (1, H, T, T))
-  out = att.dot_product_attention(q, k, v, mask, bias=bias, implementation=impl)
+  out = kernels.dot_product_attention(q, k, v, mask, bias=bias, implementation=impl)
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D) + bias
   allowed = mask.dense(T, T)
   w = jnp.where(allowed, jax.nn.softmax(jnp.where(allowed, scores, -1e30), -1), 0.0)
@@ -327,7 +332,7 @@ def test_additive_bias_is_added_to_the_scaled_scores(impl, name):
 def test_bias_with_the_chunked_path_is_refused():
   q, k, v = qkv()
   with pytest.raises(ValueError, match="bias"):
-    att.dot_product_attention(q, k, v, bias=jnp.zeros((1, H, T, T)), implementation="chunked")
+    kernels.dot_product_attention(q, k, v, bias=jnp.zeros((1, H, T, T)), implementation="chunked")
 
 
 def _grid_window_reference(x, params, heads, window, shift):
@@ -371,7 +376,7 @@ def test_shifted_window_attention_is_swin_on_the_whole_grid(shift, impl):
   windows, with the bias looked up by offset (reference above)."""
   heads, window = 2, 4
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 12, 8))
-  layer = att.WindowAttention(heads, window, shift=shift, implementation=impl)
+  layer = vision.WindowAttention(heads, window, shift=shift, implementation=impl)
   params = layer.init(jax.random.PRNGKey(1), x)["params"]
   # A non-zero table, so that a wrong offset would show.
   params["RelativePositionBias_0"]["table"] = jax.random.normal(
@@ -383,11 +388,11 @@ def test_shifted_window_attention_is_swin_on_the_whole_grid(shift, impl):
 
 def test_window_partition_round_trip_and_regions():
   x = jnp.arange(2 * 8 * 12 * 3).reshape(2, 8, 12, 3)
-  windows = att.window_partition(x, 4)
+  windows = vision.window_partition(x, 4)
   assert windows.shape == (2 * 2 * 3, 16, 3)
   np.testing.assert_array_equal(windows[1, :4, 0], x[0, 0, 4:8, 0])  # 2nd window, 1st row
-  np.testing.assert_array_equal(att.window_merge(windows, 4, 8, 12), x)
-  regions = att.shifted_window_regions(8, 12, 4, 2)
+  np.testing.assert_array_equal(vision.window_merge(windows, 4, 8, 12), x)
+  regions = vision.shifted_window_regions(8, 12, 4, 2)
   # Unshifted-interior windows are one region; the last row/column of
   # windows is split where the roll wrapped (Swin's figure 4).
   assert len(set(regions[0].tolist())) == 1
@@ -397,7 +402,7 @@ def test_window_partition_round_trip_and_regions():
 
 def test_window_attention_refuses_a_map_that_is_no_multiple_of_the_window():
   with pytest.raises(ValueError, match="multiple of window"):
-    att.WindowAttention(2, 4).init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 8, 8)))
+    vision.WindowAttention(2, 4).init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 8, 8)))
 
 
 def test_attention_rollout_is_abnar_and_zuidema_written_out():
@@ -406,7 +411,7 @@ def test_attention_rollout_is_abnar_and_zuidema_written_out():
   rng = np.random.default_rng(0)
   w = rng.random((2, 3, 4, 5, 5))
   w /= w.sum(-1, keepdims=True)
-  got = np.asarray(att.attention_rollout(jnp.asarray(w, jnp.float32)))
+  got = np.asarray(analysis.attention_rollout(jnp.asarray(w, jnp.float32)))
   for b in range(2):
     r = np.eye(5)
     for layer in range(3):

@@ -1,12 +1,12 @@
 """The benchmarks' timing protocol: alternating windows, median ratio."""
 import types
 
-from experiments import bench
+from benchmarks import timing
 
 
 def test_windows_alternate_and_ratio_is_the_median_of_rounds(monkeypatch):
   clock, calls = [0.0], []
-  monkeypatch.setattr(bench, "time", types.SimpleNamespace(
+  monkeypatch.setattr(timing, "time", types.SimpleNamespace(
       perf_counter=lambda: clock[0]))
 
   def window(name, durations):
@@ -18,11 +18,11 @@ def test_windows_alternate_and_ratio_is_the_median_of_rounds(monkeypatch):
     return run
   # B's second round hits a slow spell (5x); the median ignores it, the
   # spread shows it.
-  times = bench.interleaved({"A": window("A", [1.0, 1.0, 1.0]),
+  times = timing.interleaved({"A": window("A", [1.0, 1.0, 1.0]),
                              "B": window("B", [2.0, 10.0, 2.5])}, rounds=3)
   assert calls == ["A", "B"] * 3
   assert times == {"A": [1.0, 1.0, 1.0], "B": [2.0, 10.0, 2.5]}
-  assert bench.ratio_summary(times, "B", "A") == (2.5, 2.0, 10.0)
+  assert timing.ratio_summary(times, "B", "A") == (2.5, 2.0, 10.0)
 
 
 def test_op_profile_attributes_traced_ops_to_their_source(capsys):
@@ -38,7 +38,7 @@ def test_op_profile_attributes_traced_ops_to_their_source(capsys):
       y = jnp.tanh(state @ batch)
     return state, {"y": y}
   x = jnp.ones((256, 256))
-  bench.op_profile(bench.Stepper(jax.jit(step), x, x), top=5)
+  timing.op_profile(timing.Stepper(jax.jit(step), x, x), top=5)
   out = capsys.readouterr().out
   assert "matmuls and convolutions" in out and "other elementwise" in out, out
   assert re.search(r"% +L/dot_general", out), out  # encoderblock_3 folded to L
@@ -58,7 +58,7 @@ def test_op_profile_names_the_guarded_update_loop_the_optimizer(capsys):
     new = params - 0.1 * grads * jax.lax.rsqrt(grads * grads + 1e-8)
     return jnp.where(finite, new, params), {"n": jnp.sum(new)}
   x = jnp.ones((1024, 1024))
-  bench.op_profile(bench.Stepper(jax.jit(step), x, x), top=5)
+  timing.op_profile(timing.Stepper(jax.jit(step), x, x), top=5)
   out = capsys.readouterr().out
   assert "optimizer update (one fused loop per parameter)" in out, out
   assert "selects" not in out.split("top")[0], out

@@ -19,7 +19,7 @@ from attnlab.data import tokenizer as tok_lib
 from attnlab.evals import bleu
 from attnlab.models import show_attend_tell as sat
 from attnlab.models import vit
-from attnlab.nn import attention as att
+from attnlab.nn import hard
 from helpers import assert_trees_equal, load_state, make_folder, make_pairs_folder, run_cli
 
 V, B, T = 11, 3, 5
@@ -154,7 +154,7 @@ def test_beam_returns_the_per_word_attention_of_its_best_caption(setup):
 def test_hard_attention_gradient_estimator_is_unbiased_on_a_toy_problem():
   """Locations s ~ alpha = softmax(theta) with rewards r_s: the exact
   gradient of E[r_s] is alpha * (r - alpha . r). The estimator (samples of
-  att.hard_attention through att.reinforce_surrogate) over 400k samples is
+  hard.hard_attention through hard.reinforce_surrogate) over 400k samples is
   within 5 standard errors of it, for a zero baseline and for b = E[r]
   (which has the smaller variance); the entropy term's gradient is
   d H / d theta = -alpha * (log alpha + H)."""
@@ -167,10 +167,10 @@ def test_hard_attention_gradient_estimator_is_unbiased_on_a_toy_problem():
 
   def objective(theta, baseline, entropy_weight=0.0, reward=True):
     w = jnp.broadcast_to(jax.nn.softmax(theta), (n, 1, theta.shape[0]))
-    _, index, log_prob = att.hard_attention(jax.random.PRNGKey(0), w,
+    _, index, log_prob = hard.hard_attention(jax.random.PRNGKey(0), w,
                                             jnp.zeros((n, theta.shape[0], 1)))
     rewards = r[index[:, 0]] if reward else jnp.zeros(n)
-    loss, _ = att.reinforce_surrogate(log_prob, rewards, baseline, w, entropy_weight)
+    loss, _ = hard.reinforce_surrogate(log_prob, rewards, baseline, w, entropy_weight)
     return -loss  # the surrogate is minimised: its negative is the objective
   grad = jax.jit(jax.grad(objective), static_argnums=(2, 3))
   variances = []
@@ -189,7 +189,7 @@ def test_hard_attention_gradient_estimator_is_unbiased_on_a_toy_problem():
 
 
 def test_reinforce_baseline_is_a_moving_average_of_the_reward():
-  _, b = att.reinforce_surrogate(jnp.zeros((4, 2)), jnp.array([1.0, 2.0, 3.0, 6.0]),
+  _, b = hard.reinforce_surrogate(jnp.zeros((4, 2)), jnp.array([1.0, 2.0, 3.0, 6.0]),
                                  jnp.float32(10.0), jnp.full((4, 2, 3), 1 / 3), 0.0, 0.9)
   np.testing.assert_allclose(b, 0.9 * 10 + 0.1 * 3.0, rtol=1e-6)
 

@@ -268,12 +268,12 @@ def test_log_lines_have_no_nan_and_mfu_at_most_100(tmp_path, text_folder, capsys
   assert "above the peak" in out
 
 
-# --- 12. reading a run with plain orbax, as the README shows ----------------------
+# --- 12. reading a run with plain orbax, as docs/checkpoints.md shows -----------
 def test_readme_plain_orbax_snippet_reads_the_params(tmp_path, text_folder):
   wd = str(tmp_path / "run")
   main_lib.main(["train", "--config", CHARLM, "--workdir", wd,
                  *tiny_overrides(text_folder, total_steps=2, eval_every=0)])
-  readme = open(os.path.join(ROOT, "README.md")).read()
+  readme = open(os.path.join(ROOT, "docs", "checkpoints.md")).read()
   block = re.search(r"```python\n(# A run's parameters with plain orbax.*?)```", readme, re.S)
   assert block, "README lost its plain-orbax snippet"
   scope = {}

@@ -1,4 +1,4 @@
-"""The shared layer stack (attnlab/nn/transformer.Stack): scanned and
+"""The shared layer stack (attnlab/nn/blocks.Stack): scanned and
 unscanned layers are the same function, rematerialisation changes memory and
 not values, cached decoding works in both layouts, every layer's attention
 is returned on request, and unscanned parameters keep their old names."""
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from attnlab.models import bert, gpt, transformer
-from attnlab.nn import attention as att
-from attnlab.nn import transformer as blocks
+from attnlab.nn import kernels
+from attnlab.nn import multihead
+from attnlab.nn import blocks
 
 V = 40
 TINY = dict(d_model=16, num_heads=2, d_ff=32, dropout=0.0)
@@ -135,9 +136,9 @@ def test_every_layers_attention_weights_on_request():
   first = jax.tree.map(lambda x: x[0], p["layer_scan"])
   x = model.apply(params, tokens, jnp.arange(9)[None], False, method=model._embed)
   ln = blocks.nn.LayerNorm().apply({"params": first["self_norm"]}, x)
-  mha = att.MultiHeadAttention(2)
+  mha = multihead.MultiHeadAttention(2)
   _, expect = mha.apply({"params": first["self_attention"]}, ln,
-                        mask=att.Mask(causal=True), return_weights=True)
+                        mask=kernels.Mask(causal=True), return_weights=True)
   np.testing.assert_allclose(w[:, 0], expect, rtol=1e-5, atol=1e-6)
 
   b = bert.BERT(V, **TINY, num_layers=2, max_len=16)
@@ -182,16 +183,16 @@ def test_stochastic_depth_keeps_or_drops_each_rows_branches_at_the_layers_rate(s
   args = dict(num_layers=L, num_heads=2, d_ff=32, dropout=0.0, pre_norm=True, scan=scan)
   stack = blocks.Stack(**args, drop_path=rate)
   x = jax.random.normal(jax.random.PRNGKey(0), (B, 5, 16))
-  variables = stack.init(jax.random.PRNGKey(1), x, att.Mask())
-  np.testing.assert_array_equal(stack.apply(variables, x, att.Mask())[0],
-                                blocks.Stack(**args).apply(variables, x, att.Mask())[0])
-  y = stack.apply(variables, x, att.Mask(), train=True, rngs={"dropout": jax.random.PRNGKey(2)})[0]
+  variables = stack.init(jax.random.PRNGKey(1), x, kernels.Mask())
+  np.testing.assert_array_equal(stack.apply(variables, x, kernels.Mask())[0],
+                                blocks.Stack(**args).apply(variables, x, kernels.Mask())[0])
+  y = stack.apply(variables, x, kernels.Mask(), train=True, rngs={"dropout": jax.random.PRNGKey(2)})[0]
 
   params = variables["params"]
   layer_params = [jax.tree.map(lambda a: a[i], params["layer_scan"]) if scan
                   else params[f"layer_{i}"] for i in range(L)]
   layer = blocks.Layer(2, 32, dropout=0.0, pre_norm=True)
-  attend = lambda m, h: m.self_attention(m.norms["self_norm"](h), mask=att.Mask())[0]
+  attend = lambda m, h: m.self_attention(m.norms["self_norm"](h), mask=kernels.Mask())[0]
   ffn = lambda m, h: m.ffn(m.norms["ffn_norm"](h))
   rates = [rate * i / (L - 1) for i in range(L)]  # 0, 0.25, 0.5
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attnlab.models import transformer
-from attnlab.nn import transformer as blocks
+from attnlab.nn import blocks
 
 V = 23
 

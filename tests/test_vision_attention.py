@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from attnlab.models import resnet, swin
-from attnlab.nn import attention as att
+from attnlab.nn import vision
 from helpers import make_folder, run_cli
 
 
@@ -30,7 +30,7 @@ def test_relative_position_index_is_each_offsets_row():
     for j in range(w * w):
       dy, dx = i // w - j // w, i % w - j % w
       want[i, j] = (dy + w - 1) * (2 * w - 1) + (dx + w - 1)
-  np.testing.assert_array_equal(att.relative_position_index(w), want)
+  np.testing.assert_array_equal(vision.relative_position_index(w), want)
 
 
 def test_patch_merging_is_the_papers_four_strided_slices():
@@ -75,7 +75,7 @@ def test_swin_blocks_shift_every_second_window_but_not_a_single_one():
       h_in = inter[name]["attention_norm"]["__call__"][0]
       out = inter[name]["attention"]["__call__"][0][0]
       for s in {0, 2} if side > 4 else {0}:
-        got, _ = att.WindowAttention(p["attention"]["attention"]["query"]["kernel"].shape[1],
+        got, _ = vision.WindowAttention(p["attention"]["attention"]["query"]["kernel"].shape[1],
                                      4, s).apply({"params": p["attention"]}, h_in)
         assert np.allclose(got, out, atol=1e-6) == (s == shift), (name, s)
 
@@ -97,7 +97,7 @@ def test_swin_image_sizes_that_do_not_work_say_which_do(size, words):
 def test_nonlocal_block_starts_as_the_identity_then_is_the_embedded_gaussian():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6, 8))
   norm = functools.partial(nn.BatchNorm, use_running_average=True)
-  block = att.NonLocalBlock(norm)
+  block = vision.NonLocalBlock(norm)
   variables = block.init(jax.random.PRNGKey(1), x)
   z, _ = block.apply(variables, x)
   np.testing.assert_array_equal(z, x)
@@ -157,7 +157,7 @@ def local_attention_loop(x, p, heads, kernel):
 
 def test_local_self_attention_is_a_loop_over_neighbourhoods():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 4))
-  layer = att.LocalSelfAttention(8, num_heads=2, kernel=3)
+  layer = vision.LocalSelfAttention(8, num_heads=2, kernel=3)
   params = layer.init(jax.random.PRNGKey(1), x)["params"]
   y, weights = layer.apply({"params": params}, x, return_weights=True)
   np.testing.assert_allclose(y, local_attention_loop(x, params, 2, 3), rtol=1e-4, atol=1e-5)
@@ -171,7 +171,7 @@ def test_local_self_attention_never_holds_a_pixels_by_pixels_matrix():
   """XLA's memory analysis of the forward at 112 x 112, 64 channels, 8
   heads, 7 x 7: its temporaries are a fraction of one (HW)^2 float32
   matrix (630 MB), which global attention over the map would need."""
-  layer = att.LocalSelfAttention(64, num_heads=8, kernel=7)
+  layer = vision.LocalSelfAttention(64, num_heads=8, kernel=7)
   x = jax.ShapeDtypeStruct((1, 112, 112, 64), jnp.float32)
   params = jax.eval_shape(layer.init, jax.random.PRNGKey(0), x)
   temps = jax.jit(lambda p, x: layer.apply(p, x)[0]).lower(params, x).compile()

@@ -16,7 +16,7 @@ from attnlab.data import images
 from attnlab.evals import knn, linear_probe
 from attnlab.evals import sharded
 from attnlab.models import vit
-from attnlab.nn import attention as att
+from attnlab.nn import analysis
 
 
 class ImageFeatures(experiment_lib.Experiment):
@@ -113,7 +113,7 @@ class ImageFeatures(experiment_lib.Experiment):
     weights = aux["attention"]  # [B, layers, heads, T, T]
     side = images_.shape[1] // self.vit.patch
     last = weights[:, -1, :, 0, 1:].reshape(weights.shape[0], weights.shape[2], side, -1)
-    rollout = att.attention_rollout(weights)[:, 0, 1:].reshape(weights.shape[0], side, -1)
+    rollout = analysis.attention_rollout(weights)[:, 0, 1:].reshape(weights.shape[0], side, -1)
     return last, rollout
 
   def guess(self, state, image):

@@ -12,8 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnlab.nn import attention as att
-from attnlab.nn import transformer as blocks
+from attnlab.nn import kernels
+from attnlab.nn import blocks
 
 
 class BERT(nn.Module):
@@ -57,7 +57,7 @@ class BERT(nn.Module):
     positions = jnp.arange(tokens.shape[1])[None]
     x = self.embed(tokens) + self.pos_embed(positions) + self.type_embed(types)
     x = self.drop(self.embed_norm(x), deterministic=not train)
-    mask = att.Mask(kv_valid=valid)
+    mask = kernels.Mask(kv_valid=valid)
     x, weights = self.layers(x, mask, train=train, return_weights=return_weights)
     h = self.mlm_norm(nn.gelu(self.mlm_dense(x)))
     mlm_logits = self.embed.attend(h) + self.mlm_bias

@@ -4,7 +4,7 @@ learned temperature that scales their cosine similarities.
 
 The image tower is attnlab/models/vit.py's ViT without a classifier (any
 variant string; its class token's pre-logits are the image's features). The
-text tower is the pre-norm Transformer stack of attnlab/nn/transformer.py
+text tower is the pre-norm Transformer stack of attnlab/nn/blocks.py
 under a causal mask, as CLIP's: token + learned position embeddings, a
 final LayerNorm, and the features of the end-of-text token (every text ends
 with tokenizer.EOS; padding after it is never attended to by it, so padded
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from attnlab.data import tokenizer
 from attnlab.models import vit
-from attnlab.nn import attention as att
-from attnlab.nn import transformer as blocks
+from attnlab.nn import kernels
+from attnlab.nn import blocks
 
 # The text tower of CLIP's models (Table 19/20 of the paper): width, layers, heads.
 TEXT_VARIANTS = {"S": (384, 12, 6), "B": (512, 12, 8), "L": (768, 12, 12)}
@@ -65,7 +65,7 @@ class TextTower(nn.Module):
     stack = blocks.Stack(self.depth, self.num_heads, self.mlp_dim, dropout=self.dropout,
                          pre_norm=True, activation="gelu", implementation=self.implementation,
                          scan=self.scan, remat=self.remat, dtype=self.dtype, name="encoder")
-    x, weights = stack(x, att.Mask(causal=True), train=train, return_weights=return_weights)
+    x, weights = stack(x, kernels.Mask(causal=True), train=train, return_weights=return_weights)
     x = nn.LayerNorm(name="final_norm")(x)
     features = jnp.take_along_axis(x, end_of_text(tokens)[:, None, None], 1)[:, 0]
     aux = {"tokens": x}

@@ -18,7 +18,7 @@ class WeightNormLinear(nn.Module):
   contiguous last axis. flax's nn.WeightNorm around a Dense normalises the
   columns of an [in, out] kernel instead, and XLA's CPU reduction over the
   leading axis of [256, 65536] is about 40x slower than over the trailing
-  axis of its transpose (`python -m experiments.bench dinohead`): with
+  axis of its transpose (`python -m benchmarks dinohead`): with
   65,536 outputs it made the head most of a ViT-S step."""
   features: int
   use_scale: bool = True

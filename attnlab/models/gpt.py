@@ -11,8 +11,8 @@ LayerNorm first in each sub-layer and once more at the end (pre_norm).
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attnlab.nn import attention as att
-from attnlab.nn import transformer as blocks
+from attnlab.nn import kernels
+from attnlab.nn import blocks
 
 
 class GPT(nn.Module):
@@ -54,7 +54,7 @@ class GPT(nn.Module):
                return_weights=False):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    mask = att.Mask(causal=True, q_segments=segments, kv_segments=segments)
+    mask = kernels.Mask(causal=True, q_segments=segments, kv_segments=segments)
     x = self._embed(tokens, positions, train)
     x, weights = self.layers(x, mask, train=train, return_weights=return_weights)
     return self._out(x), ({"self_attention": weights["self"]} if return_weights else {})

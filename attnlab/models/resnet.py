@@ -12,7 +12,7 @@ convolutions (Kolesnikov et al. 2020), no batch statistics at all.
 `small_inputs`: a 3 x 3 stride-1 stem without max-pooling, for 28-32 pixel
 images (as for CIFAR in He et al., section 4.2).
 
-Attention inside the CNN (attnlab/nn/attention.py):
+Attention inside the CNN (attnlab/nn/vision.py):
   nonlocal_stages  a non-local block (Wang et al. 2018) after each of these
                    stages (1-based; Wang et al. put theirs in res3 and res4,
                    our stages 2 and 3), starting as the identity
@@ -35,7 +35,7 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attnlab.nn import attention as att
+from attnlab.nn import vision
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),
@@ -112,6 +112,7 @@ class ResNet(nn.Module):
   spatial: str = "conv"         # "conv" | "local": what the 3 x 3 convolutions are
   local_kernel: int = 7
   local_heads: int = 8
+  local_unroll: bool = False  # LocalSelfAttention.unroll (for FLOP counts)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -134,14 +135,15 @@ class ResNet(nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     local = None
     if self.spatial == "local":
-      local = functools.partial(att.LocalSelfAttention, num_heads=self.local_heads,
-                                kernel=self.local_kernel, dtype=self.dtype)
+      local = functools.partial(vision.LocalSelfAttention, num_heads=self.local_heads,
+                                kernel=self.local_kernel, dtype=self.dtype,
+                                unroll=self.local_unroll)
     for i, blocks in enumerate(stages):
       for j in range(blocks):
         x = Block(self.width * 2 ** i, 2 if i > 0 and j == 0 else 1, kind,
                   conv=conv, norm=norm, local=local, name=f"stage{i + 1}_block{j + 1}")(x)
       if i + 1 in self.nonlocal_stages:
-        x, _ = att.NonLocalBlock(norm, dtype=self.dtype, name=f"stage{i + 1}_nonlocal")(x)
+        x, _ = vision.NonLocalBlock(norm, dtype=self.dtype, name=f"stage{i + 1}_nonlocal")(x)
     pre_logits = jnp.mean(x, axis=(1, 2))
     aux = {"pre_logits": pre_logits, "tokens": x.reshape(x.shape[0], -1, x.shape[-1])}
     if not self.num_classes:

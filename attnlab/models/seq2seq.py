@@ -23,7 +23,7 @@ plots share one decoder step.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attnlab.nn import attention as att
+from attnlab.nn import scores
 from attnlab.nn import rnn
 
 
@@ -62,12 +62,12 @@ class Seq2Seq(nn.Module):
     if self.model == "rnnencdec":
       self.summary = nn.Dense(self.hidden, name="summary")
     elif self.model == "rnnsearch":
-      self.score_fn = att.AdditiveScore(self.hidden, name="score")
+      self.score_fn = scores.AdditiveScore(self.hidden, name="score")
     else:
       if self.score == "general":
-        self.score_fn = att.BilinearScore(name="score")
+        self.score_fn = scores.BilinearScore(name="score")
       elif self.score == "concat":
-        self.score_fn = att.AdditiveScore(self.hidden, name="score")
+        self.score_fn = scores.AdditiveScore(self.hidden, name="score")
       else:
         self.score_fn = None
       self.combine = nn.Dense(self.hidden, name="combine")
@@ -101,7 +101,7 @@ class Seq2Seq(nn.Module):
       memory["annotations"] = h
       # Luong et al.: decoder layer l starts from encoder layer l's last state.
       memory["s0_layers"] = [_hidden_of(self.cell, c) for c in carries]
-    if self.model != "rnnencdec" and isinstance(self.score_fn, att.AdditiveScore):
+    if self.model != "rnnencdec" and isinstance(self.score_fn, scores.AdditiveScore):
       memory["keys"] = self.score_fn.project_keys(h)  # U h_j, once per sentence
     return memory
 
@@ -129,12 +129,12 @@ class Seq2Seq(nn.Module):
     """Context [B, D] and weights [B, S] for one query [B, Dq]."""
     h, valid = memory["annotations"], memory["valid"]
     if self.score_fn is None:
-      scores = att.dot_score(query[:, None], h)
+      e = scores.dot_score(query[:, None], h)  # the energies e_ij of eq. 6
     elif "keys" in memory:
-      scores = self.score_fn(query[:, None], keys_projected=memory["keys"])
+      e = self.score_fn(query[:, None], keys_projected=memory["keys"])
     else:
-      scores = self.score_fn(query[:, None], h)
-    context, weights = att.attend(scores, h, valid[:, None, :])
+      e = self.score_fn(query[:, None], h)
+    context, weights = scores.attend(e, h, valid[:, None, :])
     return context[:, 0], weights[:, 0]
 
   def decode_step(self, memory, state, token, train=False):

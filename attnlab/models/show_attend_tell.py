@@ -4,9 +4,9 @@ a = {a_1, ..., a_L}, a_i in R^D (section 3.1.1: 14 x 14 x 512 at 224).
 
 Each step t (section 3.1.2, eq. 1-7 and 4.2.1):
   alpha_t = softmax_i(f_att(a_i, h_{t-1}))      f_att: additive attention,
-                                                att.AdditiveScore (Bahdanau's)
+                                                scores.AdditiveScore (Bahdanau's)
   soft:  z_t = beta_t sum_i alpha_ti a_i,        beta_t = sigmoid(f_beta(h_{t-1}))
-  hard:  z_t = beta_t a_{s_t}, s_t ~ Multinoulli(alpha_t) (att.hard_attention);
+  hard:  z_t = beta_t a_{s_t}, s_t ~ Multinoulli(alpha_t) (hard.hard_attention);
          with probability `expected_prob` (the paper's 0.5) z_t is the soft
          expectation instead (section 4.1)
   (c_t, h_t) = LSTM([E y_{t-1}; z_t], (c_{t-1}, h_{t-1}))
@@ -28,7 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attnlab.nn import attention as att
+from attnlab.nn import hard
+from attnlab.nn import scores
 
 
 def annotation_grid(backbone, aux):
@@ -72,7 +73,7 @@ class ShowAttendTell(nn.Module):
 
   def setup(self):
     self.embedding = nn.Embed(self.vocab_size, self.embed, name="embed")
-    self.score_fn = att.AdditiveScore(self.attention_dim, name="f_att")
+    self.score_fn = scores.AdditiveScore(self.attention_dim, name="f_att")
     self.f_beta = nn.Dense(1, name="f_beta")
     self.init_c = nn.Dense(self.hidden, name="init_c")
     self.init_h = nn.Dense(self.hidden, name="init_h")
@@ -96,14 +97,14 @@ class ShowAttendTell(nn.Module):
   def decode_step(self, memory, state, token, rng=None, train=False):
     a = memory["annotations"]
     c, h = state["carry"]
-    scores = self.score_fn(h[:, None], keys_projected=memory["keys"])  # [B, 1, L]
-    expected, weights = att.attend(scores, a)
+    e = self.score_fn(h[:, None], keys_projected=memory["keys"])  # [B, 1, L], eq. 4
+    expected, weights = scores.attend(e, a)
     expected, weights = expected[:, 0], weights[:, 0]
     log_prob = None
     z = expected
     if self.attention == "hard" and rng is not None:
       pick, use_expected = jax.random.split(rng)
-      sampled, _, log_prob = att.hard_attention(pick, weights[:, None], a)
+      sampled, _, log_prob = hard.hard_attention(pick, weights[:, None], a)
       keep = jax.random.bernoulli(use_expected, self.expected_prob, (a.shape[0], 1))
       z = jnp.where(keep, expected, sampled[:, 0])
       log_prob = jnp.where(keep[:, 0], 0.0, log_prob[:, 0])  # no sample, no score

@@ -20,8 +20,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab.nn import attention as att
-from attnlab.nn import transformer as blocks
+from attnlab.nn import vision
+from attnlab.nn import blocks
 
 VARIANTS = {  # width, blocks per stage, heads per stage
     "T": (96, (2, 2, 6, 2), (3, 6, 12, 24)), "S": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
@@ -100,7 +100,7 @@ class SwinBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="attention_norm")(x)
-    h, _ = att.WindowAttention(self.num_heads, self.window, self.shift,
+    h, _ = vision.WindowAttention(self.num_heads, self.window, self.shift,
                                implementation=self.implementation, dtype=self.dtype,
                                name="attention")(h)
     x = x + blocks.drop_path(self, h, self.drop_path, train)

@@ -17,13 +17,13 @@ alignment plots are shared):
       return_weights aux has every layer's attention: "attention_per_head"
       (encoder-decoder [B, layers, H, T, S]), "encoder_self_attention",
       "decoder_self_attention".
-Both stacks are attnlab/nn/transformer.Stack (scan / remat options).
+Both stacks are attnlab/nn/blocks.Stack (scan / remat options).
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attnlab.nn import attention as att
-from attnlab.nn import transformer as blocks
+from attnlab.nn import kernels
+from attnlab.nn import blocks
 
 
 class Transformer(nn.Module):
@@ -80,7 +80,7 @@ class Transformer(nn.Module):
              return_weights=False):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(src.shape[1]), src.shape)
-    mask = att.Mask(kv_valid=src_valid, q_segments=segments, kv_segments=segments)
+    mask = kernels.Mask(kv_valid=src_valid, q_segments=segments, kv_segments=segments)
     h = self._embed(src, positions, train)
     h, weights = self.encoder(h, mask, train=train, return_weights=return_weights)
     if self.pre_norm:
@@ -94,8 +94,8 @@ class Transformer(nn.Module):
     (if asked) every layer's attention weights {"self", "cross"}."""
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
-    mask = att.Mask(causal=True, q_segments=segments, kv_segments=segments)
-    cross = att.Mask(kv_valid=memory["valid"], q_segments=segments,
+    mask = kernels.Mask(causal=True, q_segments=segments, kv_segments=segments)
+    cross = kernels.Mask(kv_valid=memory["valid"], q_segments=segments,
                      kv_segments=memory["segments"])
     x = self._embed(tgt_in, positions, train)
     x, weights = self.decoder(x, mask, memory["h"], cross, train=train,
@@ -125,7 +125,7 @@ class Transformer(nn.Module):
   # --- incremental decoding ----------------------------------------------------
   def initial_state(self, memory, max_len, beam=None):
     """`beam`: a cache of beam slots, for decode.beam_search with
-    reorder=reorder_state (transformer.Stack.decode)."""
+    reorder=reorder_state (blocks.Stack.decode)."""
     return {"cache": self.decoder.empty_cache(memory["h"].shape[0], max_len, self.d_model,
                                               beam),
             "cross_kv": self.decoder.project_cross_kv(memory["h"])}
@@ -143,7 +143,7 @@ class Transformer(nn.Module):
   def decode_step(self, memory, state, token, train=False):
     index = state["cache"]["index"]
     x = self._embed(token[:, None], index[:, None], train)
-    cross = att.Mask(kv_valid=memory["valid"])
+    cross = kernels.Mask(kv_valid=memory["valid"])
     x, weights, cache = self.decoder.decode(x, state["cache"], cross, state["cross_kv"],
                                             train=train, return_weights=True)
     if self.pre_norm:

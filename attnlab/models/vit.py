@@ -1,6 +1,6 @@
 """Vision Transformer (Dosovitskiy et al. 2021): an image is a sequence of
 p x p patches, linearly embedded, with a class token and position
-embeddings, through the pre-norm encoder of attnlab/nn/transformer.py.
+embeddings, through the pre-norm encoder of attnlab/nn/blocks.py.
 
 Variants by string, "B/16" = model size / patch size (Table 1):
   Ti 192 wide, 12 layers, MLP 768, 3 heads (Touvron et al. 2021, DeiT)
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attnlab.nn import attention as att
-from attnlab.nn import transformer as blocks
+from attnlab.nn import kernels
+from attnlab.nn import blocks
 
 VARIANTS = {  # width, depth, MLP, heads
     "Ti": (192, 12, 768, 3), "S": (384, 12, 1536, 6), "M": (512, 12, 2048, 8),
@@ -131,7 +131,7 @@ class ViT(nn.Module):
                          pre_norm=True, activation="gelu", implementation=self.implementation,
                          scan=self.scan, remat=self.remat, drop_path=self.drop_path,
                          dtype=self.dtype, name="encoder")
-    x, weights = stack(x, att.Mask(), train=train, return_weights=return_weights)
+    x, weights = stack(x, kernels.Mask(), train=train, return_weights=return_weights)
     x = nn.LayerNorm(epsilon=1e-6, name="encoder_norm")(x)
     pre_logits = x[:, 0] if prefix else jnp.mean(x, 1)
     if self.representation_size:

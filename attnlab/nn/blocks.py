@@ -19,7 +19,7 @@ import numpy as np
 
 from attnlab import config as config_lib
 from attnlab import sharding as sharding_lib
-from attnlab.nn import attention as att
+from attnlab.nn import multihead
 
 
 def sinusoidal_positions(positions, d):
@@ -95,7 +95,7 @@ class Layer(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    mha = lambda name: att.MultiHeadAttention(
+    mha = lambda name: multihead.MultiHeadAttention(
         self.num_heads, implementation=self.implementation,
         dropout_rate=self.attention_dropout, dtype=self.dtype, name=name)
     self.self_attention = mha("self_attention")
@@ -118,7 +118,7 @@ class Layer(nn.Module):
     and values) for the encoder-decoder attention. With `cache` = {"k", "v"
     [B, H, L, Dh]}, x holds the next T tokens of each row, written at
     `index` [B] (all rows at the same position), and `mask` is
-    att.cache_attention's `visible` (Stack.decode makes it). Arguments are
+    multihead.cache_attention's `visible` (Stack.decode makes it). Arguments are
     positional-friendly (nn.scan, nn.remat).
     Returns (y, weights, new cache or None); weights (when asked) is
     {"self": [B, H, T, T], "cross": [B, H, T, S]} without a cache and
@@ -141,7 +141,7 @@ class Layer(nn.Module):
       write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new, index[0], 2)
       new_cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
       return self.self_attention(h, kv=(new_cache["k"], new_cache["v"]), train=train,
-                                 attention=functools.partial(att.cache_attention,
+                                 attention=functools.partial(multihead.cache_attention,
                                                              visible=mask))[0]
 
     x = self._sublayer("self_norm", self_attend, x, train, drop_path)
@@ -156,7 +156,7 @@ class Layer(nn.Module):
                      else valid)[:, None, None, :]
           out, w = self.cross_attention(
               h, kv=cross_kv, train=train, return_weights=return_weights,
-              attention=functools.partial(att.cache_attention, visible=visible,
+              attention=functools.partial(multihead.cache_attention, visible=visible,
                                           return_weights=return_weights))
         if return_weights:
           weights["cross"] = w
@@ -167,7 +167,7 @@ class Layer(nn.Module):
 
   def project_cross_kv(self, memory):
     """The encoder-decoder attention's keys and values of `memory`, once
-    per sentence for decoding: [B, H, S, Dh], as att.cache_attention reads
+    per sentence for decoding: [B, H, S, Dh], as multihead.cache_attention reads
     them."""
     return tuple(a.transpose(0, 2, 1, 3) for a in self.cross_attention.project_kv(memory))
 
@@ -218,7 +218,7 @@ class Stack(nn.Module):
   [B, H, L, Dh] arrays, or, scanned, one [B, layers, H, L, Dh] pair (layers
   on axis 1, so that beam search reorders every leaf on axis 0); heads
   before positions, the layout attention reads at every step
-  (att.cache_attention).
+  (multihead.cache_attention).
   """
   num_layers: int
   num_heads: int
@@ -313,7 +313,7 @@ class Stack(nn.Module):
     which slot of its sentence holds its ancestor's key and value there
     (beam search reorders only that; reorder_cache). Each hypothesis then
     attends over all its sentence's slots, masked to its ancestors'
-    (att.cache_attention; T = 1)."""
+    (multihead.cache_attention; T = 1)."""
     index, slots = cache["index"], cache.get("slots")
     rows, T = x.shape[:2]
     if slots is None:  # every row sees the positions written so far
