@@ -170,3 +170,21 @@ def checkpoint_steps(workdir):
   folder = storage.path(workdir) / "checkpoints"
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
       if folder.is_dir() else []
+
+
+def write_average(states, out):
+  """Checkpoint averaging (Vaswani et al. 2017, section 6.1: the last 5
+  checkpoints for base, 20 for big): the mean of `states`' float params and
+  model_state (BatchNorm statistics: a mean of running means) saved as the
+  one checkpoint of the run in `out`; the rest (step, optimizer state) is
+  the last state's."""
+  import jax.numpy as jnp
+
+  def mean(key):  # of float leaves; counters are the last state's
+    one = lambda *xs: ((sum(xs) / len(xs)).astype(xs[-1].dtype)
+                       if jnp.issubdtype(xs[-1].dtype, jnp.floating) else xs[-1])
+    return jax.tree.map(one, *[s[key] for s in states])
+  state = dict(states[-1], params=mean("params"), model_state=mean("model_state"))
+  ckpt = Checkpointer(out, keep=1, async_save=False)
+  ckpt.save(int(state["step"]), state, None, force=True)
+  ckpt.close()

@@ -71,11 +71,56 @@ def parse_arg(arg, **defaults):
   return out
 
 
+def _before_versions(config):
+  """Runs written before config.version: the keys added since back-filled
+  with what those runs did."""
+  if "data" in config and "test_split" not in config.data:
+    config.data.test_split = "test"
+  if "optim" in config and "wd_mults" not in config.optim:
+    # Before per-parameter rules: weight decay on every parameter.
+    config.optim.update(dict(lr_mults=(), wd_mults=(), frozen=(),
+                             wd_schedule="constant", weight_decay_end=0.0))
+  if "optim" in config and "mu_dtype" not in config.optim:
+    config.optim.mu_dtype = "float32"
+  for key, value in (("gather_params", False), ("mesh_subset", False),
+                     ("prng_impl", "threefry2x32")):
+    if key not in config:
+      config[key] = value
+  if "model" in config and "d_model" in config.model and "scan" not in config.model:
+    # Before the layer stack had options: unscanned, no remat.
+    config.model.update(dict(scan=False, remat="none"))
+  if config.get("model", {}).get("name") == "vit" and "drop_path" not in config.model:
+    config.model.update(drop_path=0.0, head_bias=0.0)
+  decode = config.get("decode", {})
+  if "batch" in decode and "batch_tokens" not in decode:
+    # Before translation batches were sized by tokens: the same 64
+    # sentences at the shortest padded length (32 source tokens).
+    config.decode.batch_tokens = 32 * config.decode.batch
+    del config.decode["batch"]
+
+
+# Each change to what a run's config.json holds is one step here, in order;
+# config.version is how many of them a run has seen (0: written before
+# versions). A change that adds a key appends a step that back-fills it with
+# the behaviour old runs had, so they resume and evaluate as they were.
+UPGRADES = (_before_versions,)
+VERSION = len(UPGRADES)
+
+
+def upgrade(config):
+  """A run's saved config brought to this code's VERSION (in place)."""
+  for step in UPGRADES[config.get("version", 0):]:
+    step(config)
+  config.version = VERSION
+  return config
+
+
 def common(experiment, total_steps, batch_size, log_every, eval_every,
            ckpt_every, optim):
   """The keys every config has (docs/design.md), with the usual defaults."""
   c = ml_collections.ConfigDict()
   c.experiment = experiment
+  c.version = VERSION  # of the run format: `upgrade` brings older runs to it
   c.seed = 0
   # The random-bit generator: "rbg" makes dropout's bits faster (1.09x a
   # Transformer step here, more on TPUs) but other numbers than threefry.
@@ -137,7 +182,7 @@ EMBEDDINGS_BY_COLUMNS = ((".*embedding", (None, "data")),)
 
 def for_pods(c, rules=(), split=True):
   """What the pod recipes set: bfloat16 compute over float32 parameters and
-  optimizer state (README "Mixed precision"), and with `split` ZeRO-3 with
+  optimizer state (docs/pods.md, "Mixed precision"), and with `split` ZeRO-3 with
   one gather per step (`gather_params`): parameters and their optimizer
   state split over the batch axis (`rules` first), gathered whole in
   bfloat16 at the start of each step, each chip updating only its share.

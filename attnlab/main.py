@@ -25,7 +25,6 @@
 Every config problem is one line on stderr and exit code 2, before any
 compile.
 """
-import contextlib
 import importlib
 import importlib.util
 import json
@@ -33,7 +32,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 
 from absl import flags
 from absl import logging
@@ -194,33 +192,7 @@ def load_run(workdir):
   path = storage.path(workdir) / "config.json"
   if not path.exists():
     fail(f"{workdir} has no config.json: give the --workdir of a training run")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  if "data" in config and "test_split" not in config.data:  # runs made before it existed
-    config.data.test_split = "test"
-  if "optim" in config and "wd_mults" not in config.optim:
-    # Runs made before per-parameter rules: weight decay on every parameter.
-    config.optim.update(dict(lr_mults=(), wd_mults=(), frozen=(),
-                             wd_schedule="constant", weight_decay_end=0.0))
-  if "optim" in config and "mu_dtype" not in config.optim:  # runs made before it was a choice
-    config.optim.mu_dtype = "float32"
-  if "gather_params" not in config:  # runs made before it was a choice
-    config.gather_params = False
-  if "mesh_subset" not in config:  # runs made before sub-meshes were opt-in
-    config.mesh_subset = False
-  if "prng_impl" not in config:  # runs made before it was a choice
-    config.prng_impl = "threefry2x32"
-  if "model" in config and "d_model" in config.model and "scan" not in config.model:
-    # Runs made before the layer stack had options: unscanned, no remat.
-    config.model.update(dict(scan=False, remat="none"))
-  if config.get("model", {}).get("name") == "vit" and "drop_path" not in config.model:
-    config.model.update(drop_path=0.0, head_bias=0.0)  # ViT runs made before they existed
-  decode = config.get("decode", {})
-  if "batch" in decode and "batch_tokens" not in decode:
-    # Translation runs made before batches were sized by tokens: the same
-    # 64 sentences at the shortest padded length (32 source tokens).
-    config.decode.batch_tokens = 32 * config.decode.batch
-    del config.decode["batch"]
-  return config
+  return config_lib.upgrade(ml_collections.ConfigDict(json.loads(path.read_text())))
 
 
 # What a run writes into its workdir besides checkpoints/ (experiments
@@ -284,10 +256,6 @@ def make_trainer(config, exp, workdir, devices=None):
   """The trainer; rules that fit no parameter of the model (a regex that
   matches nothing, ...) are one line and exit 2, before any compile."""
   from attnlab import train
-  import jax
-  # Process-wide, so set before the trainer makes its keys: every random
-  # number of the run (init, dropout) comes from this generator.
-  jax.config.update("jax_default_prng_impl", config.prng_impl)
   try:
     return train.Trainer(config, exp, workdir, devices)
   except config_lib.ConfigError as e:
@@ -533,28 +501,6 @@ def _image_bytes(path):
   return data
 
 
-def tpu_commands(name, zone, project, train_args, accelerator=None):
-  """The gcloud commands that run `launch.sh train ...` on every worker of a
-  TPU VM pod slice: create it (when its `accelerator` type is given), copy
-  the repo, then start all workers at once (each runs
-  jax.distributed.initialize(), which finds its peers on TPU)."""
-  where = [f"--zone={zone}"] + ([f"--project={project}"] if project else [])
-  remote = ("cd ~/attnlab && ATTNLAB_ACCELERATOR=tpu ATTNLAB_DISTRIBUTED=1 "
-            "./launch.sh train " + " ".join(shlex.quote(a) for a in train_args))
-  create = []
-  if accelerator:
-    from attnlab import tpu
-    chip = tpu.parse_slice(accelerator).chip
-    create = [["gcloud", "compute", "tpus", "tpu-vm", "create", name,
-               f"--accelerator-type={accelerator}", f"--version={chip.runtime}", *where]]
-  return create + [
-      ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse", ".",
-       f"{name}:~/attnlab", "--worker=all", *where],
-      ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, "--worker=all",
-       *where, f"--command={remote}"],
-  ]
-
-
 def cmd_tpu(argv):
   values = flags.FlagValues()
   flags.DEFINE_string("zone", None, "TPU zone", flag_values=values)
@@ -585,8 +531,9 @@ def cmd_tpu(argv):
       fail(f"not creating {rest[0]}: the config {report['verdict']} of "
            f"{values.accelerator}; use a larger slice, or shard the state "
            "(--config.param_sharding), scan + remat the layers, or accumulate microbatches")
-  for cmd in tpu_commands(rest[0], values.zone, values.project, train_args,
-                          values.accelerator):
+  from attnlab import tpu_vm
+  for cmd in tpu_vm.commands(rest[0], values.zone, values.project, train_args,
+                             values.accelerator):
     print(shlex.join(cmd), flush=True)
     if not values.dry_run:
       subprocess.run(cmd, check=True)
@@ -629,11 +576,29 @@ def cmd_compile(argv):
     argv = ["--config"] + argv
   config, _ = parse_config(argv)
   if slice_name is None:
-    report = compile_step(config, devices or 8)
+    # Before JAX starts: N CPU devices stand in for the accelerators.
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    jax.config.update("jax_num_cpu_devices", devices or 8)
+    report = _compile(config, devices or 8)
   else:
     report = compile_for_tpu(config, slice_name, slices or 1)
   if report.get("fits") is False:
     sys.exit(1)
+
+
+def _compile(config, devices, tpu_slice=None):
+  """cost.compile_step for a config checked here; what the trainer refuses
+  (a sharding rule that fits no parameter, ...) is one line and exit 2."""
+  import jax
+  from attnlab import cost
+  # The compile time printed is a compile's, never a read of the cache.
+  jax.config.update("jax_enable_compilation_cache", False)
+  module = validate(config, jax, len(devices) if tpu_slice else devices)
+  try:
+    return cost.compile_step(module, config, devices, tpu_slice)
+  except config_lib.ConfigError as e:
+    fail(str(e))
 
 
 def compile_for_tpu(config, slice_name, slices=1):
@@ -653,132 +618,7 @@ def compile_for_tpu(config, slice_name, slices=1):
     chips = tpu.abstract_chips(tpu_slice, say=lambda m: print(m, file=sys.stderr, flush=True))
   except tpu.SliceError as e:
     fail(str(e))
-  return compile_step(config, chips, tpu_slice)
-
-
-@contextlib.contextmanager
-def abstract_step(module, config, devices=None):
-  """(trainer, experiment, jitted train step, its abstract arguments) of a
-  validated config, for `devices` (default this machine's) without data or
-  memory: what `compile` lowers, and what benchmarks compare with a peer's
-  step."""
-  import tempfile
-  import jax
-  from attnlab import sharding as sharding_lib
-  exp = module.Experiment(config, None, read_data=False)  # shapes only
-  with tempfile.TemporaryDirectory() as workdir:
-    trainer = make_trainer(config, exp, workdir, devices)
-    abstract, shardings = trainer.abstract_state()
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=sharding_lib.batch_sharding(trainer.mesh)),
-        exp.abstract_batch(config.batch_size))
-    step = jax.jit(trainer.step_fn(), donate_argnums=(0,),
-                   out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
-    try:
-      yield trainer, exp, step, (abstract, batch)
-    finally:
-      trainer.writer.close()
-
-
-def compile_step(config, devices, tpu_slice=None):
-  """Lowers and compiles the trainer's step for `devices` (a count of fake
-  CPU devices, or a TPU slice's abstract chips) and prints what a user
-  booking that hardware needs to know. On a TPU slice, returns whether it
-  fits: {"fits": bool, "verdict": words}."""
-  on_tpu = tpu_slice is not None
-  if not on_tpu:
-    # Before JAX starts: N CPU devices stand in for the accelerators.
-    os.environ["JAX_PLATFORMS"] = "cpu"
-  import jax
-  if not on_tpu:
-    jax.config.update("jax_num_cpu_devices", devices)
-  # The compile time printed is a compile's, never a read of the cache.
-  jax.config.update("jax_enable_compilation_cache", False)
-  count = len(devices) if on_tpu else devices
-  module = validate(config, jax, count)
-  from attnlab import train
-  with abstract_step(module, config, devices if on_tpu else None) as (trainer, exp, step, args):
-    where = f"TPU {tpu_slice.name} ({tpu_slice.topology_name})" if on_tpu else f"{count} CPU devices"
-    print(f"compiling the train step for {where}...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-      with jax.set_mesh(trainer.mesh):
-        compiled = step.lower(*args).compile()
-    except jax.errors.JaxRuntimeError as e:
-      if not (on_tpu and "RESOURCE_EXHAUSTED" in str(e)):
-        raise
-      # The TPU compiler refuses a program larger than the chip's HBM.
-      from attnlab import tpu
-      words = tpu.out_of_memory(str(e))
-      print(f"{tpu_slice.name}: {words} (the TPU compiler's own check; compiled in "
-            f"{time.perf_counter() - start:.1f} s)")
-      return dict(fits=False, verdict=words)
-    compile_s = time.perf_counter() - start
-  abstract = args[0]
-  mem = compiled.memory_analysis()
-  gib = lambda b: b / 2 ** 30
-  analytic = exp.flops_per_step(config.batch_size)
-  flops = analytic or train.step_flops(compiled) * count  # XLA counts one device's program
-  params = train.param_count(abstract["params"])
-  unit = "chip" if on_tpu else "device"
-  if on_tpu:
-    chip = tpu_slice.chip
-    print(f"TPU {tpu_slice.name}: {tpu_slice.chips} x {chip.device_kind} chips "
-          f"({tpu_slice.topology_name}{f' x {tpu_slice.slices} slices' if tpu_slice.slices > 1 else ''}"
-          f"; {chip.hbm_gib:g} GiB HBM, {chip.peak_bf16 / 1e12:g} TFLOP/s bf16 per chip)")
-  print(f"{params:,} params; mesh {dict(trainer.mesh.shape)}; global batch "
-        f"{config.batch_size} (accumulation {config.grad_accum}); model dtype "
-        f"{config.get('model', {}).get('dtype', 'float32')}")
-  print(f"per {unit}: arguments {gib(mem.argument_size_in_bytes):.3f} GiB (state + "
-        f"batch), temporaries {gib(mem.temp_size_in_bytes):.3f} GiB, outputs "
-        f"{gib(mem.output_size_in_bytes):.3f} GiB (aliased with the donated state)")
-  print(f"{flops / 1e12:.4g} TFLOP per step in all, {flops / count / 1e12:.4g} per {unit}"
-        f"{' (analytic count)' if analytic else ''}; lowered and compiled in {compile_s:.1f} s")
-  if not analytic and config.get("model", {}).get("scan"):
-    print("note: XLA's cost analysis counts a scanned stack's loop body once, so this FLOP "
-          "count leaves out all layers but one (compile with --config.model.scan=False to count them)")
-  return _tpu_report(compiled, tpu_slice, exp, config, flops, mem) if on_tpu else {}
-
-
-def _tpu_report(compiled, tpu_slice, exp, config, flops, mem):
-  """The verdict against the chip's HBM and the compiler's step-time
-  estimate, with the roofline beside it."""
-  from attnlab import tpu
-  chip = tpu_slice.chip
-  fits, words = tpu.verdict(tpu.memory_total(mem), chip)
-  print(f"HBM per chip: {words}")
-  est = tpu.estimate(compiled.as_text(), tpu_slice)
-  per_chip = flops / tpu_slice.chips
-  items, item_name = exp.items_per_step(config.batch_size), exp.item_name
-  mfu = per_chip / est.step_s / chip.peak_bf16 if est.step_s else 0.0
-  print(f"estimated step (the TPU compiler's per-operation cycle estimates at "
-        f"{chip.clock_ghz:g} GHz, {len(est.ops)} operations, not a measurement): "
-        f"{1e3 * est.step_s:.2f} ms = {1e3 * est.compute_s:.2f} compute + "
-        f"{1e3 * est.comm_s:.2f} collectives (at {chip.allreduce_gbs:g} GB/s per chip, "
-        f"none overlapped)")
-  print(f"  -> {items / est.step_s:,.0f} {item_name}/s, MFU {100 * mfu:.1f}% of "
-        f"{chip.peak_bf16 / 1e12:g} TFLOP/s per chip" if est.step_s else "  (no estimate)")
-  # The least HBM traffic a step can have: its inputs (state, batch) read
-  # once and its outputs written once. (XLA's "bytes accessed" counts every
-  # fusion's operands and overshoots the compiler's own estimate.)
-  least_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes
-  roof = max(per_chip / chip.peak_bf16, least_bytes / (chip.hbm_gbs * 1e9))
-  print(f"roofline bound: {1e3 * roof:.2f} ms (FLOPs at the bf16 peak: "
-        f"{1e3 * per_chip / chip.peak_bf16:.2f} ms; the state and batch read once and the "
-        f"new state written once, {least_bytes / 2 ** 30:.2f} GiB at {chip.hbm_gbs:g} GB/s: "
-        f"{1e3 * least_bytes / chip.hbm_gbs / 1e9:.2f} ms)")
-  if est.unknown_loops:
-    print(f"note: {len(est.unknown_loops)} loop(s) without a countable trip count are counted "
-          f"once: {', '.join(est.unknown_loops[:3])}")
-  if "tpu_custom_call" in est.custom_calls:
-    print("note: this step runs Pallas kernels (tpu_custom_call); the compiler gives them "
-          "no cycle estimate and no FLOPs, so their time is not in the estimate")
-  print("top costs (compiler's estimate, by jax op name):")
-  for line in tpu.top_costs(est, chip):
-    print("  " + line)
-  print(f"{tpu_slice.name}: {words}")
-  return dict(fits=fits, verdict=words)
+  return _compile(config, chips, tpu_slice)
 
 
 def cmd_average(argv):
@@ -797,19 +637,9 @@ def cmd_average(argv):
   if values.last < 1 or len(steps) < values.last:
     fail(f"{workdir} has {len(steps)} checkpoints, --last {values.last} asked: "
          "use a smaller --last, or train with a larger config.keep_ckpts")
-  states = [trainer.restore_params(step) for step in steps]
-  def mean(key):  # of float leaves; counters are the last checkpoint's
-    one = lambda *xs: ((sum(xs) / len(xs)).astype(xs[-1].dtype)
-                       if jax.numpy.issubdtype(xs[-1].dtype, jax.numpy.floating) else xs[-1])
-    return jax.tree.map(one, *[s[key] for s in states])
-  # model_state (BatchNorm statistics) is averaged with the params: a mean
-  # of running means; the rest (step, optimizer) is the last checkpoint's.
-  state = dict(states[-1], params=mean("params"), model_state=mean("model_state"))
   out = values.out or f"{workdir.rstrip('/')}_avg{values.last}"
   train.write_config(config, out)
-  ckpt = checkpoint.Checkpointer(out, keep=1, async_save=False)
-  ckpt.save(int(state["step"]), state, None, force=True)
-  ckpt.close()
+  checkpoint.write_average([trainer.restore_params(step) for step in steps], out)
   print(f"averaged checkpoints {steps} of {workdir} into {out}; evaluate it with "
         f"./launch.sh eval {out}")
 

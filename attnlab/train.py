@@ -38,11 +38,11 @@ import optax
 
 from attnlab import checkpoint as ckpt_lib
 from attnlab import config as config_lib
+from attnlab import cost
 from attnlab import metrics as metrics_lib
 from attnlab import optim as optim_lib
 from attnlab import sharding as sharding_lib
 from attnlab import storage
-from attnlab import tpu as tpu_lib
 from attnlab import viz
 
 
@@ -208,6 +208,9 @@ class Trainer:
     """`devices`: the mesh's devices, by default this machine's (a TPU
     slice's abstract chips to compile for one elsewhere)."""
     self.config, self.exp, self.workdir = config, experiment, workdir
+    # Process-wide, so set before any key is made: every random number of
+    # the run (init, dropout) comes from this generator.
+    jax.config.update("jax_default_prng_impl", config.get("prng_impl", "threefry2x32"))
     self.mesh = sharding_lib.make_mesh(config.mesh, devices)
     self.local_batch = sharding_lib.local_batch_size(config.batch_size, self.mesh)
     if config.grad_accum > 1 and experiment.whole_batch:
@@ -292,11 +295,11 @@ class Trainer:
     data = DevicePutAhead(exp.train_iter(self.local_batch, jax.process_index(),
                                          jax.process_count()),
                           self.mesh, config.get("device_put_ahead", 1))
-    peak, peak_source = peak_flops(config)
+    peak, peak_source = cost.peak_flops(config)
     if not peak:
       # The peak matmul rate is measured twice, here and after compiling (a
       # machine busy at one moment is rarely busy at both); the larger wins.
-      measured_peak_flops()
+      cost.measured_peak_flops()
     abstract, shardings = self.abstract_state()
     state = self.ckpt.restore_newest(abstract, data)
     if state is None:
@@ -326,15 +329,8 @@ class Trainer:
     first_batch = data.next()
     with jax.set_mesh(self.mesh):  # the layers pin activations to its batch axes
       compiled = train_step.lower(state, first_batch).compile()
-    # XLA's count is of one device's partitioned program: the step's is that
-    # times the devices (an experiment's analytic count is the whole step's).
-    flops, how = step_flops(compiled) * devices, "XLA cost analysis"
-    analytic = exp.flops_per_step(config.batch_size)
-    if analytic:
-      flops, how = analytic, "analytic"
-    elif config.get("model", {}).get("scan"):
-      how += ", which counts a scanned stack's loop body once: MFU is too low"
-    peak = peak or measured_peak_flops()
+    flops, how = cost.flops_per_step(exp, config, compiled, devices)
+    peak = peak or cost.measured_peak_flops()
     compile_sec = time.time() - t_start
     log(f"compiled train step in {compile_sec:.1f}s from start; "
         f"{flops / 1e9:.2f} GFLOP/step ({how}), peak {peak / 1e9:.1f} GFLOP/s/device "
@@ -472,66 +468,6 @@ param_norm = jax.jit(optax.tree.norm)
 
 def param_count(params):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-
-
-def step_flops(compiled):
-  """FLOPs of one device's part of a compiled step, from XLA's cost
-  analysis (0 if unknown)."""
-  try:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0]
-    return float(cost.get("flops", 0.0))
-  except Exception:  # some backends do not implement it
-    return 0.0
-
-
-# Published dense peak FLOP/s of one chip: (bfloat16, float32). At default
-# precision XLA runs float32 matmuls as bfloat16 passes on TPUs and as TF32
-# on NVIDIA GPUs since Ampere, so the float32 column is that rate. Matched
-# against `device_kind` by substring, longest first.
-PUBLISHED_PEAK = {
-    # TPUs: attnlab/tpu.py's table of chips (device kinds "TPU v4", "TPU v5
-    # lite" = v5e, "TPU v5" = v5p, "TPU v6 lite" = v6e)
-    **{chip.device_kind: (chip.peak_bf16, chip.peak_bf16) for chip in tpu_lib.CHIPS.values()},
-    "A100": (312e12, 156e12),
-    "H100": (989e12, 495e12),  # SXM
-    "H100 PCIe": (756e12, 378e12),
-    "H200": (989e12, 495e12),
-}
-
-
-def peak_flops(config, device=None):
-  """(peak FLOP/s of one device, where it comes from) for MFU: the config's
-  `peak_flops`, else the published peak of the device in the model's dtype,
-  else (0, ...): the CPU, whose peak is measured in-process."""
-  if config.peak_flops:
-    return config.peak_flops, "config.peak_flops"
-  device = device or jax.devices()[0]
-  dtype = config.get("model", {}).get("dtype", "float32")
-  column = 0 if dtype in ("bfloat16", "float16") else 1
-  for name in sorted(PUBLISHED_PEAK, key=len, reverse=True):
-    if name in device.device_kind:
-      return PUBLISHED_PEAK[name][column], f"published {name} peak in {['bfloat16', 'float32'][column]}"
-  return 0.0, "best of 2 measured matmuls"
-
-
-_PEAK = {}
-
-
-def measured_peak_flops(n=1024, dtype=jnp.float32):
-  """FLOP/s of one device on a large matmul: the denominator of MFU when
-  `config.peak_flops` is 0 (no published peak for a laptop CPU). Measured
-  at every call; the best of all calls in this process is returned, since
-  load from other work only ever makes a measurement low."""
-  x = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda a: a @ a)
-  f(x).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(5):
-    f(x).block_until_ready()
-  _PEAK[dtype] = max(_PEAK.get(dtype, 0.0), 5 * 2 * n ** 3 / (time.perf_counter() - t0))
-  return _PEAK[dtype]
 
 
 def write_config(config, workdir):

@@ -7,6 +7,8 @@ import sys
 import tempfile
 import time
 
+from attnlab import cost
+
 # The repository's root: runs and subprocesses start there.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,7 +183,7 @@ def compiled_step(spec, overrides=()):
   batch = sharding_lib.global_batch(next(data), trainer.mesh)
   flops = exp.flops_per_step(config.batch_size) if hasattr(exp, "flops_per_step") else None
   if flops is None:  # no analytic count (the experiment's models are not scanned)
-    flops = train_lib.step_flops(step.lower(state, batch).compile())
+    flops = cost.step_flops(step.lower(state, batch).compile())
   stepper = Stepper(step, state, batch)
   shutil.rmtree(workdir)
   return dict(spec=" ".join([spec, *overrides]), config=config, data=data,
@@ -208,7 +210,7 @@ def synthetic_step(spec, overrides, batch):
   trainer = train_lib.Trainer(config, exp, workdir)
   step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
   state = trainer.create_state()
-  flops = train_lib.step_flops(step.lower(state, batch).compile())
+  flops = cost.step_flops(step.lower(state, batch).compile())
   stepper = Stepper(step, state, batch)
   shutil.rmtree(workdir)
   return stepper, flops, train_lib.param_count(stepper.state["params"]), config
@@ -219,8 +221,7 @@ def step_speeds(runs, rounds, window):
   with each one's median speed relative to the first's."""
   import functools
   import numpy as np
-  from attnlab import train as train_lib
-  peak = train_lib.measured_peak_flops()
+  peak = cost.measured_peak_flops()
   times = interleaved({k: functools.partial(r["window"], window)
                        for k, r in runs.items()}, rounds)
   first = next(iter(runs))

@@ -1,7 +1,7 @@
 """Against big_vision's ViT train step (a checkout's models/vit.py, its
 optimizer and loss), alternating windows in one process.
 """
-
+from attnlab import cost
 from benchmarks import peers
 from benchmarks.timing import FLOAT32, Stepper, interleaved, ratio_summary, synthetic_step
 
@@ -22,12 +22,11 @@ def big_vision_vit(bv_dir, variants=("Ti/16", "S/16"), batch=8, rounds=5, window
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from attnlab import train as train_lib
 
   rng = jax.random.PRNGKey(0)
   images = jax.random.uniform(rng, (batch, 224, 224, 3), jnp.float32, -1, 1)
   labels = jax.random.randint(rng, (batch,), 0, 1000)
-  peak = train_lib.measured_peak_flops()
+  peak = cost.measured_peak_flops()
   print(f"224 x 224, batch {batch}, float32, 1000 classes; {rounds} rounds of "
         f"{window} steps each, alternating; measured f32 matmul peak {peak / 1e9:.0f} GFLOP/s")
   print(f"{'':>22}{'params':>12}{'images/s':>10}{'s/step':>8}{'MFU':>7}"

@@ -3,6 +3,7 @@ alternating windows in one process.
 """
 import os
 import sys
+from attnlab import cost
 from benchmarks import peers
 from benchmarks.timing import FLOAT32, against_torch_peer, op_profile, synthetic_step
 
@@ -23,7 +24,6 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   import numpy as np
   import torch
   import torch.distributed as dist
-  from attnlab import train as train_lib
 
   if not os.path.exists(os.path.join(dino_dir, "main_dino.py")):
     sys.exit(f"{dino_dir} has no main_dino.py: pass the root of a "
@@ -43,7 +43,7 @@ def dino_torch(dino_dir, variant="S/16", batch=8, local_crops=6, rounds=5, windo
   rng = np.random.default_rng(0)
   glob = rng.uniform(-1, 1, (batch, 2, 224, 224, 3)).astype(np.float32)
   local = rng.uniform(-1, 1, (batch, local_crops, 96, 96, 3)).astype(np.float32)
-  peak = train_lib.measured_peak_flops()
+  peak = cost.measured_peak_flops()
 
   # Ours: the trainer's own step on configs/dino.py:i1k.
   spec = f"configs/dino.py:i1k,variant={variant}"

@@ -5,6 +5,7 @@ import shutil
 import tempfile
 import time
 
+from attnlab import cost
 from benchmarks import peers
 from benchmarks.timing import Stepper, interleaved, ratio_summary
 
@@ -77,7 +78,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
   contenders["flax examples/wmt (jit)"] = Stepper(
       lambda s, b: vmapped(s, b, dropout_rng=rngs), their_state(), their_batch)
 
-  peak = train_lib.measured_peak_flops()
+  peak = cost.measured_peak_flops()
   print(f"base dims: vocab {vocab}, d_model {d}, {heads} heads, FFN {d_ff}, "
         f"{layers}+{layers} layers, dropout 0.1 + attention dropout 0.1, "
         f"batch {batch} x {length} tokens; {flops / 1e9:.0f} GFLOP/step "
@@ -102,7 +103,7 @@ def flax_wmt(flax_dir, rounds=5, window=2, sequential=10, batch=16, length=64):
       print(f"{name.strip()} / attnlab float32 speed: {med:.2f}x (rounds {lo:.2f}-{hi:.2f})")
 
   print(f"\nback to back ({sequential} steps of one, then of the other; "
-        "the protocol of the earlier README figure):")
+        "the protocol of an earlier figure):")
   ours, theirs = contenders["attnlab float32"], contenders[base]
   for order in ((ours, theirs), (theirs, ours)):
     secs = {}

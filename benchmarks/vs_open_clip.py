@@ -2,6 +2,7 @@
 alternating windows in one process.
 """
 import os
+from attnlab import cost
 from benchmarks.timing import FLOAT32, against_torch_peer, op_profile, synthetic_step, torch_op_profile
 
 
@@ -25,7 +26,6 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
   import open_clip
   import torch
   from open_clip.loss import ClipLoss
-  from attnlab import train as train_lib
   from attnlab.data import tokenizer
   torch.set_num_threads(os.cpu_count())
   rng = np.random.default_rng(0)
@@ -36,7 +36,7 @@ def clip_open_clip(variant="B/32", batch=8, rounds=5, window=1):
   ours_tokens[np.arange(batch), lengths] = tokenizer.EOS  # EOS then padding
   theirs_tokens = np.where(np.arange(77) < lengths[:, None], tokens, 0)
   theirs_tokens[np.arange(batch), lengths] = 49407  # open_clip's end-of-text: the top id
-  peak = train_lib.measured_peak_flops()
+  peak = cost.measured_peak_flops()
 
   ours, flops, count, _ = synthetic_step(
       "configs/clip.py:laion", [f"--config.model.variant={variant}",

@@ -2,6 +2,7 @@
 one process.
 """
 import os
+from attnlab import cost
 from benchmarks import peers
 from benchmarks.timing import FLOAT32, against_torch_peer, synthetic_step
 
@@ -22,12 +23,11 @@ def timm_swin(variant="T", batch=8, rounds=5, window=1):
   peers.torchvision_stand_in()
   import timm
   import torch
-  from attnlab import train as train_lib
   torch.set_num_threads(os.cpu_count())
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (batch, 224, 224, 3)).astype(np.float32)
   labels = rng.integers(0, 1000, batch).astype(np.int32)
-  peak = train_lib.measured_peak_flops()
+  peak = cost.measured_peak_flops()
   ours, flops, count, _ = synthetic_step(
       f"configs/swin.py:i1k,variant={variant}", [f"--config.batch_size={batch}", *FLOAT32],
       {"image": jax.numpy.asarray(images), "label": jax.numpy.asarray(labels)})

@@ -19,11 +19,11 @@ runlocal=True):
           a decoder of 128-d word embeddings, a 256-unit LSTM, attention
           of 128; lowercased words (every training word: 3,609 ids);
           Adam, batch 64, 2,000 steps. About 11 minutes here alone
-          (README: the soft-vs-hard table, 3 seeds each, and its curves).
+          (docs/caption.md: the soft-vs-hard table, 3 seeds each, and its curves).
   openclipart  the same on the Open Clip Art drawings (public domain; their
           titles and keywords; test drawings unseen in training).
   folder  the same on your pairs: ROOT/{train,validation,test}/captions.tsv,
-          `FILE<TAB>caption` lines, as CLIP's folders (README).
+          `FILE<TAB>caption` lines, as CLIP's folders (docs/data.md).
   coco    the paper's recipe for a pod, on COCO as a captions folder (the
           Karpathy splits: 113k / 5k / 5k images, 5 captions each;
           --config.data.folder=ROOT): 224 x 224 images; the encoder a

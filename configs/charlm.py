@@ -10,7 +10,7 @@ Variants (`key=value,...` after the colon):
   runlocal=True          a few steps on a tiny model, for smoke tests
 Override anything else: --config.optim.lr=3e-3 --config.data.seq_len=64
 
-Expected on a 2-core CPU (measured; see the README's results table):
+Expected on a 2-core CPU (measured; docs/charlm.md):
   small LSTM, default 600 steps: 1.93 held-out nats/char, 7.5 minutes in all;
   small, steps=1800 (~19 minutes): LSTM 1.62, GRU 1.53, vanilla RNN 1.63.
 Bring your own text: --config.data.source=folder --config.data.folder=DIR

@@ -17,13 +17,13 @@ tower, steps=N, runlocal=True):
           embeddings of 128; batch 256, 400 steps (17 epochs, 20 minutes
           here). Zero-shot accuracy on the 9 emoji categories and on
           Fashion-MNIST's class names, and recall@1/5/10 of held-out pairs,
-          against chance (README).
+          against chance (docs/clip.md).
   openclipart  the same on the Open Clip Art drawings (3,338 of them in
           16 categories, public domain; names and keywords from their SVG
           metadata as captions; test drawings unseen in training):
           zero-shot on its categories, and on the emoji categories and
           Fashion-MNIST's classes.
-  folder  the same on your pairs: ROOT/<split>/captions.tsv (README).
+  folder  the same on your pairs: ROOT/<split>/captions.tsv (docs/data.md).
   laion   the open_clip recipe for LAION-400M (Cherti et al. 2023;
           Ilharco et al. 2021): image tower ViT-B/32 at 224, text tower 12
           layers, 512 wide, 8 heads, context 77, embeddings of 512; AdamW
@@ -95,7 +95,7 @@ def get_config(arg=None):
     c.eval_at_start = True
   else:
     # Scanned and rematerialised layers: 6.2 GiB of temporaries per device
-    # at 512 pairs each instead of 52.5 (README); remat alone saves nothing.
+    # at 512 pairs each instead of 52.5 (docs/clip.md); remat alone saves nothing.
     c.model.update(scan=True, remat="full")
   c.optim.warmup_steps = min(c.optim.warmup_steps, c.total_steps // 4)
   if arg.runlocal:

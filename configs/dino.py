@@ -14,14 +14,14 @@ steps=N, runlocal=True):
           and local-crop scales in proportion to the tiny image,
           solarisation, flips), a smaller head (hidden 512, bottleneck
           128, 1024 outputs), batch 64, 3000 steps (3.5 epochs). Chosen on
-          validation k-NN (README): the paper's lr rule (0.0005 x 64 / 256)
+          validation k-NN (docs/dino.md): the paper's lr rule (0.0005 x 64 / 256)
           and momentum 0.996 leave the network at its random init for the
           first hundreds of steps; lr 0.001, momentum 0.99 -> 1 (an EMA
           horizon of 100 of 3000 steps, as 0.996 is 250 of the paper's
           125k) and the teacher temperature 0.04 (the paper's 100-epoch
           setting) learn within the budget. k-NN and a linear probe of the
           teacher's features (10k training images) from step 0 (the random
-          network) at every quarter; the README reports time and
+          network) at every quarter; docs/dino.md reports time and
           accuracies.
   emoji   the same on the emoji images (grey 32 x 32, local crops of 16),
           16 epochs (1482 steps).
@@ -71,7 +71,7 @@ def get_config(arg=None):
   images = {"fmnist": 55_000, "emoji": 5_928, "folder": 1_000, "i1k": 1_281_167}[task]
   batch = 64 if embedded else 1024
   epochs = arg.epochs or {"fmnist": 3.5, "emoji": 16, "folder": 16, "i1k": 100}[task]
-  # Fashion-MNIST: 3000 steps (3.5 epochs), 15 minutes here with evaluations (README).
+  # Fashion-MNIST: 3000 steps (3.5 epochs), 15 minutes here with evaluations (docs/dino.md).
   steps = arg.steps or (3000 if task == "fmnist" and not arg.epochs else
                         int(epochs * images // batch))
   epoch = max(images // batch, 1)

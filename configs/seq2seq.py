@@ -4,7 +4,7 @@ Luong et al. (2015) global attention.
 Command (the default `./launch.sh` experiment):
   ./launch.sh train configs/seq2seq.py:data=ding --workdir runs/ding_rnnsearch
   RNNsearch DE->EN on Ding, 1900 steps, Adam 2e-3: about 20 minutes on 2 CPU
-  cores; test BLEU 5.11 (seeds 0/1/2 in the README), chosen on validation
+  cores; test BLEU 5.11 (seeds 0/1/2 in docs/rnnsearch.md), chosen on validation
   against the Transformer of configs/wmt.py:ding with an equal budget.
 Variants (`key=value,...`):
   model=rnnencdec|rnnsearch|luong   score=concat|general|dot (luong)
@@ -29,8 +29,8 @@ SIZES = {"tiny": dict(embed=16, hidden=32), "small": dict(embed=128, hidden=256)
          "base": dict(embed=256, hidden=512), "paper": dict(embed=620, hidden=1000)}
 # SentencePiece vocabulary; training pairs longer than max_len pieces are
 # dropped (evaluation translates every sentence whole). Ding's steps and
-# learning rate are the ones chosen on validation BLEU (README, "The
-# Transformer": tries R1-R4); 1900 steps match the Transformer's wall time.
+# learning rate are the ones chosen on validation BLEU (docs/rnnsearch.md, "The
+# default": tries R1-R4); 1900 steps match the Transformer's wall time.
 DATASETS = {
     "ding": dict(src="de", tgt="en", vocab=4000, max_len=32, steps=1900, lr=2e-3),
     "bible": dict(src="en", tgt="es", vocab=4000, max_len=48),

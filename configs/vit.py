@@ -13,7 +13,7 @@ run's frozen features on this variant's data, nothing else trained):
           tokens + class token), a ViT of Ti's shape at half its width (6
           layers, 96 wide, 3 heads, MLP 384; 0.7 M parameters), AdamW 1e-3,
           batch 128, 800 steps (1.9 epochs), flips. About 10 minutes on 2
-          CPU cores; the README reports its time and test accuracy.
+          CPU cores; docs/vit.md reports its time and test accuracy.
   pixels  pixels as tokens (the lectures' "Idea #3"): Fashion-MNIST shrunk
           to 14 x 14, patches of 1, so 196 tokens + the class token, each
           one grey value; otherwise as fmnist. Its attention costs grow

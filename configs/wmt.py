@@ -16,7 +16,7 @@ Variants (first arg; then key=value,...: steps=N, runlocal=True):
         layers, 64 packed rows x 32 pieces, 2000 steps; pre-norm and twice
         the paper's learning rate (the small-data recipe of Nguyen & Salazar
         2019, "Transformers without Tears"; the paper's post-norm at 1x
-        reached 2.40 validation BLEU against 5.27, README). Validation BLEU
+        reached 2.40 validation BLEU against 5.27, docs/rnnsearch.md). Validation BLEU
         during training; sacreBLEU on the test split once at the end,
         samples, attention maps.
 On a pod: batch_size is the global number of packed rows of max_len

@@ -137,27 +137,6 @@ def test_multi_head_equals_flax_module():
   jax.tree.map(np.testing.assert_array_equal, theirs_init, params)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_projections_equal_separate_dense_layers(fused):
-  """q, k, v one matmul each or fused into one over the side-by-side
-  kernels: the same values and gradients as one flax DenseGeneral per
-  projection."""
-  x, _, params = mha_and_params()
-  w = [(params["params"][n]["kernel"], params["params"][n]["bias"])
-       for n in ("query", "key", "value")]
-  one_by_one = lambda w, x: [nn.DenseGeneral((2, 4)).apply(
-      {"params": {"kernel": k, "bias": b}}, x) for k, b in w]
-  for got, want in zip(multihead.project_heads(x, w, fused=fused), one_by_one(w, x)):
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  loss = lambda project: lambda w, x: sum(
-      (i + 1) * jnp.sum(jnp.sin(y)) for i, y in enumerate(project(w, x)))
-  ours = jax.grad(loss(lambda w, x: multihead.project_heads(x, w, fused=fused)),
-                  argnums=(0, 1))(w, x)
-  separate = jax.grad(loss(one_by_one), argnums=(0, 1))(w, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               ours, separate)
-
-
 @pytest.mark.parametrize("impl", ["naive", "xla", "chunked"])
 def test_self_attention_is_permutation_equivariant(impl):
   x, model, params = mha_and_params(impl)

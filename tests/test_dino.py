@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from attnlab import cost
 from attnlab.models import dino_head
 
 
@@ -180,7 +181,6 @@ def test_a_step_on_eight_devices_is_the_step_on_one(tmp_path):
   loss, the centre (a mean over the GLOBAL batch) and the teacher agree,
   and each device does an eighth of the work."""
   from attnlab import sharding as sharding_lib
-  from attnlab import train as train_lib
   out = []
   for n in (1, 8):
     config, exp, trainer = dino_trainer(tmp_path / str(n), f'--config.mesh=(("data", {n}),)',
@@ -192,7 +192,7 @@ def test_a_step_on_eight_devices_is_the_step_on_one(tmp_path):
     compiled = jax.jit(trainer.step_fn()).lower(state, batch).compile()
     state, metrics = compiled(state, batch)
     out.append(jax.device_get((metrics["loss"], state["extra"])) +
-               (train_lib.step_flops(compiled),))
+               (cost.step_flops(compiled),))
     trainer.writer.close()
   (loss1, extra1, flops1), (loss8, extra8, flops8) = out
   # Each device computes its own rows, not the whole batch (1/8 of the

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from attnlab import cost
 from attnlab import main as main_lib
 from attnlab import metrics as metrics_lib
 from conftest import tiny_overrides
@@ -197,19 +198,18 @@ def test_mfu_peak_published_for_accelerators_measured_on_cpu():
   config's value when given, and 0 (measure) on a CPU."""
   import types
   import ml_collections
-  from attnlab import train
   def config(dtype, peak=0.0):
     return ml_collections.ConfigDict(dict(peak_flops=peak, model=dict(dtype=dtype)))
   dev = lambda kind: types.SimpleNamespace(device_kind=kind)
-  assert train.peak_flops(config("bfloat16"), dev("TPU v4"))[0] == 275e12
-  assert train.peak_flops(config("bfloat16"), dev("TPU v5 lite"))[0] == 197e12
-  assert train.peak_flops(config("bfloat16"), dev("TPU v5p"))[0] == 459e12
-  assert train.peak_flops(config("float32"), dev("NVIDIA A100-SXM4-80GB"))[0] == 156e12
-  assert train.peak_flops(config("bfloat16"), dev("NVIDIA H100 PCIe"))[0] == 756e12
-  value, source = train.peak_flops(config("bfloat16"), dev("NVIDIA H200"))
+  assert cost.peak_flops(config("bfloat16"), dev("TPU v4"))[0] == 275e12
+  assert cost.peak_flops(config("bfloat16"), dev("TPU v5 lite"))[0] == 197e12
+  assert cost.peak_flops(config("bfloat16"), dev("TPU v5p"))[0] == 459e12
+  assert cost.peak_flops(config("float32"), dev("NVIDIA A100-SXM4-80GB"))[0] == 156e12
+  assert cost.peak_flops(config("bfloat16"), dev("NVIDIA H100 PCIe"))[0] == 756e12
+  value, source = cost.peak_flops(config("bfloat16"), dev("NVIDIA H200"))
   assert value == 989e12 and "H200" in source and "bfloat16" in source
-  assert train.peak_flops(config("float32"), dev("cpu"))[0] == 0.0
-  assert train.peak_flops(config("float32", 5e9), dev("TPU v4")) == (5e9, "config.peak_flops")
+  assert cost.peak_flops(config("float32"), dev("cpu"))[0] == 0.0
+  assert cost.peak_flops(config("float32", 5e9), dev("TPU v4")) == (5e9, "config.peak_flops")
 
 
 def test_rbg_prng_trains_and_resumes(tmp_path, text_folder):

@@ -79,7 +79,7 @@ def read_captions(folder):
   path = storage.path(folder) / CAPTIONS
   key = "data.folder"
   config_lib.check(path.is_file(), key, f"{path} does not exist",
-                   "write one line per caption: FILE<TAB>caption (README)")
+                   "write one line per caption: FILE<TAB>caption (docs/data.md)")
   files, captions = [], {}
   lines = io.StringIO(path.read_bytes().decode("utf-8"), newline="")
   for n, line in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE), 1):

@@ -23,7 +23,7 @@ Attention inside the CNN (attnlab/nn/vision.py):
                    convolution. At depth 50 this is Ramachandran et al.'s
                    full-attention ResNet-50 with a convolutional stem (18.0
                    M parameters); the lectures' LR-Net-50 (Hu et al., 23.3
-                   M) also widens the bottlenecks (README).
+                   M) also widens the bottlenecks (docs/swin.md).
 
   __call__(images [B, H, W, C], train) -> (logits [B, classes], aux) with
       aux["pre_logits"] [B, C'] (global average pool) and aux["tokens"]
