@@ -3,15 +3,12 @@
 slice (`./launch.sh compile`), with what the compiler says of its memory and
 time. The trainer reports its step with the same counts.
 """
-import contextlib
 import sys
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 
-from attnlab import sharding as sharding_lib
 from attnlab import tpu
 
 
@@ -90,53 +87,28 @@ def measured_peak_flops(n=1024, dtype=jnp.float32):
   return _PEAK[dtype]
 
 
-@contextlib.contextmanager
-def abstract_step(module, config, devices=None):
-  """(trainer, experiment, jitted train step, its abstract arguments) of a
-  validated config, for `devices` (default this machine's) without data or
-  memory: what `compile` lowers, and what benchmarks compare with a peer's
-  step."""
-  from attnlab import train
-  exp = module.Experiment(config, None, read_data=False)  # shapes only
-  with tempfile.TemporaryDirectory() as workdir:
-    trainer = train.Trainer(config, exp, workdir, devices)
-    abstract, shardings = trainer.abstract_state()
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                       sharding=sharding_lib.batch_sharding(trainer.mesh)),
-        exp.abstract_batch(config.batch_size))
-    step = jax.jit(trainer.step_fn(), donate_argnums=(0,),
-                   out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
-    try:
-      yield trainer, exp, step, (abstract, batch)
-    finally:
-      trainer.writer.close()
-
-
-def compile_step(module, config, devices, tpu_slice=None):
-  """Lowers and compiles the trainer's step of a validated config for
-  `devices` (a count of CPU devices JAX was started with, or a TPU slice's
-  abstract chips) and prints what a user booking that hardware needs to
-  know. On a TPU slice, returns whether it fits: {"fits": bool, "verdict":
-  words}."""
+def compile_step(trainer, exp, step, args, config, tpu_slice=None):
+  """Lowers and compiles a trainer's step on abstract arguments
+  (train.abstract_step) for its mesh (CPU devices, or a TPU slice's abstract
+  chips) and prints what a user booking that hardware needs to know. On a
+  TPU slice, returns whether it fits: {"fits": bool, "verdict": words}."""
   on_tpu = tpu_slice is not None
-  count = len(devices) if on_tpu else devices
-  with abstract_step(module, config, devices if on_tpu else None) as (trainer, exp, step, args):
-    where = f"TPU {tpu_slice.name} ({tpu_slice.topology_name})" if on_tpu else f"{count} CPU devices"
-    print(f"compiling the train step for {where}...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-      with jax.set_mesh(trainer.mesh):
-        compiled = step.lower(*args).compile()
-    except jax.errors.JaxRuntimeError as e:
-      if not (on_tpu and "RESOURCE_EXHAUSTED" in str(e)):
-        raise
-      # The TPU compiler refuses a program larger than the chip's HBM.
-      words = tpu.out_of_memory(str(e))
-      print(f"{tpu_slice.name}: {words} (the TPU compiler's own check; compiled in "
-            f"{time.perf_counter() - start:.1f} s)")
-      return dict(fits=False, verdict=words)
-    compile_s = time.perf_counter() - start
+  count = trainer.mesh.devices.size
+  where = f"TPU {tpu_slice.name} ({tpu_slice.topology_name})" if on_tpu else f"{count} CPU devices"
+  print(f"compiling the train step for {where}...", file=sys.stderr, flush=True)
+  start = time.perf_counter()
+  try:
+    with jax.set_mesh(trainer.mesh):
+      compiled = step.lower(*args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if not (on_tpu and "RESOURCE_EXHAUSTED" in str(e)):
+      raise
+    # The TPU compiler refuses a program larger than the chip's HBM.
+    words = tpu.out_of_memory(str(e))
+    print(f"{tpu_slice.name}: {words} (the TPU compiler's own check; compiled in "
+          f"{time.perf_counter() - start:.1f} s)")
+    return dict(fits=False, verdict=words)
+  compile_s = time.perf_counter() - start
   abstract = args[0]
   mem = compiled.memory_analysis()
   gib = lambda b: b / 2 ** 30

@@ -26,7 +26,6 @@ Every config problem is one line on stderr and exit code 2, before any
 compile.
 """
 import importlib
-import importlib.util
 import json
 import os
 import shlex
@@ -36,6 +35,7 @@ import sys
 from absl import flags
 from absl import logging
 import ml_collections
+from ml_collections import config_flags
 
 from attnlab import config as config_lib
 from attnlab import storage
@@ -70,91 +70,96 @@ def parse_config(argv, workdir_here=True):
   workdir_here=False: the workdir is for other machines (`tpu`), so only the
   name of its scheme is checked here, not that this one can read it.
 
-  `FILE` defines `get_config(arg)` (big_vision / ml_collections style);
-  overrides keep the type the config declared.
+  ml_collections' config_flags reads the file (`get_config(arg)`, as
+  big_vision's configs) and applies the overrides, each parsed as the type
+  the config declared; whatever it refuses is said here in one line.
   """
-  spec = workdir = None
-  overrides = []
-  it = iter(argv)
-  for a in it:
-    name, eq, value = a.partition("=")
-    if name in ("--config", "--workdir"):
-      if not eq:
-        value = next(it, None)
-        if value is None:
-          fail(f"{name} needs a value")
-      if name == "--config":
-        spec = value
-      else:
-        workdir = value
-    elif a.startswith("--config."):
-      if not eq:
-        fail(f"{a}: write overrides as --config.KEY=VALUE")
-      overrides.append((name[len("--config."):], value))
-    else:
-      fail(f"unexpected argument {a!r}: use --config FILE[:args], --workdir "
-           "DIR and --config.KEY=VALUE")
+  spec = _config_spec(argv)
   if spec is None:
     fail("--config is required: e.g. --config configs/charlm.py")
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    fail(f"--config {spec}: no such file; give a config file such as "
-         "configs/charlm.py")
+  if not os.path.isfile(spec.partition(":")[0]):
+    fail(f"--config {spec}: no such file; give a config file such as configs/charlm.py")
+  bare = next((a for a in argv if a.startswith("--config.") and "=" not in a), None)
+  if bare:
+    fail(f"{bare}: write overrides as --config.KEY=VALUE")
+  values = _config_flags(argv)
   try:
-    module_spec = importlib.util.spec_from_file_location(
-        "attnlab_config_" + os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
-  except config_lib.ConfigError as e:
+    rest = values(["attnlab", *argv])[1:]
+  except config_lib.ConfigError as e:  # from get_config(arg)
     fail(str(e))
+  except (AttributeError, KeyError):  # an override that names no key
+    fail(str(_unknown_key(argv, spec)))
+  except flags.IllegalFlagValueError as e:
+    fail(str(_not_parsed(e, values["config"].value)))
+  except flags.Error as e:  # a flag that is not ours, or one without its value
+    rest = [a for a in argv if a.startswith("--") and not a.startswith(
+        ("--config", "--workdir"))] or fail(_one_line(e, ""))
   except Exception as e:  # a broken config file: say where, in one line
     fail(f"--config {spec}: {type(e).__name__}: {_one_line(e, '')}")
-  try:
-    for key, value in overrides:
-      _override(config, key, value)
-    if workdir:
+  if rest:
+    fail(f"unexpected argument {rest[0]!r}: use --config FILE[:args], --workdir "
+         "DIR and --config.KEY=VALUE")
+  config, workdir = values.config, values.workdir
+  if workdir:
+    try:
       config_lib.check_served(workdir, here=workdir_here)
-  except config_lib.ConfigError as e:
-    fail(str(e))
+    except config_lib.ConfigError as e:
+      fail(str(e))
   return config, workdir
 
 
-def _override(config, key, text):
-  """Sets config[key] from text, keeping the type the config declared."""
-  node, parts = config, key.split(".")
-  for i, part in enumerate(parts):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      where = ".".join(parts[:i]) or "config"
-      options = sorted(node.keys()) if isinstance(
-          node, ml_collections.ConfigDict) else []
-      raise config_lib.ConfigError(
-          key, "unknown key", f"{where} has keys {options}" if options
-          else f"{where} is not a group of keys")
-    if i < len(parts) - 1:
-      node = node[part]
-  old = node[parts[-1]]
-  try:
-    if isinstance(old, str):
-      value = text
-    elif isinstance(old, bool):
-      if text.lower() not in ("true", "false", "1", "0"):
-        raise ValueError
-      value = text.lower() in ("true", "1")
-    elif isinstance(old, (int, float)):
-      value = type(old)(float(text)) if isinstance(old, float) else int(text)
-    else:
-      import ast
-      value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    raise config_lib.ConfigError(
-        key, f"{text!r} is not a {type(old).__name__}",
-        f"e.g. --config.{key}={old!r}") from None
-  try:
-    node[parts[-1]] = value
-  except (TypeError, ValueError) as e:
-    raise config_lib.ConfigError(key, _one_line(e, ""),
-                                 f"e.g. --config.{key}={old!r}") from None
+def _config_flags(argv, overrides=True):
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      "config", None, "CONFIG[:args]", flag_values=values, lock_config=False,
+      sys_argv=["attnlab", *(argv if overrides else
+                             [a for a in argv if not a.startswith("--config.")])])
+  flags.DEFINE_string("workdir", None, "the run's folder", flag_values=values)
+  return values
+
+
+def _config_spec(argv):
+  for i, a in enumerate(argv):
+    if a == "--config":
+      return argv[i + 1] if i + 1 < len(argv) else fail("--config needs a value")
+    if a.startswith("--config="):
+      return a.partition("=")[2]
+  return None
+
+
+def _unknown_key(argv, spec):
+  """The ConfigError of the first override that names no key of the config
+  (config_flags' own error does not say which)."""
+  values = _config_flags(argv, overrides=False)
+  values(["attnlab", *[a for a in argv if not a.startswith("--config.")]])
+  for a in argv:
+    if a.startswith("--config."):
+      key = a.partition("=")[0][len("--config."):]
+      node, parts = values.config, key.split(".")
+      for n, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+          where = ".".join(parts[:n]) or "config"
+          keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+          return config_lib.ConfigError(
+              key, "unknown key", f"{where} has keys {keys}" if keys
+              else f"{where} is not a group of keys")
+        node = node[part]
+  return config_lib.ConfigError("config", f"an override of {spec} names no key", "")
+
+
+def _not_parsed(e, config):
+  """config_flags' "flag --config.K=V: <why>" as the key, the value and the
+  type the config declared, with an example."""
+  import re
+  found = re.match(r"flag --config\.([\w.]+)=(.*?): ", str(e))
+  if not found or config is None:
+    return config_lib.ConfigError("config", _one_line(e, ""), "")
+  key, text = found.groups()
+  old = config
+  for part in key.split("."):
+    old = old[part]
+  return config_lib.ConfigError(key, f"{text!r} is not a {type(old).__name__}",
+                                f"e.g. --config.{key}={old!r}")
 
 
 def _one_line(e, context):
@@ -588,15 +593,18 @@ def cmd_compile(argv):
 
 
 def _compile(config, devices, tpu_slice=None):
-  """cost.compile_step for a config checked here; what the trainer refuses
-  (a sharding rule that fits no parameter, ...) is one line and exit 2."""
+  """The trainer's step compiled for `devices` (cost.compile_step) for a
+  config checked here; what the trainer refuses (a sharding rule that fits
+  no parameter, ...) is one line and exit 2."""
   import jax
   from attnlab import cost
+  from attnlab import train
   # The compile time printed is a compile's, never a read of the cache.
   jax.config.update("jax_enable_compilation_cache", False)
   module = validate(config, jax, len(devices) if tpu_slice else devices)
   try:
-    return cost.compile_step(module, config, devices, tpu_slice)
+    with train.abstract_step(module, config, devices if tpu_slice else None) as step:
+      return cost.compile_step(*step, config, tpu_slice)
   except config_lib.ConfigError as e:
     fail(str(e))
 

@@ -23,10 +23,12 @@ a dict:
 What an experiment provides, and its defaults: attnlab/experiment.py.
 """
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
 import signal
+import tempfile
 import time
 
 from absl import logging
@@ -464,6 +466,28 @@ class Trainer:
 
 
 param_norm = jax.jit(optax.tree.norm)
+
+
+@contextlib.contextmanager
+def abstract_step(module, config, devices=None):
+  """(trainer, experiment, jitted train step, its abstract arguments) of a
+  validated config, for `devices` (default this machine's) without data or
+  memory: what `compile` lowers, and what benchmarks compare with a peer's
+  step."""
+  exp = module.Experiment(config, None, read_data=False)  # shapes only
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = Trainer(config, exp, workdir, devices)
+    abstract, shardings = trainer.abstract_state()
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=sharding_lib.batch_sharding(trainer.mesh)),
+        exp.abstract_batch(config.batch_size))
+    step = jax.jit(trainer.step_fn(), donate_argnums=(0,),
+                   out_shardings=(shardings, sharding_lib.replicated(trainer.mesh)))
+    try:
+      yield trainer, exp, step, (abstract, batch)
+    finally:
+      trainer.writer.close()
 
 
 def param_count(params):

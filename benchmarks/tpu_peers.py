@@ -29,7 +29,6 @@ import os
 import sys
 import time
 
-from attnlab import cost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -50,7 +49,7 @@ def compile_ours(spec, overrides, devices):
   from attnlab import train
   config, _ = main_lib.parse_config(["--config", spec, *overrides])
   module = main_lib.validate(config, jax, len(devices))
-  with cost.abstract_step(module, config, devices) as (trainer, exp, step, args):
+  with train.abstract_step(module, config, devices) as (trainer, exp, step, args):
     t0 = time.perf_counter()
     with jax.set_mesh(trainer.mesh):
       compiled = step.lower(*args).compile()
