@@ -90,6 +90,13 @@ def parse_config(argv, workdir_here=True):
   except (AttributeError, KeyError):  # an override that names no key
     fail(str(_unknown_key(argv, spec)))
   except flags.IllegalFlagValueError as e:
+    cause = e
+    while cause.__cause__ or cause.__context__:  # what get_config raised, if it did
+      cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, config_lib.ConfigError):
+      fail(str(cause))
+    if str(e).startswith("flag --config="):  # a broken config file: say where, in one line
+      fail(f"--config {spec}: {type(cause).__name__}: {_one_line(cause, '')}")
     fail(str(_not_parsed(e, values["config"].value)))
   except flags.Error as e:  # a flag that is not ours, or one without its value
     rest = [a for a in argv if a.startswith("--") and not a.startswith(

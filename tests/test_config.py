@@ -168,10 +168,20 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, case, extra, words):
   assert e.value.code == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1, err
-  assert err.startswith("error: ")
+  assert err.startswith("error: ") and "Traceback" not in err, err
   for w in words:
     assert w in err, (w, err)
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_a_broken_config_file_is_one_line_naming_its_error(tmp_path, capsys):
+  path = tmp_path / "broken.py"
+  path.write_text("def get_config(arg=None):\n  return {'lr': 1 / 0}\n")
+  with pytest.raises(SystemExit) as e:
+    main_lib.main(["train", "--config", str(path), "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err.strip()
+  assert e.value.code == 2 and len(err.splitlines()) == 1, err
+  assert f"--config {path}: ZeroDivisionError" in err and "Traceback" not in err, err
 
 
 def test_text_too_short_for_the_batch(tmp_path, capsys):
