@@ -108,3 +108,27 @@ def make_pairs_folder(root, per_split=(("train", 4), ("validation", 1), ("test",
     with open(os.path.join(folder, "captions.tsv"), "w") as f:
       f.write("\n".join(lines) + "\n")
   return str(root)
+
+
+def deb(path, files):
+  """A .deb (ar archive: debian-binary, control, data.tar.xz) holding files
+  ({path: bytes, or a str: the target of a symlink})."""
+  import io
+  import tarfile
+  data = io.BytesIO()
+  with tarfile.open(fileobj=data, mode="w:xz") as tar:
+    for name, body in files.items():
+      info = tarfile.TarInfo("./" + name)
+      if isinstance(body, str):  # a symlink, as Debian makes of duplicates
+        info.type, info.linkname = tarfile.SYMTYPE, body
+        tar.addfile(info)
+        continue
+      info.size = len(body)
+      tar.addfile(info, io.BytesIO(body))
+  out = b"!<arch>\n"
+  for name, body in (("debian-binary", b"2.0\n"), ("control.tar.xz", b""),
+                     ("data.tar.xz", data.getvalue())):
+    out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode()
+    out += body + b"\n" * (len(body) % 2)
+  path.write_bytes(out)
+  return str(path)

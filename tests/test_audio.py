@@ -100,3 +100,47 @@ def test_a_tone_lights_the_filter_centred_nearest_it():
   assert set(features.argmax(1)) == {int(np.abs(centres - 1000).argmin())}
   # A signal shorter than one window is one zero-padded frame.
   assert audio.log_mel(np.ones(10), rate).shape == (1, 40)
+
+
+def test_recorded_prompts_builder_keeps_transcribed_speech_at_8_khz(tmp_path, monkeypatch):
+  """The asterisk_prompts builder on fixture .debs (the real ones come from
+  apt): comments, sound descriptions and files without a transcript are
+  left out, a 16 kHz stereo file is stored mono at 8 kHz, splits follow the
+  names' hash."""
+  import gzip
+  import tensorflow_datasets as tfds
+  from attnlab.data import asterisk
+  from helpers import deb
+  transcripts = ("; Core Asterisk Sounds in English\n\n"
+                 "digits/7: seven\nhello: Hello,   world.\nbeep: [a simple beep tone]\n"
+                 "missing: No file for this one.\n" +
+                 "".join(f"p{i}: Prompt number {i}.\n" for i in range(30)))
+  tone = lambda n: (np.sin(np.arange(n) / 5) * 10000).astype(np.int64)
+  folder = asterisk.WAV["folder"]
+  files = {f"{folder}/digits/7.wav": wav_bytes(1, 8000, 2, tone(800)[:, None]),
+           f"{folder}/hello.wav": wav_bytes(2, 16000, 2, np.stack([tone(1600)] * 2, 1)),
+           f"{folder}/beep.wav": wav_bytes(1, 8000, 2, tone(80)[:, None]),
+           f"{folder}/unlisted.wav": wav_bytes(1, 8000, 2, tone(80)[:, None]),
+           **{f"{folder}/p{i}.wav": wav_bytes(1, 8000, 2, tone(100 + i)[:, None])
+              for i in range(30)}}
+  debs = {asterisk.WAV["name"]: deb(tmp_path / "wav.deb", files),
+          asterisk.TRANSCRIPTS["name"]: deb(tmp_path / "text.deb", {
+              asterisk.TRANSCRIPTS["member"]: gzip.compress(transcripts.encode())})}
+  monkeypatch.setattr(asterisk.fetch, "apt_deb", lambda name, version, sha, dest: debs[name])
+  asterisk.AsteriskPrompts(data_dir=str(tmp_path / "tfds"),
+                           file_format="array_record").download_and_prepare()
+  rows = {}
+  for split in ("train", "validation", "test"):
+    ds = tfds.data_source("asterisk_prompts", split=split, data_dir=str(tmp_path / "tfds"))
+    for i in range(len(ds)):
+      rows[ds[i]["name"].decode()] = (split, ds[i])
+  assert set(rows) == {"digits/7", "hello", *(f"p{i}" for i in range(30))}
+  assert all(split == asterisk.split_of(name) for name, (split, _) in rows.items())
+  assert {split for split, _ in rows.values()} == {"train", "validation", "test"}
+  assert rows["hello"][1]["text"] == b"Hello, world."
+  np.testing.assert_array_equal(rows["digits/7"][1]["audio"], tone(800))
+  hello = rows["hello"][1]["audio"]
+  assert hello.dtype == np.int16 and hello.shape == (800,)
+  # Sample j of the 8 kHz copy sits at 16 kHz position 2 j + 0.5.
+  np.testing.assert_allclose(hello[50:-50], 10000 * np.sin((2 * np.arange(800) + 0.5) / 5)[50:-50],
+                             atol=400)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from attnlab import sharding as sharding_lib
 from experiments import clip
-from helpers import COLOURS, make_pairs_folder
+from helpers import COLOURS, deb, make_pairs_folder
 
 EIGHT = sharding_lib.make_mesh((("data", -1),))
 ONE = sharding_lib.make_mesh((("data", 1),), jax.devices()[:1])
@@ -256,30 +256,6 @@ def png(array):
   out = io.BytesIO()
   Image.fromarray(array).save(out, format="PNG")
   return out.getvalue()
-
-
-def deb(path, files):
-  """A .deb (ar archive: debian-binary, control, data.tar.xz) holding files
-  ({path: bytes, or a str: the target of a symlink})."""
-  import io
-  import tarfile
-  data = io.BytesIO()
-  with tarfile.open(fileobj=data, mode="w:xz") as tar:
-    for name, body in files.items():
-      info = tarfile.TarInfo("./" + name)
-      if isinstance(body, str):  # a symlink, as Debian makes of duplicates
-        info.type, info.linkname = tarfile.SYMTYPE, body
-        tar.addfile(info)
-        continue
-      info.size = len(body)
-      tar.addfile(info, io.BytesIO(body))
-  out = b"!<arch>\n"
-  for name, body in (("debian-binary", b"2.0\n"), ("control.tar.xz", b""),
-                     ("data.tar.xz", data.getvalue())):
-    out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(body):<10}`\n".encode()
-    out += body + b"\n" * (len(body) % 2)
-  path.write_bytes(out)
-  return str(path)
 
 
 def svg(title, tags, creator):

@@ -20,7 +20,8 @@ LOCAL_BUILDERS = {"shakespeare": "attnlab.data.shakespeare",
                   "bible": "attnlab.data.translation",
                   "fmnist": "attnlab.data.fashion_mnist",
                   "emoji": "attnlab.data.emoji",
-                  "openclipart": "attnlab.data.openclipart"}
+                  "openclipart": "attnlab.data.openclipart",
+                  "asterisk_prompts": "attnlab.data.asterisk"}
 
 
 def data_dir(data):
