@@ -85,24 +85,13 @@ def parse_config(argv, workdir_here=True):
   values = _config_flags(argv)
   try:
     rest = values(["attnlab", *argv])[1:]
-  except config_lib.ConfigError as e:  # from get_config(arg)
-    fail(str(e))
-  except (AttributeError, KeyError):  # an override that names no key
-    fail(str(_unknown_key(argv, spec)))
-  except flags.IllegalFlagValueError as e:
-    cause = e
-    while cause.__cause__ or cause.__context__:  # what get_config raised, if it did
-      cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, config_lib.ConfigError):
-      fail(str(cause))
-    if str(e).startswith("flag --config="):  # a broken config file: say where, in one line
-      fail(f"--config {spec}: {type(cause).__name__}: {_one_line(cause, '')}")
-    fail(str(_not_parsed(e, values["config"].value)))
-  except flags.Error as e:  # a flag that is not ours, or one without its value
-    rest = [a for a in argv if a.startswith("--") and not a.startswith(
-        ("--config", "--workdir"))] or fail(_one_line(e, ""))
-  except Exception as e:  # a broken config file: say where, in one line
-    fail(f"--config {spec}: {type(e).__name__}: {_one_line(e, '')}")
+  except Exception as e:  # one line for whatever the file or an override raised
+    if isinstance(e, flags.Error) and not isinstance(e, flags.IllegalFlagValueError):
+      # a flag that is not ours, or one without its value
+      rest = [a for a in argv if a.startswith("--") and not a.startswith(
+          ("--config", "--workdir"))] or fail(_one_line(e, ""))
+    else:
+      fail(_refusal(e, argv, spec, values["config"].value))
   if rest:
     fail(f"unexpected argument {rest[0]!r}: use --config FILE[:args], --workdir "
          "DIR and --config.KEY=VALUE")
@@ -134,11 +123,30 @@ def _config_spec(argv):
   return None
 
 
-def _unknown_key(argv, spec):
+def _refusal(e, argv, spec, config):
+  """One line for what loading the config file or applying an override
+  raised: get_config's own ConfigError, an override naming no key or a value
+  that does not parse as the key's type, else the file's own exception."""
+  cause = e
+  while cause.__cause__ or cause.__context__:  # config_flags re-raises get_config's errors
+    cause = cause.__cause__ or cause.__context__
+  if isinstance(cause, config_lib.ConfigError):
+    return str(cause)
+  if isinstance(e, flags.IllegalFlagValueError) and not str(e).startswith("flag --config="):
+    return str(_not_parsed(e, config))
+  unknown = _unknown_key(argv) if isinstance(e, (AttributeError, KeyError)) else None
+  return str(unknown) if unknown else f"--config {spec}: {type(cause).__name__}: {_one_line(cause, '')}"
+
+
+def _unknown_key(argv):
   """The ConfigError of the first override that names no key of the config
-  (config_flags' own error does not say which)."""
+  (config_flags' own error does not say which); None when each names one,
+  or when the file itself does not load."""
   values = _config_flags(argv, overrides=False)
-  values(["attnlab", *[a for a in argv if not a.startswith("--config.")]])
+  try:
+    values(["attnlab", *[a for a in argv if not a.startswith("--config.")]])
+  except Exception:  # the file itself: said by the caller
+    return None
   for a in argv:
     if a.startswith("--config."):
       key = a.partition("=")[0][len("--config."):]
@@ -151,7 +159,7 @@ def _unknown_key(argv, spec):
               key, "unknown key", f"{where} has keys {keys}" if keys
               else f"{where} is not a group of keys")
         node = node[part]
-  return config_lib.ConfigError("config", f"an override of {spec} names no key", "")
+  return None
 
 
 def _not_parsed(e, config):

@@ -173,17 +173,17 @@ def compiled_step(spec, overrides=()):
   from attnlab import main as main_lib
   from attnlab import sharding as sharding_lib
   from attnlab import train as train_lib
+  from attnlab.data import catalog
   config, _ = main_lib.parse_config(["--config", spec, *overrides])
+  catalog.prepare(config.data)  # fetched once, as `train` does
   workdir = tempfile.mkdtemp()
   exp = main_lib.experiment_module(config).Experiment(config, workdir)
   trainer = train_lib.Trainer(config, exp, workdir)
   data = exp.train_iter(trainer.local_batch, 0, 1)
-  step = jax.jit(trainer.step_fn(), donate_argnums=(0,))
   state = trainer.create_state()
   batch = sharding_lib.global_batch(next(data), trainer.mesh)
-  flops = exp.flops_per_step(config.batch_size) if hasattr(exp, "flops_per_step") else None
-  if flops is None:  # no analytic count (the experiment's models are not scanned)
-    flops = cost.step_flops(step.lower(state, batch).compile())
+  step = jax.jit(trainer.step_fn(), donate_argnums=(0,)).lower(state, batch).compile()
+  flops, _ = cost.flops_per_step(exp, config, step, trainer.mesh.devices.size)
   stepper = Stepper(step, state, batch)
   shutil.rmtree(workdir)
   return dict(spec=" ".join([spec, *overrides]), config=config, data=data,

@@ -78,7 +78,7 @@ def log_mel(samples, rate, num_mels=40, window_ms=25.0, hop_ms=10.0, floor=1e-10
   hop = int(round(rate * hop_ms / 1000))
   fft_size = 1 << (window - 1).bit_length()
   x = np.asarray(samples, np.float32)
-  frames = max(1, -(-(len(x) - window) // hop) + 1) if len(x) > window else 1
+  frames = 1 + max(0, -(-(len(x) - window) // hop))  # ceil((n - window) / hop) + 1
   x = np.pad(x, (0, (frames - 1) * hop + window - len(x)))
   index = np.arange(window)[None] + hop * np.arange(frames)[:, None]
   spectrum = np.fft.rfft(x[index] * np.hanning(window).astype(np.float32), fft_size)
